@@ -1,0 +1,3 @@
+//! The answer cache: keys, entries, single-flight and the storage seam.
+
+pub mod store;

@@ -1,0 +1,1 @@
+//! The spend side: the durable ledger, its rollups, reports and budgets.

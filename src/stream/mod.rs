@@ -1,0 +1,3 @@
+//! Streamed (SSE) answers: parsing, tee to clients while recording, and replay.
+
+pub mod sse;
