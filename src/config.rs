@@ -308,7 +308,10 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let (source, text) = match &overrides.config {
             Some(path) => (Some(path.clone()), Some(read_file(path)?)),
-            None => match default_config_paths(&get_env).into_iter().find(|p| p.exists()) {
+            None => match default_config_paths(&get_env)
+                .into_iter()
+                .find(|p| p.exists())
+            {
                 Some(path) => {
                     let text = read_file(&path)?;
                     (Some(path), Some(text))
@@ -353,9 +356,11 @@ fn validate(
         .listen
         .or(raw.listen)
         .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-    let listen: SocketAddr = listen_text
-        .parse()
-        .map_err(|_| err(format!("listen: {listen_text:?} is not an address like 127.0.0.1:8484")))?;
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        err(format!(
+            "listen: {listen_text:?} is not an address like 127.0.0.1:8484"
+        ))
+    })?;
     let data_dir = match ov.data_dir.or(raw.data_dir) {
         Some(d) => d,
         None => default_data_dir(get_env)?,
@@ -371,9 +376,7 @@ fn validate(
         .unwrap_or_else(|| DEFAULT_UPSTREAM.to_string());
     let url = parse_upstream_url(&url_text)?;
     if u.api_key_file.is_some() && u.api_key_env.is_some() {
-        return Err(err(
-            "upstream: set api_key_file or api_key_env, not both",
-        ));
+        return Err(err("upstream: set api_key_file or api_key_env, not both"));
     }
     let upstream = UpstreamConfig {
         url,
@@ -438,7 +441,11 @@ fn validate(
     let mut tokens = BTreeMap::new();
     for t in raw.tokens {
         check_project_name(&t.project)?;
-        let hash = t.hash.strip_prefix("blake3:").unwrap_or(&t.hash).to_string();
+        let hash = t
+            .hash
+            .strip_prefix("blake3:")
+            .unwrap_or(&t.hash)
+            .to_string();
         if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(err(format!(
                 "tokens: hash for project {:?} is not a blake3 hex digest (made by `chatcache token new`)",
@@ -462,7 +469,11 @@ fn validate(
     })
 }
 
-fn positive(name: &str, value: Option<Duration>, default_secs: u64) -> Result<Duration, ConfigError> {
+fn positive(
+    name: &str,
+    value: Option<Duration>,
+    default_secs: u64,
+) -> Result<Duration, ConfigError> {
     let d = value.unwrap_or(Duration::from_secs(default_secs));
     if d.is_zero() {
         return Err(err(format!("{name} must be longer than 0s")));
@@ -492,7 +503,11 @@ fn parse_upstream_url(text: &str) -> Result<http::Uri, ConfigError> {
         .map_err(|_| err(format!("upstream: {text:?} is not a URL")))?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
-        _ => return Err(err(format!("upstream: {text:?} must start with http:// or https://"))),
+        _ => {
+            return Err(err(format!(
+                "upstream: {text:?} must start with http:// or https://"
+            )))
+        }
     }
     if uri.authority().is_none() {
         return Err(err(format!("upstream: {text:?} has no host")));
@@ -508,7 +523,11 @@ mod tests {
     use super::*;
 
     fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     const HOME: &[(&str, &str)] = &[("HOME", "/home/u")];
@@ -541,7 +560,11 @@ mod tests {
         let c = Config::from_parts(None, Some(file), merged, env(env_vars)).unwrap();
         assert_eq!(c.listen.port(), 3, "flag wins");
         assert_eq!(c.mode, Mode::Refresh, "env beats file");
-        assert_eq!(c.upstream.url.to_string(), "http://127.0.0.1:9/", "file beats default");
+        assert_eq!(
+            c.upstream.url.to_string(),
+            "http://127.0.0.1:9/",
+            "file beats default"
+        );
     }
 
     #[test]

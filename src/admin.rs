@@ -1,0 +1,290 @@
+//! The admin API under `/_chatcache/`: health, spend reports, cache operations. The CLI
+//! uses the same router, over HTTP when the daemon runs, in-process when it does not.
+//! Access: loopback peers only, unless `admin.token` is set, then that bearer token.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use crate::app::App;
+use crate::body::{full, Body};
+use crate::cache::bundle::{self, BundleCount};
+use crate::cache::key::CacheKey;
+use crate::cache::Purge;
+use crate::error::ApiError;
+use crate::proxy::request::read_body;
+use crate::spend::report::{Dim, ReportQuery};
+
+pub const PREFIX: &str = "/_chatcache";
+
+pub fn is_admin_path(path: &str) -> bool {
+    path == PREFIX || path.starts_with("/_chatcache/")
+}
+
+/// Import bundles may be larger than a chat request.
+const MAX_IMPORT: u64 = 4 << 30;
+
+/// Serves an admin request that arrived over the network.
+pub async fn route(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if let Err(e) = check_access(&app, req.headers(), peer) {
+        return e.into_response();
+    }
+    let (parts, body) = req.into_parts();
+    let limit = if parts.uri.path().ends_with("/cache/import") {
+        MAX_IMPORT
+    } else {
+        app.config.limits.max_body
+    };
+    match read_body(body, &parts.headers, limit).await {
+        Ok(bytes) => dispatch(app, Request::from_parts(parts, bytes)).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The access rule: with a token configured, the right bearer token from anyone;
+/// without one, loopback peers only.
+pub fn check_access(
+    app: &App,
+    headers: &http::HeaderMap,
+    peer: SocketAddr,
+) -> Result<(), ApiError> {
+    match &app.config.admin.token {
+        Some(token) => {
+            let presented = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            // Compare digests so the time taken says nothing about the token.
+            if blake3::hash(presented.as_bytes()) == blake3::hash(token.as_bytes()) {
+                Ok(())
+            } else {
+                Err(ApiError::Unauthorized(
+                    "the admin API needs Authorization: Bearer <admin.token>",
+                ))
+            }
+        }
+        None if peer.ip().is_loopback() => Ok(()),
+        None => Err(ApiError::Forbidden),
+    }
+}
+
+/// Serves an admin request whose body is already read (also the CLI's in-process path).
+pub async fn dispatch(app: Arc<App>, req: Request<Bytes>) -> Response<Body> {
+    match dispatch_inner(app, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path().trim_start_matches(PREFIX).to_string();
+    let query = parse_query(req.uri().query().unwrap_or(""));
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/health") => json(&serde_json::json!({
+            "status": "ok",
+            "version": env!("CARGO_PKG_VERSION"),
+            "mode": app.config.mode.as_str(),
+        })),
+        (&Method::GET, "/spend") => {
+            let q = report_query(&query)?;
+            let spend = app.spend.clone();
+            let report = blocking(move || {
+                spend
+                    .report(&q)
+                    .map_err(|e| ApiError::Internal(e.to_string()))
+            })
+            .await?;
+            json(&report)
+        }
+        (&Method::POST, "/spend/rebuild") => {
+            let spend = app.spend.clone();
+            blocking(move || {
+                spend
+                    .rebuild()
+                    .map_err(|e| ApiError::Internal(e.to_string()))
+            })
+            .await?;
+            json(&serde_json::json!({"rebuilt": true}))
+        }
+        (&Method::GET, "/cache/stats") => json(&app.cache.stats()),
+        (&Method::GET, "/cache/list") => {
+            let limit = query
+                .get("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(50);
+            let cache = app.cache.clone();
+            let list = blocking(move || cache.list(limit).map_err(internal)).await?;
+            json(&list)
+        }
+        (&Method::GET, p) if p.starts_with("/cache/entries/") => {
+            let key = CacheKey::from_hex(&p["/cache/entries/".len()..])
+                .ok_or_else(|| ApiError::BadRequest("not a cache key".into()))?;
+            let cache = app.cache.clone();
+            let entry = blocking(move || cache.show(key).map_err(internal)).await?;
+            let Some(e) = entry else {
+                return Err(ApiError::BadRequest(format!("no entry {key}")));
+            };
+            json(&serde_json::json!({
+                "key": key.to_hex(),
+                "meta": e.meta,
+                "body": String::from_utf8_lossy(&e.body),
+            }))
+        }
+        (&Method::POST, "/cache/purge") => {
+            let purge = Purge {
+                older_than: match query.get("older_than") {
+                    Some(d) => Some(
+                        humantime::parse_duration(d)
+                            .map_err(|e| ApiError::BadRequest(format!("older_than: {e}")))?,
+                    ),
+                    None => None,
+                },
+                model: query.get("model").cloned(),
+                all: query.get("all").is_some_and(|v| v == "true"),
+            };
+            let cache = app.cache.clone();
+            let removed = blocking(move || cache.purge(&purge).map_err(internal)).await?;
+            json(&serde_json::json!({"removed": removed}))
+        }
+        (&Method::GET, "/cache/export") => {
+            let cache = app.cache.clone();
+            let out = blocking(move || {
+                let mut buf = Vec::new();
+                bundle::export(&cache, &mut buf, |_| {})
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                Ok(buf)
+            })
+            .await?;
+            let mut resp = Response::new(full(out));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ndjson"),
+            );
+            Ok(resp)
+        }
+        (&Method::POST, "/cache/import") => {
+            let (parts, body) = req.into_parts();
+            let attr =
+                crate::proxy::attribution::resolve(&app, "/", &import_headers(&parts.headers))?;
+            let partition = attr.partition(app.config.cache.scope).ok_or_else(|| {
+                ApiError::BadRequest("import needs the credential whose cache partition to fill (x-chatcache-credential)".into())
+            })?;
+            let cache = app.cache.clone();
+            let ignore = app.config.cache.ignore_fields.clone();
+            let count: BundleCount = blocking(move || {
+                bundle::import(&cache, &body[..], &partition, &ignore, |_| {})
+                    .map_err(|e| ApiError::BadRequest(format!("bundle: {e}")))
+            })
+            .await?;
+            json(&count)
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+/// The credential of an import travels in `x-chatcache-credential` (the admin token may
+/// occupy Authorization); attribution reads it as the request's Authorization.
+fn import_headers(h: &http::HeaderMap) -> http::HeaderMap {
+    let mut out = http::HeaderMap::new();
+    for name in ["x-chatcache-project", "x-chatcache-namespace"] {
+        if let Some(v) = h.get(name) {
+            out.insert(name, v.clone());
+        }
+    }
+    if let Some(v) = h.get("x-chatcache-credential") {
+        out.insert(header::AUTHORIZATION, v.clone());
+    }
+    out
+}
+
+fn report_query(q: &HashMap<String, String>) -> Result<ReportQuery, ApiError> {
+    let mut by = Vec::new();
+    if let Some(list) = q.get("by") {
+        for d in list.split(',').filter(|d| !d.is_empty()) {
+            by.push(match d {
+                "project" => Dim::Project,
+                "model" => Dim::Model,
+                "day" => Dim::Day,
+                "key" => Dim::Key,
+                other => {
+                    return Err(ApiError::BadRequest(format!(
+                        "by: unknown dimension {other:?}"
+                    )))
+                }
+            });
+        }
+    }
+    let date = |name: &str| -> Result<Option<time::Date>, ApiError> {
+        match q.get(name) {
+            None => Ok(None),
+            Some(s) => {
+                time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
+                    .map(Some)
+                    .map_err(|_| {
+                        ApiError::BadRequest(format!("{name}: {s:?} is not a date like 2026-11-25"))
+                    })
+            }
+        }
+    };
+    Ok(ReportQuery {
+        by,
+        since: date("since")?,
+        until: date("until")?,
+        project: q.get("project").cloned(),
+    })
+}
+
+fn parse_query(q: &str) -> HashMap<String, String> {
+    let mut out: HashMap<String, String> = HashMap::new();
+    for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+        out.entry(k.into_owned())
+            .and_modify(|old| {
+                old.push(',');
+                old.push_str(&v);
+            })
+            .or_insert_with(|| v.into_owned());
+    }
+    out
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
+fn json(v: &impl Serialize) -> Result<Response<Body>, ApiError> {
+    let bytes = serde_json::to_vec(v).map_err(internal)?;
+    let mut resp = Response::new(full(bytes));
+    *resp.status_mut() = StatusCode::OK;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing_repeats_and_decodes() {
+        let q = parse_query("by=project&by=model&since=2026-11-01&model=GPT-4%20Turbo&x");
+        assert_eq!(q["by"], "project,model");
+        assert_eq!(q["model"], "GPT-4 Turbo");
+        assert_eq!(q["x"], "");
+    }
+}

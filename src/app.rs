@@ -1,0 +1,140 @@
+//! The shared state of a running daemon, opened from a `Config`: storage, cache, ledger,
+//! upstream client, credentials. Also the opening of the data directory itself.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context;
+use http::HeaderValue;
+
+use crate::cache::flight::Flights;
+use crate::cache::store::{Store, StoreError};
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::proxy::upstream::Upstream;
+use crate::secret::Fingerprinter;
+use crate::spend::{Prices, Spend};
+
+pub struct App {
+    pub config: Config,
+    pub upstream: Upstream,
+    pub cache: Cache,
+    pub flights: Arc<Flights>,
+    pub spend: Spend,
+    pub fingerprints: Fingerprinter,
+    /// `Bearer <upstream key>` when the daemon holds the key (marked sensitive).
+    pub held_key: Option<HeaderValue>,
+    /// Model prices from the last `/models` answer seen, for cost estimates.
+    pub prices: RwLock<Option<Arc<Prices>>>,
+    /// Upstream exchanges in progress (they outlive clients that leave), for the drain.
+    pub exchanges: tokio_util::task::TaskTracker,
+}
+
+impl App {
+    pub fn open(config: Config) -> anyhow::Result<Arc<App>> {
+        let (store, fingerprints) = open_data_dir(&config.data_dir, config.cache.memory)?;
+        let cache = Cache::open(store.clone(), config.cache.max_bytes, config.cache.max_age)
+            .context("cannot read the cache")?;
+        let spend = Spend::open(&config.data_dir, store, config.projects.clone())
+            .map_err(|e| anyhow::anyhow!("cannot open the spend ledger: {e}"))?;
+        let held_key = load_held_key(&config)?;
+        let upstream = Upstream::new(&config.upstream)?;
+        Ok(Arc::new(App {
+            config,
+            upstream,
+            cache,
+            flights: Arc::new(Flights::default()),
+            spend,
+            fingerprints,
+            held_key,
+            prices: RwLock::new(None),
+            exchanges: tokio_util::task::TaskTracker::new(),
+        }))
+    }
+
+    pub fn prices(&self) -> Option<Arc<Prices>> {
+        self.prices.read().ok().and_then(|p| p.clone())
+    }
+
+    pub fn set_prices(&self, prices: Prices) {
+        if let Ok(mut p) = self.prices.write() {
+            *p = Some(Arc::new(prices));
+        }
+    }
+
+    /// Makes everything written so far durable (on shutdown).
+    pub async fn close(&self) {
+        self.spend.close().await;
+        let cache = self.cache.clone();
+        match tokio::task::spawn_blocking(move || cache.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "could not flush the cache store"),
+            Err(e) => tracing::error!(error = %e, "cache flush task failed"),
+        }
+    }
+}
+
+/// Creates the data dir (0700) and opens the store in it. A store that cannot be opened
+/// because it is damaged is moved aside (and logged) and a new one started, so a damaged
+/// file never keeps the daemon from starting; the ledger rebuilds the rollups.
+pub fn open_data_dir(dir: &Path, memory: u64) -> anyhow::Result<(Store, Fingerprinter)> {
+    create_private_dir(dir)?;
+    let fingerprints = Fingerprinter::load_or_create(dir)?;
+    let store_dir = dir.join("store");
+    let store = match Store::open(&store_dir, memory) {
+        Ok(s) => s,
+        Err(e @ StoreError::Locked(_)) => return Err(anyhow::Error::new(e)),
+        Err(e) => {
+            let aside = damaged_name(&store_dir);
+            tracing::error!(error = %e, moved_to = %aside.display(), "the cache store is damaged; moving it aside and starting an empty one");
+            std::fs::rename(&store_dir, &aside)
+                .with_context(|| format!("cannot move the damaged store to {}", aside.display()))?;
+            Store::open(&store_dir, memory)
+                .map_err(|e| anyhow::anyhow!("cannot open a new store: {e}"))?
+        }
+    };
+    Ok((store, fingerprints))
+}
+
+fn damaged_name(store_dir: &Path) -> PathBuf {
+    let stamp = crate::cache::now_ms();
+    store_dir.with_file_name(format!("store.damaged-{stamp}"))
+}
+
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))
+}
+
+fn load_held_key(config: &Config) -> anyhow::Result<Option<HeaderValue>> {
+    let u = &config.upstream;
+    let key = if let Some(path) = &u.api_key_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read upstream.api_key_file {}", path.display()))?;
+        Some(text.trim().to_string())
+    } else if let Some(var) = &u.api_key_env {
+        let text = std::env::var(var)
+            .with_context(|| format!("upstream.api_key_env: ${var} is not set"))?;
+        Some(text.trim().to_string())
+    } else {
+        None
+    };
+    match key {
+        None => Ok(None),
+        Some(k) if k.is_empty() => anyhow::bail!("the upstream key is empty"),
+        Some(k) => {
+            let mut v = HeaderValue::from_str(&format!("Bearer {k}")).map_err(|_| {
+                anyhow::anyhow!("the upstream key has characters a header cannot carry")
+            })?;
+            v.set_sensitive(true);
+            Ok(Some(v))
+        }
+    }
+}

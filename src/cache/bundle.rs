@@ -1,0 +1,161 @@
+//! Cache bundles: export to and import from JSON Lines, credentials stripped, entries
+//! re-keyed into the importing partition (to share a cache or ship one as a CI fixture).
+
+use std::io::{BufRead, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::entry::{Entry, EntryMeta};
+use crate::cache::key::{cache_key, canonical_json};
+use crate::cache::Cache;
+
+const BUNDLE_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct BundleLine {
+    v: u32,
+    meta: EntryMeta,
+    body: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BundleCount {
+    pub entries: u64,
+    pub skipped: u64,
+}
+
+/// Writes every intact entry as one line. The bundle holds no partition and no
+/// credential: only what was asked and answered. Calls `progress` after each line.
+pub fn export(
+    cache: &Cache,
+    out: &mut impl Write,
+    mut progress: impl FnMut(u64),
+) -> anyhow::Result<BundleCount> {
+    let mut count = BundleCount::default();
+    let mut failure: Option<std::io::Error> = None;
+    cache.for_each(|_, entry| {
+        if failure.is_some() {
+            return;
+        }
+        let Ok(body) = String::from_utf8(entry.body.to_vec()) else {
+            count.skipped += 1;
+            return;
+        };
+        let line = BundleLine {
+            v: BUNDLE_VERSION,
+            meta: entry.meta,
+            body,
+        };
+        let written = serde_json::to_writer(&mut *out, &line)
+            .map_err(std::io::Error::from)
+            .and_then(|()| out.write_all(b"\n"));
+        match written {
+            Ok(()) => {
+                count.entries += 1;
+                progress(count.entries);
+            }
+            Err(e) => failure = Some(e),
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    out.flush()?;
+    Ok(count)
+}
+
+/// Reads a bundle and stores each entry under the key it has in `partition`, with the
+/// importing daemon's `ignore_fields` applied to its request.
+pub fn import(
+    cache: &Cache,
+    input: impl BufRead,
+    partition: &str,
+    ignore_fields: &[String],
+    mut progress: impl FnMut(u64),
+) -> anyhow::Result<BundleCount> {
+    let mut count = BundleCount::default();
+    for (n, line) in input.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: BundleLine = match serde_json::from_str(&line) {
+            Ok(p) => p,
+            Err(e) => anyhow::bail!("bundle line {}: {e}", n + 1),
+        };
+        if parsed.v != BUNDLE_VERSION {
+            anyhow::bail!("bundle line {}: unknown bundle version {}", n + 1, parsed.v);
+        }
+        let request: serde_json::Value = serde_json::from_str(parsed.meta.request.get())?;
+        let canonical = canonical_json(&request, ignore_fields);
+        let key = cache_key(
+            &parsed.meta.method,
+            &parsed.meta.path,
+            partition,
+            &canonical,
+        );
+        let mut meta = parsed.meta;
+        meta.request = serde_json::value::RawValue::from_string(String::from_utf8(canonical)?)?;
+        cache.put(
+            key,
+            &Entry {
+                meta,
+                body: parsed.body.into(),
+            },
+        )?;
+        count.entries += 1;
+        progress(count.entries);
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::tests::sample;
+    use crate::cache::store::Store;
+    use crate::cache::{now_ms, Lookup};
+    use std::time::Duration;
+
+    fn cache() -> (tempfile::TempDir, Cache) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        (
+            dir,
+            Cache::open(store, 1 << 30, Duration::from_secs(3600)).unwrap(),
+        )
+    }
+
+    #[test]
+    fn export_then_import_rekeys_into_the_new_partition() {
+        let (_a, from) = cache();
+        let mut e = sample(true);
+        e.meta.created_ms = now_ms();
+        let old_key = cache_key("POST", "/chat/completions", "alice-fp", br#"{"model":"m"}"#);
+        from.put(old_key, &e).unwrap();
+        let mut bundle = Vec::new();
+        let n = export(&from, &mut bundle, |_| {}).unwrap();
+        assert_eq!(n.entries, 1);
+        let text = String::from_utf8(bundle.clone()).unwrap();
+        assert!(
+            !text.contains("alice-fp"),
+            "partition leaked into the bundle"
+        );
+
+        let (_b, to) = cache();
+        let n = import(&to, &bundle[..], "bob-fp", &["user".into()], |_| {}).unwrap();
+        assert_eq!(n.entries, 1);
+        let new_key = cache_key("POST", "/chat/completions", "bob-fp", br#"{"model":"m"}"#);
+        let (l, got) = to.get(new_key, None).unwrap();
+        assert_eq!(l, Lookup::Fresh);
+        assert_eq!(got.unwrap().body, e.body);
+        assert_eq!(to.get(old_key, None).unwrap().0, Lookup::Missing);
+    }
+
+    #[test]
+    fn a_bad_line_is_an_error_naming_it() {
+        let (_a, to) = cache();
+        let err = import(&to, &b"\n{nope\n"[..], "p", &[], |_| {}).unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+}

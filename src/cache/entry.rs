@@ -1,0 +1,172 @@
+//! The stored form of one cached answer: a versioned, checksummed record of status,
+//! replayable headers, body (with stream chunk timings), the canonical request and its cost.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+const MAGIC: &[u8; 4] = b"CCE1";
+const HEADER_LEN: usize = 4 + 32 + 4;
+
+/// Everything about an entry except its body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EntryMeta {
+    pub status: u16,
+    /// Response headers worth replaying (content type and the like).
+    pub headers: Vec<(String, String)>,
+    /// A streamed (SSE) answer; `chunks` then holds the pieces as they arrived.
+    pub stream: bool,
+    /// (length in bytes, milliseconds since the response started) per upstream chunk.
+    #[serde(default)]
+    pub chunks: Vec<(u32, u32)>,
+    pub created_ms: u64,
+    pub method: String,
+    /// Path as keyed (project prefix removed).
+    pub path: String,
+    /// The canonical request body (what the key hashes), for `cache show` and re-keying.
+    pub request: Box<RawValue>,
+    pub model: Option<String>,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    /// The cost of producing this answer, as upstream wrote it (or estimated).
+    pub cost: Option<Box<RawValue>>,
+    pub cost_source: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub meta: EntryMeta,
+    pub body: Bytes,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("entry is truncated")]
+    Truncated,
+    #[error("entry has an unknown format version")]
+    UnknownFormat,
+    #[error("entry fails its checksum")]
+    Checksum,
+    #[error("entry metadata is unreadable")]
+    Meta,
+}
+
+impl Entry {
+    /// `MAGIC | blake3(rest) | meta length (u32 LE) | meta JSON | body`.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising plain data (strings, numbers, raw JSON) into a Vec cannot fail.
+        let meta = serde_json::to_vec(&self.meta).unwrap_or_default();
+        let mut out = Vec::with_capacity(HEADER_LEN + meta.len() + self.body.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&[0; 32]);
+        out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+        out.extend_from_slice(&meta);
+        out.extend_from_slice(&self.body);
+        let sum = blake3::hash(&out[36..]);
+        out[4..36].copy_from_slice(sum.as_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(DecodeError::Truncated);
+        }
+        if &bytes[..4] != MAGIC {
+            return Err(DecodeError::UnknownFormat);
+        }
+        if blake3::hash(&bytes[36..]).as_bytes() != &bytes[4..36] {
+            return Err(DecodeError::Checksum);
+        }
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&bytes[36..40]);
+        let meta_len = u32::from_le_bytes(len) as usize;
+        let meta_end = HEADER_LEN
+            .checked_add(meta_len)
+            .filter(|end| *end <= bytes.len())
+            .ok_or(DecodeError::Truncated)?;
+        let meta: EntryMeta =
+            serde_json::from_slice(&bytes[HEADER_LEN..meta_end]).map_err(|_| DecodeError::Meta)?;
+        Ok(Entry {
+            meta,
+            body: Bytes::copy_from_slice(&bytes[meta_end..]),
+        })
+    }
+
+    /// The body split into the chunks it arrived in (one chunk for plain answers, or when
+    /// the recorded lengths do not add up).
+    pub fn chunks(&self) -> Vec<(Bytes, u32)> {
+        let total: u64 = self.meta.chunks.iter().map(|(l, _)| u64::from(*l)).sum();
+        if self.meta.chunks.is_empty() || total != self.body.len() as u64 {
+            return vec![(self.body.clone(), 0)];
+        }
+        let mut at = 0usize;
+        self.meta
+            .chunks
+            .iter()
+            .map(|(len, ms)| {
+                let piece = self.body.slice(at..at + *len as usize);
+                at += *len as usize;
+                (piece, *ms)
+            })
+            .collect()
+    }
+
+    pub fn stored_size(&self) -> u64 {
+        (HEADER_LEN + self.body.len() + 512) as u64
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn sample(stream: bool) -> Entry {
+        Entry {
+            meta: EntryMeta {
+                status: 200,
+                headers: vec![("content-type".into(), "text/event-stream".into())],
+                stream,
+                chunks: vec![(6, 0), (5, 12)],
+                created_ms: 1_700_000_000_000,
+                method: "POST".into(),
+                path: "/chat/completions".into(),
+                request: RawValue::from_string(r#"{"model":"m"}"#.into()).unwrap(),
+                model: Some("m".into()),
+                input_tokens: Some(3),
+                output_tokens: Some(4),
+                cost: Some(RawValue::from_string("0.000114".into()).unwrap()),
+                cost_source: "upstream".into(),
+            },
+            body: Bytes::from_static(b"data: x\n\n\n\n"),
+        }
+    }
+
+    #[test]
+    fn round_trips_with_cost_text_verbatim() {
+        let e = sample(true);
+        let d = Entry::decode(&e.encode()).unwrap();
+        assert_eq!(d.body, e.body);
+        assert_eq!(d.meta.cost.unwrap().get(), "0.000114");
+        let chunks: Vec<_> = d
+            .chunks()
+            .into_iter()
+            .map(|(b, ms)| (b.len(), ms))
+            .collect();
+        assert_eq!(chunks, vec![(6, 0), (5, 12)]);
+    }
+
+    #[test]
+    fn any_flipped_byte_is_detected() {
+        let bytes = sample(false).encode();
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            assert!(Entry::decode(&bad).is_err(), "flip at {i} went unnoticed");
+        }
+        assert_eq!(
+            Entry::decode(&bytes[..10]).unwrap_err(),
+            DecodeError::Truncated
+        );
+        assert!(Entry::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+}

@@ -1,0 +1,359 @@
+//! Running the commands other than `serve`: each becomes an admin API request, sent to
+//! the running daemon, or served in-process from the data dir when no daemon holds it.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::app::App;
+use crate::cache::store::StoreError;
+use crate::cli::{ByArg, CacheCommand, FormatArg, SpendArgs};
+use crate::config::Config;
+use crate::spend::report::Report;
+
+/// Where admin requests go.
+pub enum Admin {
+    Remote { base: String, token: Option<String> },
+    Local(Arc<App>),
+}
+
+impl Admin {
+    /// The daemon if it holds the data dir, else the data dir itself.
+    pub async fn connect(config: &Config) -> anyhow::Result<Admin> {
+        match App::open(config.clone()) {
+            Ok(app) => Ok(Admin::Local(app)),
+            Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Locked(_))) => {
+                let addr = loopback_of(config.listen);
+                Ok(Admin::Remote {
+                    base: format!("http://{addr}"),
+                    token: config.admin.token.clone(),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path_q: &str,
+        body: Bytes,
+        headers: HeaderMap,
+    ) -> anyhow::Result<Bytes> {
+        let (status, bytes) = match self {
+            Admin::Local(app) => {
+                let mut req = Request::new(body);
+                *req.method_mut() = method;
+                *req.uri_mut() = format!("{}{path_q}", crate::admin::PREFIX).parse()?;
+                *req.headers_mut() = headers;
+                let resp = crate::admin::dispatch(app.clone(), req).await;
+                let status = resp.status();
+                let bytes = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .to_bytes();
+                (status, bytes)
+            }
+            Admin::Remote { base, token } => {
+                let client: Client<_, Full<Bytes>> =
+                    Client::builder(TokioExecutor::new()).build_http();
+                let mut req = Request::new(Full::new(body));
+                *req.method_mut() = method;
+                *req.uri_mut() = format!("{base}{}{path_q}", crate::admin::PREFIX).parse()?;
+                *req.headers_mut() = headers;
+                if let Some(t) = token {
+                    let mut v = HeaderValue::from_str(&format!("Bearer {t}"))?;
+                    v.set_sensitive(true);
+                    req.headers_mut().insert(http::header::AUTHORIZATION, v);
+                }
+                let resp = client
+                    .request(req)
+                    .await
+                    .with_context(|| format!("the data dir is held by a running daemon, but it does not answer at {base}"))?;
+                let status = resp.status();
+                let bytes = resp.into_body().collect().await?.to_bytes();
+                (status, bytes)
+            }
+        };
+        if status != StatusCode::OK {
+            let msg = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| {
+                    v.pointer("/error/message")
+                        .and_then(|m| m.as_str())
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            bail!("{msg} ({status})");
+        }
+        Ok(bytes)
+    }
+
+    pub async fn close(self) {
+        if let Admin::Local(app) = self {
+            app.close().await;
+        }
+    }
+}
+
+fn loopback_of(listen: SocketAddr) -> SocketAddr {
+    let mut a = listen;
+    if a.ip().is_unspecified() {
+        a.set_ip(if a.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    a
+}
+
+pub async fn spend(config: &Config, args: SpendArgs) -> anyhow::Result<()> {
+    let admin = Admin::connect(config).await?;
+    if args.rebuild {
+        admin
+            .call(
+                Method::POST,
+                "/spend/rebuild",
+                Bytes::new(),
+                HeaderMap::new(),
+            )
+            .await?;
+    }
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    let by = if args.by.is_empty() {
+        vec![ByArg::Project]
+    } else {
+        args.by
+    };
+    for b in by {
+        q.append_pair(
+            "by",
+            match b {
+                ByArg::Project => "project",
+                ByArg::Model => "model",
+                ByArg::Day => "day",
+                ByArg::Key => "key",
+            },
+        );
+    }
+    for (name, v) in [
+        ("since", &args.since),
+        ("until", &args.until),
+        ("project", &args.project),
+    ] {
+        if let Some(v) = v {
+            q.append_pair(name, v);
+        }
+    }
+    let bytes = admin
+        .call(
+            Method::GET,
+            &format!("/spend?{}", q.finish()),
+            Bytes::new(),
+            HeaderMap::new(),
+        )
+        .await;
+    admin.close().await;
+    let report: Report = serde_json::from_slice(&bytes?)?;
+    let text = match args.format {
+        FormatArg::Json => crate::spend::report::render_json(&report),
+        FormatArg::Csv => crate::spend::report::render_csv(&report),
+        FormatArg::Table => crate::spend::report::render_table(&report),
+    };
+    print!("{text}");
+    Ok(())
+}
+
+pub async fn cache(config: &Config, cmd: CacheCommand) -> anyhow::Result<()> {
+    let admin = Admin::connect(config).await?;
+    let result = cache_with(&admin, cmd).await;
+    admin.close().await;
+    result
+}
+
+async fn cache_with(admin: &Admin, cmd: CacheCommand) -> anyhow::Result<()> {
+    let none = HeaderMap::new;
+    match cmd {
+        CacheCommand::Stats => {
+            let b = admin
+                .call(Method::GET, "/cache/stats", Bytes::new(), none())
+                .await?;
+            let v: serde_json::Value = serde_json::from_slice(&b)?;
+            if let Some(obj) = v.as_object() {
+                for (k, v) in obj {
+                    println!("{k:<16} {v}");
+                }
+            }
+        }
+        CacheCommand::List { limit } => {
+            let b = admin
+                .call(
+                    Method::GET,
+                    &format!("/cache/list?limit={limit}"),
+                    Bytes::new(),
+                    none(),
+                )
+                .await?;
+            let rows: Vec<serde_json::Value> = serde_json::from_slice(&b)?;
+            println!(
+                "{:<64}  {:<6} {:<18} {:<22} {:>9}  {}",
+                "KEY", "STREAM", "PATH", "MODEL", "BYTES", "CREATED"
+            );
+            for r in rows {
+                let created = r["created_ms"].as_u64().map(format_ms).unwrap_or_default();
+                println!(
+                    "{:<64}  {:<6} {:<18} {:<22} {:>9}  {}",
+                    r["key"].as_str().unwrap_or(""),
+                    r["stream"].as_bool().unwrap_or(false),
+                    r["path"].as_str().unwrap_or(""),
+                    r["model"].as_str().unwrap_or("-"),
+                    r["bytes"].as_u64().unwrap_or(0),
+                    created
+                );
+            }
+        }
+        CacheCommand::Show { key } => {
+            let b = admin
+                .call(
+                    Method::GET,
+                    &format!("/cache/entries/{key}"),
+                    Bytes::new(),
+                    none(),
+                )
+                .await?;
+            let v: serde_json::Value = serde_json::from_slice(&b)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        CacheCommand::Purge {
+            older_than,
+            model,
+            all,
+        } => {
+            if older_than.is_none() && model.is_none() && !all {
+                bail!("say what to purge: --older-than DUR, --model M or --all");
+            }
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            if let Some(d) = &older_than {
+                q.append_pair("older_than", d);
+            }
+            if let Some(m) = &model {
+                q.append_pair("model", m);
+            }
+            if all {
+                q.append_pair("all", "true");
+            }
+            let b = admin
+                .call(
+                    Method::POST,
+                    &format!("/cache/purge?{}", q.finish()),
+                    Bytes::new(),
+                    none(),
+                )
+                .await?;
+            let v: serde_json::Value = serde_json::from_slice(&b)?;
+            println!("removed {} entries", v["removed"]);
+        }
+        CacheCommand::Export { file } => {
+            let b = admin
+                .call(Method::GET, "/cache/export", Bytes::new(), none())
+                .await?;
+            let mut out = std::io::BufWriter::new(
+                std::fs::File::create(&file)
+                    .with_context(|| format!("cannot create {}", file.display()))?,
+            );
+            let bar = progress(
+                b.iter().filter(|c| **c == b'\n').count() as u64,
+                "exporting",
+            );
+            for line in b.split_inclusive(|c| *c == b'\n') {
+                out.write_all(line)?;
+                bar.inc(1);
+            }
+            out.flush()?;
+            bar.finish_and_clear();
+            println!("exported {} entries to {}", bar.position(), file.display());
+        }
+        CacheCommand::Import {
+            file,
+            project,
+            namespace,
+            key_env,
+        } => {
+            let text =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let mut headers = HeaderMap::new();
+            if let Some(p) = project {
+                headers.insert("x-chatcache-project", HeaderValue::from_str(&p)?);
+            }
+            if let Some(n) = namespace {
+                headers.insert("x-chatcache-namespace", HeaderValue::from_str(&n)?);
+            }
+            if let Ok(key) = std::env::var(&key_env) {
+                let mut v = HeaderValue::from_str(&format!("Bearer {}", key.trim()))?;
+                v.set_sensitive(true);
+                headers.insert("x-chatcache-credential", v);
+            }
+            let lines: Vec<&[u8]> = text.split_inclusive(|c| *c == b'\n').collect();
+            let bar = progress(lines.len() as u64, "importing");
+            let mut imported = 0u64;
+            for batch in lines.chunks(500) {
+                let body = Bytes::from(batch.concat());
+                let b = admin
+                    .call(Method::POST, "/cache/import", body, headers.clone())
+                    .await?;
+                let v: serde_json::Value = serde_json::from_slice(&b)?;
+                imported += v["entries"].as_u64().unwrap_or(0);
+                bar.inc(batch.len() as u64);
+            }
+            bar.finish_and_clear();
+            println!("imported {imported} entries from {}", file.display());
+        }
+    }
+    Ok(())
+}
+
+/// A progress bar on a terminal; hidden otherwise.
+fn progress(len: u64, what: &'static str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} entries")
+    {
+        bar.set_style(style);
+    }
+    bar.set_message(what);
+    bar
+}
+
+fn format_ms(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+pub fn token_new(project: &str) -> anyhow::Result<()> {
+    crate::config::check_project_name(project).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let token = crate::secret::new_token()?;
+    println!("token (give it to the client; it is shown only now):\n  {token}\n");
+    println!("add to the config file (only the hash is kept):\n");
+    println!(
+        "[[tokens]]\nproject = \"{project}\"\nhash = \"blake3:{}\"",
+        crate::secret::token_hash(&token)
+    );
+    Ok(())
+}

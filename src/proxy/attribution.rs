@@ -1,0 +1,145 @@
+//! Who a request is for: its project (local token, `/p/NAME` prefix, header, or
+//! `default`), the credential sent upstream and its fingerprint, and the cache partition.
+
+use http::header::{self, HeaderMap, HeaderValue};
+
+use crate::app::App;
+use crate::config::{check_project_name, Scope};
+use crate::error::ApiError;
+use crate::secret::token_hash;
+
+pub const DEFAULT_PROJECT: &str = "default";
+
+#[derive(Debug, Clone)]
+pub struct Attribution {
+    pub project: String,
+    /// The path to forward and key: the request path without any `/p/NAME` prefix.
+    pub path: String,
+    /// The Authorization value to send upstream, if any.
+    pub upstream_auth: Option<HeaderValue>,
+    /// Keyed fingerprint of the upstream credential.
+    pub fingerprint: Option<String>,
+    pub namespace: Option<String>,
+}
+
+/// Splits `/p/NAME/rest` into (`NAME`, `/rest`).
+pub fn split_project_prefix(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/p/")?;
+    match rest.find('/') {
+        Some(i) => Some((&rest[..i], &rest[i..])),
+        None => Some((rest, "/")),
+    }
+}
+
+pub fn resolve(app: &App, path: &str, headers: &HeaderMap) -> Result<Attribution, ApiError> {
+    let (prefix_project, path) = match split_project_prefix(path) {
+        Some((name, rest)) => (Some(name), rest),
+        None => (None, path),
+    };
+    let header_project = single_header(headers, "x-chatcache-project")?;
+    let namespace = single_header(headers, "x-chatcache-namespace")?;
+    if let Some(ns) = &namespace {
+        if ns.is_empty() || ns.len() > 128 {
+            return Err(ApiError::BadRequest(
+                "x-chatcache-namespace must be 1-128 characters".into(),
+            ));
+        }
+    }
+    let mut auth = headers.get_all(header::AUTHORIZATION).iter();
+    let client_auth = auth.next().cloned();
+    if auth.next().is_some() {
+        return Err(ApiError::BadRequest(
+            "more than one Authorization header".into(),
+        ));
+    }
+    let token_project = client_auth
+        .as_ref()
+        .and_then(bearer)
+        .and_then(|t| app.config.tokens.get(&token_hash(t)).cloned());
+
+    let upstream_auth = match (&app.held_key, &token_project) {
+        (Some(held), Some(_)) => Some(held.clone()),
+        (Some(_), None) if client_auth.is_none() => {
+            return Err(ApiError::Unauthorized(
+                "a local token is required: send Authorization: Bearer <token> made by `chatcache token new`",
+            ))
+        }
+        (Some(_), None) => return Err(ApiError::Unauthorized("unknown local token")),
+        (None, Some(_)) => {
+            return Err(ApiError::Unauthorized(
+                "local tokens need the daemon to hold the upstream key (upstream.api_key_file)",
+            ))
+        }
+        (None, None) => client_auth,
+    };
+    let fingerprint = upstream_auth
+        .as_ref()
+        .map(|v| app.fingerprints.fingerprint(v.as_bytes()));
+
+    let project = match (token_project, prefix_project, header_project) {
+        (Some(t), _, _) => t,
+        (None, Some(p), _) => p.to_string(),
+        (None, None, Some(h)) => h,
+        (None, None, None) => DEFAULT_PROJECT.to_string(),
+    };
+    check_project_name(&project).map_err(|e| ApiError::BadRequest(e.0))?;
+    Ok(Attribution {
+        project,
+        path: path.to_string(),
+        upstream_auth,
+        fingerprint,
+        namespace,
+    })
+}
+
+impl Attribution {
+    /// The cache partition this request reads and writes, or None when it may neither
+    /// (no credential: nobody to vouch that upstream would have answered it).
+    pub fn partition(&self, scope: Scope) -> Option<String> {
+        let fp = self.fingerprint.as_ref()?;
+        let base = match scope {
+            Scope::Key => fp.clone(),
+            Scope::Project => format!("project:{}", self.project),
+            Scope::Shared => "shared".to_string(),
+        };
+        Some(match &self.namespace {
+            Some(ns) => format!("{base}|ns:{ns}"),
+            None => base,
+        })
+    }
+}
+
+fn bearer(v: &HeaderValue) -> Option<&str> {
+    let s = v.to_str().ok()?;
+    let (scheme, token) = s.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn single_header(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
+    let mut all = headers.get_all(name).iter();
+    let Some(first) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(ApiError::BadRequest(format!("more than one {name} header")));
+    }
+    first
+        .to_str()
+        .map(|s| Some(s.trim().to_string()))
+        .map_err(|_| ApiError::BadRequest(format!("{name} is not text")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_prefix_is_split() {
+        assert_eq!(
+            split_project_prefix("/p/web/chat/completions"),
+            Some(("web", "/chat/completions"))
+        );
+        assert_eq!(split_project_prefix("/p/web"), Some(("web", "/")));
+        assert_eq!(split_project_prefix("/chat/completions"), None);
+    }
+}

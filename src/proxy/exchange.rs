@@ -1,0 +1,456 @@
+//! One exchange with upstream: the request as forwarded, the task that reads the answer
+//! into its recording, and the bookkeeping when it ends (ledger line made durable, cache
+//! entry stored, followers released) — in that order, before any client sees the end.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, Method, Request, Response};
+use http_body_util::Full;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::app::App;
+use crate::body::Body;
+use crate::cache::entry::{Entry, EntryMeta};
+use crate::cache::flight::{End, Flight, Head, Leader};
+use crate::cache::key::CacheKey;
+use crate::cache::now_ms;
+use crate::error::ApiError;
+use crate::proxy::attribution::Attribution;
+use crate::proxy::policy::{Endpoint, Policy};
+use crate::proxy::request::copy_end_to_end;
+use crate::spend::{estimate, CostSource, LedgerLine, Outcome, Prices, Usage};
+use crate::stream::tee::{tee, TeeEnd};
+
+/// Everything about a client request that the exchange needs, owned.
+pub struct Exchange {
+    pub method: Method,
+    /// Path and query to forward (project prefix removed).
+    pub path_q: String,
+    pub endpoint: Endpoint,
+    pub model: Option<String>,
+    pub stream_requested: bool,
+    /// Characters of prompt text, for estimates.
+    pub input_chars: usize,
+    pub canonical: Option<Vec<u8>>,
+    pub key: Option<CacheKey>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub policy: Policy,
+    pub attr: Attribution,
+    pub started: Instant,
+}
+
+/// What the exchange tells the client that caused it, once it knows.
+pub enum First {
+    /// A 2xx answer is coming in: read it from the flight.
+    Answer(Arc<Flight>, Head),
+    /// Upstream answered with an error status: passed through as it is, never stored.
+    Direct(Response<Body>),
+    /// No answer: unreachable, timed out, refused.
+    Failed(ApiError),
+}
+
+pub fn solo_leader() -> Leader {
+    Leader::solo()
+}
+
+/// The cost fields of a ledger line, and where they came from.
+#[derive(Debug, Clone, Default)]
+pub struct Accounting {
+    pub usage: Usage,
+    pub source: Option<CostSource>,
+    pub saved: Option<Box<RawValue>>,
+    pub upstream_ms: Option<u64>,
+    pub ttfb_ms: Option<u64>,
+    pub incomplete: bool,
+}
+
+impl Accounting {
+    /// A cache hit: nothing spent, the recorded cost saved.
+    pub fn saved_from_entry(meta: &EntryMeta) -> Accounting {
+        let mut a = Accounting::saved_text(meta.cost.as_ref().map(|c| c.get().to_string()));
+        a.usage.input_tokens = meta.input_tokens;
+        a.usage.output_tokens = meta.output_tokens;
+        a.source = Some(match meta.cost_source.as_str() {
+            "upstream" => CostSource::Upstream,
+            "estimated" => CostSource::Estimated,
+            _ => CostSource::Unknown,
+        });
+        a
+    }
+
+    pub fn saved_text(cost: Option<String>) -> Accounting {
+        let zero = RawValue::from_string("0".into()).ok();
+        Accounting {
+            usage: Usage {
+                input_cost: zero.clone(),
+                output_cost: zero.clone(),
+                cost: zero,
+                ..Usage::default()
+            },
+            source: Some(if cost.is_some() {
+                CostSource::Upstream
+            } else {
+                CostSource::Unknown
+            }),
+            saved: cost.and_then(|c| RawValue::from_string(c).ok()),
+            ..Accounting::default()
+        }
+    }
+}
+
+impl Exchange {
+    pub fn ledger_line(&self, outcome: Outcome, status: u16, acc: Accounting) -> LedgerLine {
+        LedgerLine {
+            ts: time::OffsetDateTime::now_utc(),
+            id: String::new(),
+            project: self.attr.project.clone(),
+            key: self.attr.fingerprint.clone(),
+            endpoint: self.endpoint.as_str().to_string(),
+            model: self.model.clone(),
+            stream: self.stream_requested,
+            outcome,
+            status,
+            input_tokens: acc.usage.input_tokens,
+            output_tokens: acc.usage.output_tokens,
+            input_cost: acc.usage.input_cost,
+            output_cost: acc.usage.output_cost,
+            cost: acc.usage.cost,
+            saved: acc.saved,
+            cost_source: acc.source.unwrap_or(CostSource::Unknown),
+            upstream_ms: acc.upstream_ms,
+            ttfb_ms: acc.ttfb_ms,
+            incomplete: acc.incomplete,
+        }
+    }
+
+    fn upstream_outcome(&self) -> Outcome {
+        match self.policy.upstream_outcome() {
+            "miss" => Outcome::Miss,
+            "refresh" => Outcome::Refresh,
+            _ => Outcome::Bypass,
+        }
+    }
+
+    fn upstream_request(&self, app: &App) -> Result<Request<Full<Bytes>>, ApiError> {
+        let uri = app.upstream.uri_for(&self.path_q)?;
+        let mut headers = HeaderMap::with_capacity(self.headers.len());
+        copy_end_to_end(&self.headers, &mut headers, not_forwarded);
+        if let Some(auth) = &self.attr.upstream_auth {
+            headers.insert(header::AUTHORIZATION, auth.clone());
+        }
+        let mut req = Request::new(Full::new(self.body.clone()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+}
+
+/// Request headers the proxy sets itself or keeps to itself. Accept-Encoding is dropped so
+/// upstream answers in identity encoding, which the proxy must read to account for it.
+fn not_forwarded(name: &HeaderName) -> bool {
+    name == header::HOST
+        || name == header::AUTHORIZATION
+        || name == header::ACCEPT_ENCODING
+        || name == header::EXPECT
+        || name.as_str().starts_with("x-chatcache-")
+}
+
+fn response_headers(src: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(src.len());
+    copy_end_to_end(src, &mut out, |_| false);
+    out
+}
+
+/// Characters of prompt text in a request body (messages' contents, `text`, `input`).
+pub fn input_chars(body: &Value) -> usize {
+    fn text_len(v: &Value) -> usize {
+        match v {
+            Value::String(s) => s.chars().count(),
+            Value::Array(items) => items.iter().map(text_len).sum(),
+            Value::Object(m) => m
+                .get("text")
+                .or_else(|| m.get("content"))
+                .map_or(0, text_len),
+            _ => 0,
+        }
+    }
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map_or(0, |ms| {
+            ms.iter()
+                .map(|m| m.get("content").map_or(0, text_len))
+                .sum()
+        });
+    messages + body.get("text").map_or(0, text_len) + body.get("input").map_or(0, text_len)
+}
+
+/// Sends an uncached, unaccounted request (credits, unknown paths) and relays the answer.
+pub async fn pass(app: &Arc<App>, ex: &Exchange) -> Result<Response<Body>, ApiError> {
+    let resp = app.upstream.send(ex.upstream_request(app)?).await?;
+    let (parts, body) = resp.into_parts();
+    let mut out = Response::new(app.upstream.relay(body));
+    *out.status_mut() = parts.status;
+    *out.headers_mut() = response_headers(&parts.headers);
+    out.headers_mut().insert(
+        crate::proxy::OUTCOME_HEADER,
+        http::HeaderValue::from_static("bypass"),
+    );
+    Ok(out)
+}
+
+/// Runs one exchange to its end. `first` hears how it started; the leader's flight hears
+/// everything else. Dropping `leader` unfinished (any early return) releases followers.
+pub async fn drive(
+    app: Arc<App>,
+    ex: Arc<Exchange>,
+    leader: Leader,
+    first: oneshot::Sender<First>,
+) {
+    let req = match ex.upstream_request(&app) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = first.send(First::Failed(e));
+            return;
+        }
+    };
+    let resp = match app.upstream.send(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream request failed");
+            let _ = first.send(First::Failed(e));
+            return;
+        }
+    };
+    let ttfb_ms = ex.started.elapsed().as_millis() as u64;
+    let (parts, body) = resp.into_parts();
+    let headers = response_headers(&parts.headers);
+    if !parts.status.is_success() {
+        if ex.endpoint.billable() {
+            let acc = Accounting {
+                upstream_ms: Some(ttfb_ms),
+                ttfb_ms: Some(ttfb_ms),
+                ..Accounting::default()
+            };
+            app.spend.record_nowait(ex.ledger_line(
+                ex.upstream_outcome(),
+                parts.status.as_u16(),
+                acc,
+            ));
+        }
+        let mut out = Response::new(app.upstream.relay(body));
+        *out.status_mut() = parts.status;
+        *out.headers_mut() = headers;
+        let _ = first.send(First::Direct(out));
+        return;
+    }
+    note_accepted(&app, &ex);
+    let sse = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        });
+    let head = Head {
+        status: parts.status,
+        headers,
+        stream: sse,
+    };
+    leader.flight.set_head(head.clone());
+    let _ = first.send(First::Answer(leader.flight.clone(), head.clone()));
+
+    let t = tee(
+        body,
+        &leader.flight,
+        app.upstream.idle_timeout,
+        sse,
+        ex.started,
+    )
+    .await;
+    let body = leader.flight.snapshot();
+    let mut end = t.end;
+    let parsed: Option<Value> = if sse {
+        None
+    } else {
+        serde_json::from_slice(&body).ok()
+    };
+    if !sse
+        && matches!(end, TeeEnd::Clean)
+        && (ex.endpoint.cacheable() || ex.endpoint.billable())
+        && parsed.is_none()
+    {
+        end = TeeEnd::Broken(ApiError::UpstreamBroken(
+            "upstream answered with a body that is not JSON".into(),
+        ));
+    }
+    let prices = app.prices();
+    let (usage, source) = account(
+        &ex,
+        prices.as_deref(),
+        sse,
+        t.cost_frame.as_deref(),
+        parsed.as_ref(),
+        &body,
+        t.output_chars,
+    );
+    let clean = matches!(end, TeeEnd::Clean);
+    let acc = Accounting {
+        usage: usage.clone(),
+        source: Some(source),
+        saved: None,
+        upstream_ms: Some(ex.started.elapsed().as_millis() as u64),
+        ttfb_ms: Some(ttfb_ms),
+        incomplete: matches!(end, TeeEnd::Broken(_)),
+    };
+    let cost_text = usage.cost.as_ref().map(|c| c.get().to_string());
+    leader.flight.set_cost(cost_text);
+
+    let record = async {
+        if ex.endpoint.billable() {
+            if let Err(e) = app
+                .spend
+                .record(ex.ledger_line(ex.upstream_outcome(), head.status.as_u16(), acc))
+                .await
+            {
+                tracing::error!(error = %e, "could not make the ledger line durable");
+            }
+        }
+    };
+    let store = async {
+        if let (Some(key), true) = (ex.key, clean && ex.policy.store) {
+            let entry = entry_of(&ex, &head, &t.chunk_times, body.clone(), &usage, source);
+            let cache = app.cache.clone();
+            match tokio::task::spawn_blocking(move || cache.put(key, &entry)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not store the answer; serving it uncached")
+                }
+                Err(e) => tracing::error!(error = %e, "cache store task failed"),
+            }
+        }
+    };
+    tokio::join!(record, store);
+    if ex.endpoint == Endpoint::Models && clean {
+        if let Some(p) = Prices::from_models_json(&body) {
+            app.set_prices(p);
+        }
+    }
+    match end {
+        TeeEnd::Clean | TeeEnd::Unterminated => leader.finish(End::Complete),
+        TeeEnd::Broken(e) => {
+            tracing::warn!(error = %e, "upstream answer broke off; not stored");
+            leader.finish(End::Failed(e));
+        }
+    }
+}
+
+fn note_accepted(app: &Arc<App>, ex: &Exchange) {
+    if app.config.cache.scope != crate::config::Scope::Shared {
+        return;
+    }
+    if let Some(fp) = ex.attr.fingerprint.clone() {
+        let cache = app.cache.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = cache.mark_accepted(&fp) {
+                tracing::warn!(error = %e, "could not record an accepted credential");
+            }
+        });
+    }
+}
+
+/// The cost of an upstream answer: the fields upstream reported (JSON body or the stream's
+/// trailing cost frame), else an estimate from `/models` prices.
+fn account(
+    ex: &Exchange,
+    prices: Option<&Prices>,
+    sse: bool,
+    cost_frame: Option<&str>,
+    parsed: Option<&Value>,
+    body: &[u8],
+    stream_output_chars: usize,
+) -> (Usage, CostSource) {
+    let reported = if sse {
+        cost_frame.and_then(Usage::from_upstream_json)
+    } else {
+        std::str::from_utf8(body)
+            .ok()
+            .and_then(Usage::from_upstream_json)
+    };
+    if let Some(u) = reported.filter(|u| u.cost.is_some()) {
+        return (u, CostSource::Upstream);
+    }
+    let output_chars = if sse {
+        stream_output_chars
+    } else {
+        parsed
+            .and_then(|v| v.get("choices"))
+            .and_then(Value::as_array)
+            .map_or(0, |cs| {
+                cs.iter()
+                    .filter_map(|c| c.pointer("/message/content").and_then(Value::as_str))
+                    .map(|s| s.chars().count())
+                    .sum()
+            })
+    };
+    let model = ex.model.as_deref().unwrap_or("");
+    estimate(prices, model, ex.input_chars, output_chars)
+}
+
+fn entry_of(
+    ex: &Exchange,
+    head: &Head,
+    chunk_times: &[(u32, u32)],
+    body: Bytes,
+    usage: &Usage,
+    source: CostSource,
+) -> Entry {
+    let keep = [header::CONTENT_TYPE];
+    let headers = head
+        .headers
+        .iter()
+        .filter(|(k, _)| keep.contains(k))
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let canonical = ex.canonical.clone().unwrap_or_default();
+    let request = String::from_utf8(canonical)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .and_then(|s| RawValue::from_string(s).ok())
+        .or_else(|| RawValue::from_string("null".into()).ok());
+    Entry {
+        meta: EntryMeta {
+            status: head.status.as_u16(),
+            headers,
+            stream: head.stream,
+            chunks: if head.stream {
+                chunk_times.to_vec()
+            } else {
+                Vec::new()
+            },
+            created_ms: now_ms(),
+            method: ex.method.to_string(),
+            path: ex.path_q.clone(),
+            // "null" always parses, so this is never the fallback below.
+            request: request.unwrap_or_else(|| RawValue::NULL.to_owned()),
+            model: ex.model.clone(),
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cost: usage.cost.clone(),
+            cost_source: match source {
+                CostSource::Upstream => "upstream",
+                CostSource::Estimated => "estimated",
+                CostSource::Unknown => "unknown",
+            }
+            .to_string(),
+        },
+        body,
+    }
+}

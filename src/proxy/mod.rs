@@ -1,0 +1,346 @@
+//! Handling of one client request: attribution, body checks, cache policy and lookup,
+//! single-flight, and the answer with its `x-chatcache` outcome.
+
+pub mod attribution;
+pub mod exchange;
+pub mod policy;
+pub mod request;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{header, HeaderMap, HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use crate::app::App;
+use crate::body::{full, Body};
+use crate::cache::entry::Entry;
+use crate::cache::flight::{End, Flight, Head, Role};
+use crate::cache::key::{cache_key, canonical_json, CacheKey};
+use crate::cache::{now_ms, Lookup};
+use crate::error::ApiError;
+use crate::proxy::attribution::Attribution;
+use crate::proxy::exchange::Exchange;
+use crate::proxy::policy::{Endpoint, Policy};
+use crate::spend::{BudgetState, Outcome};
+use crate::stream::replay::replay_body;
+
+pub const OUTCOME_HEADER: &str = "x-chatcache";
+pub const BUDGET_HEADER: &str = "x-chatcache-budget-remaining";
+
+/// Entry point for every request the server accepts.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if crate::admin::is_admin_path(req.uri().path()) {
+        return crate::admin::route(app, req, peer).await;
+    }
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = match proxy(&app, req, started).await {
+        Ok(r) => r,
+        Err(e) => {
+            if let ApiError::Internal(detail) = &e {
+                tracing::error!(%detail, "internal error");
+            }
+            e.into_response()
+        }
+    };
+    let outcome = resp
+        .headers()
+        .get(OUTCOME_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("local");
+    tracing::info!(
+        %method,
+        %path,
+        status = resp.status().as_u16(),
+        cache = outcome,
+        head_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    resp
+}
+
+async fn proxy(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    started: Instant,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let attr = attribution::resolve(app, parts.uri.path(), &parts.headers)?;
+    let endpoint = Endpoint::of(&parts.method, &attr.path);
+    let body = request::read_body(body, &parts.headers, app.config.limits.max_body).await?;
+    let json = if endpoint.takes_json() {
+        Some(request::parse_json_object(&body)?)
+    } else {
+        None
+    };
+    let policy = Policy::new(app.config.mode, &parts.headers);
+    let path_q = match parts.uri.query() {
+        Some(q) => format!("{}?{q}", attr.path),
+        None => attr.path.clone(),
+    };
+    let canonical = endpoint.cacheable().then(|| {
+        json.as_ref()
+            .map(|v| canonical_json(v, &app.config.cache.ignore_fields))
+            .unwrap_or_default()
+    });
+    let key = match (&canonical, attr.partition(app.config.cache.scope)) {
+        (Some(c), Some(partition)) => {
+            Some(cache_key(parts.method.as_str(), &path_q, &partition, c))
+        }
+        _ => None,
+    };
+    let ex = Arc::new(Exchange {
+        method: parts.method.clone(),
+        path_q,
+        endpoint,
+        model: json
+            .as_ref()
+            .and_then(|v| v.get("model"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        stream_requested: json
+            .as_ref()
+            .and_then(|v| v.get("stream"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        input_chars: json.as_ref().map(exchange::input_chars).unwrap_or(0),
+        canonical,
+        key,
+        headers: parts.headers,
+        body,
+        policy,
+        attr,
+        started,
+    });
+
+    let max_age = match endpoint {
+        Endpoint::Models => Some(policy.max_age.map_or(app.config.cache.models_ttl, |m| {
+            m.min(app.config.cache.models_ttl)
+        })),
+        _ => policy.max_age,
+    };
+    if let (Some(key), true) = (ex.key, policy.lookup) {
+        if may_hit(app, &ex.attr).await {
+            if let Some(entry) = lookup(app, key, max_age).await {
+                return Ok(with_budget(
+                    app,
+                    &ex.attr.project,
+                    serve_hit(app, &ex, entry),
+                ));
+            }
+        }
+    }
+    if policy.offline {
+        return Err(ApiError::CacheMiss);
+    }
+    if endpoint.billable() {
+        if let BudgetState::Exhausted { budget, spent } = app.spend.budget(&ex.attr.project) {
+            return Err(ApiError::BudgetExceeded {
+                project: ex.attr.project.clone(),
+                budget,
+                spent,
+            });
+        }
+        if !app.spend.healthy() {
+            return Err(ApiError::LedgerUnavailable);
+        }
+    }
+    let resp = match ex.key {
+        Some(key) if policy.lookup => coalesce(app, &ex, key).await?,
+        Some(_) if policy.store => lead(app, &ex, exchange::solo_leader()).await?,
+        _ if endpoint.billable() || endpoint == Endpoint::Models => {
+            lead(app, &ex, exchange::solo_leader()).await?
+        }
+        _ => exchange::pass(app, &ex).await?,
+    };
+    Ok(with_budget(app, &ex.attr.project, resp))
+}
+
+/// Under `cache.scope = "shared"`, only credentials upstream has accepted before get hits.
+async fn may_hit(app: &Arc<App>, attr: &Attribution) -> bool {
+    if app.config.cache.scope != crate::config::Scope::Shared {
+        return true;
+    }
+    let Some(fp) = attr.fingerprint.clone() else {
+        return false;
+    };
+    let cache = app.cache.clone();
+    matches!(
+        tokio::task::spawn_blocking(move || cache.was_accepted(&fp)).await,
+        Ok(Ok(true))
+    )
+}
+
+async fn lookup(app: &Arc<App>, key: CacheKey, max_age: Option<Duration>) -> Option<Entry> {
+    let cache = app.cache.clone();
+    match tokio::task::spawn_blocking(move || cache.get(key, max_age)).await {
+        Ok(Ok((Lookup::Fresh, entry))) => entry,
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cache lookup failed; going upstream");
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cache lookup task failed");
+            None
+        }
+    }
+}
+
+fn serve_hit(app: &Arc<App>, ex: &Exchange, entry: Entry) -> Response<Body> {
+    if ex.endpoint.billable() {
+        app.spend.record_nowait(ex.ledger_line(
+            Outcome::Hit,
+            entry.meta.status,
+            exchange::Accounting::saved_from_entry(&entry.meta),
+        ));
+    }
+    let age = now_ms().saturating_sub(entry.meta.created_ms) / 1000;
+    let mut headers = HeaderMap::new();
+    for (k, v) in &entry.meta.headers {
+        if let (Ok(k), Ok(v)) = (
+            header::HeaderName::try_from(k.as_str()),
+            HeaderValue::from_str(v),
+        ) {
+            headers.append(k, v);
+        }
+    }
+    let body = if entry.meta.stream {
+        replay_body(entry.chunks(), app.config.cache.replay_pace)
+    } else {
+        full(entry.body.clone())
+    };
+    let status = http::StatusCode::from_u16(entry.meta.status).unwrap_or(http::StatusCode::OK);
+    let mut resp = respond(status, &headers, body, "hit");
+    resp.headers_mut()
+        .insert(header::AGE, HeaderValue::from(age));
+    resp
+}
+
+/// Joins an identical request in flight, or leads one.
+async fn coalesce(
+    app: &Arc<App>,
+    ex: &Arc<Exchange>,
+    key: CacheKey,
+) -> Result<Response<Body>, ApiError> {
+    // A follower whose leader gave up before answering tries again; after a few rounds
+    // it fetches on its own rather than wait behind a run of failures.
+    for _ in 0..3 {
+        match app.flights.join(key) {
+            Role::Leader(leader) => return lead(app, ex, leader).await,
+            Role::Follower(flight) => {
+                if let Some(resp) = follow(app, ex, flight).await {
+                    return Ok(resp);
+                }
+            }
+        }
+    }
+    lead(app, ex, exchange::solo_leader()).await
+}
+
+/// Reads somebody else's answer; None if that answer was given up before it started.
+async fn follow(app: &Arc<App>, ex: &Arc<Exchange>, flight: Arc<Flight>) -> Option<Response<Body>> {
+    let head = flight.head().await.ok()?;
+    let body = if head.stream {
+        let (app, ex, f) = (app.clone(), ex.clone(), flight.clone());
+        tokio::spawn(async move {
+            if f.whole().await.is_ok() {
+                record_coalesced(&app, &ex, &f, head_status(&f).await);
+            }
+        });
+        flight.stream_body()
+    } else {
+        let bytes = flight.whole().await.ok()?;
+        record_coalesced(app, ex, &flight, head.status.as_u16());
+        full(bytes)
+    };
+    Some(respond(head.status, &head.headers, body, "coalesced"))
+}
+
+async fn head_status(f: &Flight) -> u16 {
+    f.head().await.map(|h| h.status.as_u16()).unwrap_or(200)
+}
+
+fn record_coalesced(app: &App, ex: &Exchange, flight: &Flight, status: u16) {
+    if ex.endpoint.billable() {
+        let acc = exchange::Accounting::saved_text(flight.cost());
+        app.spend
+            .record_nowait(ex.ledger_line(Outcome::Coalesced, status, acc));
+    }
+}
+
+/// Fetches from upstream in a task of its own (which goes on if this client leaves, so the
+/// answer is still recorded and accounted for), and answers from its recording.
+async fn lead(
+    app: &Arc<App>,
+    ex: &Arc<Exchange>,
+    leader: crate::cache::flight::Leader,
+) -> Result<Response<Body>, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    app.exchanges
+        .spawn(exchange::drive(app.clone(), ex.clone(), leader, tx));
+    let outcome = ex.policy.upstream_outcome();
+    match rx.await {
+        Ok(exchange::First::Answer(flight, head)) => answer_from(flight, head, outcome).await,
+        Ok(exchange::First::Direct(mut resp)) => {
+            resp.headers_mut()
+                .insert(OUTCOME_HEADER, HeaderValue::from_static(outcome));
+            Ok(resp)
+        }
+        Ok(exchange::First::Failed(e)) => Err(e),
+        Err(_) => Err(ApiError::Internal(
+            "the upstream exchange ended without answering".into(),
+        )),
+    }
+}
+
+async fn answer_from(
+    flight: Arc<Flight>,
+    head: Head,
+    outcome: &'static str,
+) -> Result<Response<Body>, ApiError> {
+    if head.stream {
+        return Ok(respond(
+            head.status,
+            &head.headers,
+            flight.stream_body(),
+            outcome,
+        ));
+    }
+    match flight.whole().await {
+        Ok(bytes) => Ok(respond(head.status, &head.headers, full(bytes), outcome)),
+        Err(End::Failed(e)) => Err(e),
+        Err(_) => Err(ApiError::UpstreamBroken("the answer was abandoned".into())),
+    }
+}
+
+pub fn respond(
+    status: http::StatusCode,
+    headers: &HeaderMap,
+    body: Body,
+    outcome: &'static str,
+) -> Response<Body> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers.clone();
+    resp.headers_mut()
+        .insert(OUTCOME_HEADER, HeaderValue::from_static(outcome));
+    resp
+}
+
+fn with_budget(app: &App, project: &str, mut resp: Response<Body>) -> Response<Body> {
+    let remaining = match app.spend.budget(project) {
+        BudgetState::Unlimited => return resp,
+        BudgetState::Remaining(r) => r,
+        BudgetState::Exhausted { .. } => 0.0,
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!("{remaining:.6}")) {
+        resp.headers_mut().insert(BUDGET_HEADER, v);
+    }
+    resp
+}

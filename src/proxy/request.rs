@@ -1,0 +1,200 @@
+//! What a client sent: its body read under the size limit, strict JSON parsing for the
+//! JSON endpoints, and the header filtering between client and upstream (RFC 9110 7.6.1).
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
+use http_body_util::{BodyExt, Limited};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// Reads the whole body, refusing with 413 as soon as it is known to exceed `limit`:
+/// from Content-Length before reading anything, or while reading a chunked body.
+pub async fn read_body(
+    body: hyper::body::Incoming,
+    headers: &HeaderMap,
+    limit: u64,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    match Limited::new(body, limit_usize).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::BodyTooLarge { limit })
+        }
+        Err(_) => Err(ApiError::BadRequest(
+            "the request body could not be read".into(),
+        )),
+    }
+}
+
+/// Parses a JSON endpoint's body: valid UTF-8 JSON, an object, no duplicate keys.
+pub fn parse_json_object(body: &[u8]) -> Result<Value, ApiError> {
+    let Strict(value) =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    if !value.is_object() {
+        return Err(ApiError::InvalidJson(
+            "the body must be a JSON object".into(),
+        ));
+    }
+    Ok(value)
+}
+
+/// A JSON value that refuses duplicate object keys (serde_json keeps the last silently,
+/// which would let two readers of one body disagree about what it says).
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if out.contains_key(&k) {
+                return Err(de::Error::custom(format!("duplicate key {k:?}")));
+            }
+            let Strict(v) = map.next_value()?;
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// Headers meaningful only for one connection (RFC 9110 7.6.1), plus `Proxy-*`.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Headers a `Connection:` list may not remove: the proxy decides about these itself.
+const PROTECTED: &[&str] = &["authorization", "content-type", "host"];
+
+/// Copies end-to-end headers from `src` into `dst`: drops hop-by-hop ones, those the
+/// `Connection` header names (except protected ones), Content-Length (the body is
+/// re-framed), and any for which `drop` returns true.
+pub fn copy_end_to_end(src: &HeaderMap, dst: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
+    let named: Vec<String> = src
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && !PROTECTED.contains(&t.as_str()))
+        .collect();
+    for (name, value) in src {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n)
+            || *name == header::CONTENT_LENGTH
+            || named.iter().any(|c| c == n)
+            || drop(name)
+        {
+            continue;
+        }
+        dst.append(name.clone(), value.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn strict_json_rules() {
+        assert!(parse_json_object(br#"{"a":1,"b":{"c":[1,2]}}"#).is_ok());
+        for bad in [
+            &br#"{"a":1,"a":2}"#[..],
+            br#"{"a":{"b":1,"b":1}}"#,
+            br#"[1,2]"#,
+            br#""str""#,
+            br#"{"a":1"#,
+            b"{\"a\":\"\xff\"}",
+            b"",
+        ] {
+            let e = parse_json_object(bad).unwrap_err();
+            assert_eq!(e.code(), "invalid_json", "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_dropped() {
+        let mut src = HeaderMap::new();
+        src.insert(
+            "connection",
+            HeaderValue::from_static("x-secret, Authorization, keep-alive"),
+        );
+        src.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        src.insert("x-secret", HeaderValue::from_static("1"));
+        src.insert("authorization", HeaderValue::from_static("Bearer k"));
+        src.insert("te", HeaderValue::from_static("trailers"));
+        src.insert("content-length", HeaderValue::from_static("10"));
+        src.insert("x-keep", HeaderValue::from_static("yes"));
+        src.insert("x-chatcache-project", HeaderValue::from_static("p"));
+        let mut dst = HeaderMap::new();
+        copy_end_to_end(&src, &mut dst, |n| n.as_str().starts_with("x-chatcache-"));
+        let names: Vec<_> = dst.keys().map(|k| k.as_str().to_string()).collect();
+        assert_eq!(
+            names,
+            vec!["authorization".to_string(), "x-keep".to_string()]
+        );
+        assert_eq!(dst.get_all("authorization").iter().count(), 1);
+    }
+}

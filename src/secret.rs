@@ -1,0 +1,108 @@
+//! The daemon's fingerprint secret (in the data dir, mode 0600) and the keyed fingerprints
+//! of credentials made with it: the only form in which a credential is ever stored.
+
+use std::io::Write;
+use std::path::Path;
+
+const SECRET_FILE: &str = "fingerprint.key";
+
+#[derive(Clone)]
+pub struct Fingerprinter {
+    secret: [u8; 32],
+}
+
+impl std::fmt::Debug for Fingerprinter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fingerprinter(..)")
+    }
+}
+
+impl Fingerprinter {
+    /// Reads the secret from `data_dir`, creating it (0600) on first use.
+    pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Fingerprinter> {
+        let path = data_dir.join(SECRET_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                    anyhow::anyhow!("{} is damaged (not 32 bytes); remove it to make a new one (fingerprints in old ledger lines will then no longer match)", path.display())
+                })?;
+                Ok(Fingerprinter { secret })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut secret = [0u8; 32];
+                getrandom::fill(&mut secret).map_err(|e| {
+                    anyhow::anyhow!("no randomness for the fingerprint secret: {e}")
+                })?;
+                let mut opts = std::fs::OpenOptions::new();
+                opts.write(true).create_new(true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    opts.mode(0o600);
+                }
+                let mut f = opts.open(&path)?;
+                f.write_all(&secret)?;
+                f.sync_all()?;
+                Ok(Fingerprinter { secret })
+            }
+            Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn with_secret(secret: [u8; 32]) -> Fingerprinter {
+        Fingerprinter { secret }
+    }
+
+    /// `fp-` and 128 bits of keyed blake3 of the credential, in hex.
+    pub fn fingerprint(&self, credential: &[u8]) -> String {
+        let h = blake3::keyed_hash(&self.secret, credential);
+        format!("fp-{}", &h.to_hex()[..32])
+    }
+}
+
+/// blake3 hex of a local client token, as kept in the config's `[[tokens]]`.
+pub fn token_hash(token: &str) -> String {
+    blake3::hash(token.as_bytes()).to_hex().to_string()
+}
+
+/// A new local client token: `cc-` and 256 random bits in hex.
+pub fn new_token() -> anyhow::Result<String> {
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(format!("cc-{}", blake3::Hash::from_bytes(raw).to_hex()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_is_keyed_and_stable() {
+        let a = Fingerprinter::with_secret([1; 32]);
+        let b = Fingerprinter::with_secret([2; 32]);
+        assert_eq!(a.fingerprint(b"Bearer k"), a.fingerprint(b"Bearer k"));
+        assert_ne!(a.fingerprint(b"Bearer k"), b.fingerprint(b"Bearer k"));
+        assert_ne!(a.fingerprint(b"Bearer k"), a.fingerprint(b"Bearer j"));
+        assert!(!a
+            .fingerprint(b"Bearer k")
+            .contains(&blake3::hash(b"Bearer k").to_hex()[..8]));
+    }
+
+    #[test]
+    fn secret_file_is_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Fingerprinter::load_or_create(dir.path()).unwrap();
+        let b = Fingerprinter::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.fingerprint(b"x"), b.fingerprint(b"x"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(SECRET_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The tee: reads an upstream answer piece by piece into the shared recording that every
+//! client reads from (so each piece goes out the moment it arrives), noting when each
+//! piece came and, for SSE, watching for the cost frame, `[DONE]` and the text produced.
+
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::cache::flight::Flight;
+use crate::error::ApiError;
+use crate::stream::sse::{classify, delta_text, Event, Frame, SseParser};
+
+/// How the upstream body ended.
+#[derive(Debug, Clone)]
+pub enum TeeEnd {
+    /// Whole: a plain body read to its end, or a stream whose cost frame or `[DONE]` was
+    /// seen before its end.
+    Clean,
+    /// A stream that ended without a cost frame or `[DONE]`: delivered, never stored.
+    Unterminated,
+    /// Reset, truncated, stalled or an in-band error: never stored.
+    Broken(ApiError),
+}
+
+#[derive(Debug)]
+pub struct Tee {
+    pub end: TeeEnd,
+    /// (length, milliseconds since `started`) of each piece.
+    pub chunk_times: Vec<(u32, u32)>,
+    /// The data of the stream's trailing cost frame.
+    pub cost_frame: Option<String>,
+    /// Characters of assistant text seen in stream chunks (for estimates).
+    pub output_chars: usize,
+    pub first_byte_ms: Option<u64>,
+}
+
+pub async fn tee(
+    mut body: Incoming,
+    flight: &Flight,
+    idle: Duration,
+    sse: bool,
+    started: Instant,
+) -> Tee {
+    let mut t = Tee {
+        end: TeeEnd::Clean,
+        chunk_times: Vec::new(),
+        cost_frame: None,
+        output_chars: 0,
+        first_byte_ms: None,
+    };
+    let mut parser = SseParser::new();
+    let mut events: Vec<Event> = Vec::new();
+    let mut saw_end_marker = false;
+    let mut in_band_error = false;
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => {
+                t.end = TeeEnd::Broken(ApiError::UpstreamTimeout(idle));
+                return t;
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                t.end = TeeEnd::Broken(ApiError::UpstreamBroken(format!(
+                    "the answer broke off: {e}"
+                )));
+                return t;
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers carry nothing we keep
+        };
+        if data.is_empty() {
+            continue;
+        }
+        let ms = started.elapsed().as_millis() as u64;
+        t.first_byte_ms.get_or_insert(ms);
+        t.chunk_times
+            .push((data.len() as u32, ms.min(u64::from(u32::MAX)) as u32));
+        if sse {
+            parser.push(&data, &mut events);
+            for ev in events.drain(..) {
+                note_event(&ev, &mut t, &mut saw_end_marker, &mut in_band_error);
+            }
+        }
+        flight.push(data);
+    }
+    if sse {
+        if let Some(ev) = parser.finish() {
+            note_event(&ev, &mut t, &mut saw_end_marker, &mut in_band_error);
+        }
+        t.end = if in_band_error {
+            TeeEnd::Broken(ApiError::UpstreamBroken(
+                "upstream sent an error inside the stream".into(),
+            ))
+        } else if saw_end_marker {
+            TeeEnd::Clean
+        } else {
+            TeeEnd::Unterminated
+        };
+    }
+    t
+}
+
+fn note_event(ev: &Event, t: &mut Tee, saw_end: &mut bool, error: &mut bool) {
+    match classify(ev) {
+        Frame::Chunk => t.output_chars += delta_text(ev).chars().count(),
+        Frame::Cost => {
+            t.cost_frame = Some(ev.data.clone());
+            *saw_end = true;
+        }
+        Frame::Done => *saw_end = true,
+        Frame::Error => *error = true,
+    }
+}
