@@ -1,156 +1,212 @@
-//! The spend side: the durable ledger, its rollups, reports and budgets.
-//! (Interface stub, replaced by the real implementation.)
+//! The spend side: the durable ledger, its rollups, reports and budgets, behind the
+//! `Spend` facade.
+//!
+//! The ledger files are the source of truth; rollups in the store are derived from them
+//! and can always be rebuilt. A line is recorded by the writer thread (group commit); the
+//! rollups and the in-memory budgets follow it.
+
+mod budget;
+mod ledger;
+mod line;
+mod render;
+mod report;
+mod rollup;
+mod usage;
+mod writer;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use thiserror::Error;
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
 
-use crate::cache::store::Store;
+pub use budget::{BudgetState, Budgets};
+pub use ledger::{read_all, ReadStats};
+pub use line::{new_id, raw_number, zero, CostSource, LedgerLine, Outcome};
+pub use report::{render_csv, render_json, render_table, Dim, Report, ReportQuery, Row};
+pub use rollup::Counters;
+pub use usage::{estimate, Prices, Usage};
+
+use crate::cache::store::{Store, StoreError};
 use crate::config::ProjectConfig;
+use writer::{Msg, Shared, Writer};
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SpendError(pub String);
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    Hit,
-    Miss,
-    Coalesced,
-    Refresh,
-    Bypass,
+#[derive(Debug, Error)]
+pub enum SpendError {
+    #[error("spend ledger I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the spend ledger line could not be made durable: {0}")]
+    NotDurable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("spend rollups are corrupt: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    BadReport(String),
+    #[error("the spend ledger is closed")]
+    Closed,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum CostSource {
-    Upstream,
-    Estimated,
-    Unknown,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LedgerLine {
-    pub ts: time::OffsetDateTime,
-    pub id: String,
-    pub project: String,
-    pub key: Option<String>,
-    pub endpoint: String,
-    pub model: Option<String>,
-    pub stream: bool,
-    pub outcome: Outcome,
-    pub status: u16,
-    pub input_tokens: Option<u64>,
-    pub output_tokens: Option<u64>,
-    pub input_cost: Option<Box<RawValue>>,
-    pub output_cost: Option<Box<RawValue>>,
-    pub cost: Option<Box<RawValue>>,
-    pub saved: Option<Box<RawValue>>,
-    pub cost_source: CostSource,
-    pub upstream_ms: Option<u64>,
-    pub ttfb_ms: Option<u64>,
-    pub incomplete: bool,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct Usage {
-    pub input_tokens: Option<u64>,
-    pub output_tokens: Option<u64>,
-    pub input_cost: Option<Box<RawValue>>,
-    pub output_cost: Option<Box<RawValue>>,
-    pub cost: Option<Box<RawValue>>,
-}
-
-impl Usage {
-    pub fn from_upstream_json(_text: &str) -> Option<Usage> {
-        None
+impl SpendError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> SpendError {
+        SpendError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct Prices;
-
-impl Prices {
-    pub fn from_models_json(_b: &[u8]) -> Option<Prices> {
-        None
-    }
-}
-
-pub fn estimate(
-    _prices: Option<&Prices>,
-    _model: &str,
-    _input_chars: usize,
-    _output_chars: usize,
-) -> (Usage, CostSource) {
-    (Usage::default(), CostSource::Unknown)
-}
-
-pub enum BudgetState {
-    Unlimited,
-    Remaining(f64),
-    Exhausted { budget: f64, spent: f64 },
-}
-
+/// The spend ledger, rollups and budgets. Cheap to clone; all clones share one writer.
 #[derive(Clone)]
-pub struct Spend;
+pub struct Spend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    store: Store,
+    tx: mpsc::Sender<Msg>,
+    budgets: Mutex<Budgets>,
+    shared: Arc<Shared>,
+}
 
 impl Spend {
+    /// Opens <data_dir>/ledger, catches rollups up from the watermark, starts the writer thread.
+    ///
+    /// Blocking. A file torn by a crash is first terminated with `\n`; rollups that are
+    /// missing, undecodable or no longer match the ledger files are rebuilt from them.
     pub fn open(
-        _data_dir: &Path,
-        _store: Store,
-        _projects: BTreeMap<String, ProjectConfig>,
+        data_dir: &Path,
+        store: Store,
+        projects: BTreeMap<String, ProjectConfig>,
     ) -> Result<Spend, SpendError> {
-        Ok(Spend)
+        let dir = data_dir.join("ledger");
+        ledger::create_dir(&dir).map_err(|e| SpendError::io(&dir, e))?;
+        ledger::repair_torn_tails(&dir).map_err(|e| SpendError::io(&dir, e))?;
+        if rollup::is_valid(&store)? {
+            rollup::catch_up(&store, &dir)?;
+        } else {
+            tracing::warn!("spend rollups missing or unreadable; rebuilding from the ledger");
+            rollup::rebuild(&store, &dir)?;
+        }
+        let mut budgets = Budgets::new(&projects, OffsetDateTime::now_utc());
+        if let Some(since) = budgets.seed_since() {
+            rollup::scan(&store, since.as_deref(), None, |g, c| {
+                budgets.add_rollup(&g, &c)
+            })?;
+        }
+        let shared = Arc::new(Shared::new());
+        let (tx, rx) = mpsc::channel();
+        Writer::new(dir.clone(), store.clone(), Arc::clone(&shared))
+            .spawn(rx)
+            .map_err(|e| SpendError::io(&dir, e))?;
+        Ok(Spend {
+            inner: Arc::new(Inner {
+                dir,
+                store,
+                tx,
+                budgets: Mutex::new(budgets),
+                shared,
+            }),
+        })
     }
-    pub async fn record(&self, _line: LedgerLine) -> Result<(), SpendError> {
-        Ok(())
+
+    fn budgets(&self) -> MutexGuard<'_, Budgets> {
+        // The guarded data stays consistent on panic (plain adds), so poison is ignored.
+        self.inner.budgets.lock().unwrap_or_else(|p| p.into_inner())
     }
-    pub fn record_nowait(&self, _line: LedgerLine) {}
-    pub fn budget(&self, _project: &str) -> BudgetState {
-        BudgetState::Unlimited
+
+    /// Appends the line; resolves once it is fsync'd (group commit). Err if it could not be made durable.
+    ///
+    /// The line's cost counts toward its project's budget at once, even if the write
+    /// then fails: the money was spent upstream either way.
+    pub async fn record(&self, line: LedgerLine) -> Result<(), SpendError> {
+        self.budgets().add_line(&line);
+        let (reply, done) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Msg::Line {
+                line: Box::new(line),
+                reply: Some(reply),
+            })
+            .map_err(|_| SpendError::Closed)?;
+        done.await.map_err(|_| SpendError::Closed)?
     }
+
+    /// Appends the line without waiting for the fsync (for cache hits).
+    pub fn record_nowait(&self, line: LedgerLine) {
+        self.budgets().add_line(&line);
+        if self
+            .inner
+            .tx
+            .send(Msg::Line {
+                line: Box::new(line),
+                reply: None,
+            })
+            .is_err()
+        {
+            tracing::warn!("spend ledger closed; a line was dropped");
+        }
+    }
+
+    /// The budget state of `project` now.
+    pub fn budget(&self, project: &str) -> BudgetState {
+        self.budgets().state_at(project, OffsetDateTime::now_utc())
+    }
+
+    /// False after the last write or fsync failed (until one succeeds again).
     pub fn healthy(&self) -> bool {
-        true
+        self.inner.shared.healthy.load(Ordering::SeqCst)
     }
-    pub async fn close(&self) {}
-}
 
-pub mod report {
-    #[derive(Debug, Clone, Copy)]
-    pub enum Dim {
-        Project,
-        Model,
-        Day,
-        Key,
+    /// How many times the writer has synced a ledger file (one per file per batch).
+    pub fn fsync_count(&self) -> u64 {
+        self.inner.shared.fsyncs.load(Ordering::Relaxed)
     }
-    #[derive(Debug, Clone, Default)]
-    pub struct ReportQuery {
-        pub by: Vec<Dim>,
-        pub since: Option<time::Date>,
-        pub until: Option<time::Date>,
-        pub project: Option<String>,
-    }
-    #[derive(Debug, serde::Serialize, serde::Deserialize)]
-    pub struct Report {}
-    pub fn render_json(_r: &Report) -> String {
-        String::new()
-    }
-    pub fn render_csv(_r: &Report) -> String {
-        String::new()
-    }
-    pub fn render_table(_r: &Report) -> String {
-        String::new()
-    }
-}
 
-impl Spend {
-    pub fn report(&self, _q: &report::ReportQuery) -> Result<report::Report, SpendError> {
-        Ok(report::Report {})
+    /// The directory holding the ledger files.
+    pub fn ledger_dir(&self) -> &Path {
+        &self.inner.dir
     }
+
+    /// Blocking (call from spawn_blocking in async code).
+    pub fn report(&self, q: &ReportQuery) -> Result<Report, SpendError> {
+        report::build(&self.inner.store, q)
+    }
+
+    /// Clears the rollups and recomputes them from the ledger files. Blocking.
     pub fn rebuild(&self) -> Result<(), SpendError> {
-        Ok(())
+        let (reply, done) = mpsc::channel();
+        if self.inner.tx.send(Msg::Rebuild(reply)).is_ok() {
+            if let Ok(result) = done.recv() {
+                return result;
+            }
+        }
+        // The writer has stopped (the request was refused or dropped unanswered), so
+        // nothing else touches the rollups any more.
+        rollup::rebuild(&self.inner.store, &self.inner.dir)
+    }
+
+    /// Flushes and stops the writer (waits for queued lines to be durable).
+    pub async fn close(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.inner.tx.send(Msg::Close(reply)).is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn fail_next_writes(&self, n: u32) {
+        self.inner.shared.fail_writes.store(n, Ordering::SeqCst);
     }
 }

@@ -1,0 +1,238 @@
+//! The ledger line: one JSON object per answered request, its field order, timestamp
+//! format, outcome and cost-source enums, and exact (verbatim) JSON numbers for money.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
+use time::{Date, OffsetDateTime, UtcOffset};
+
+/// How a request was answered (mirrors the `x-chatcache` response header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Hit,
+    Miss,
+    Coalesced,
+    Refresh,
+    Bypass,
+}
+
+impl Outcome {
+    /// True when this request made its own upstream call.
+    pub fn went_upstream(self) -> bool {
+        matches!(self, Outcome::Miss | Outcome::Refresh | Outcome::Bypass)
+    }
+}
+
+/// Where the cost fields of a line come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CostSource {
+    /// Upstream reported the cost (answer body or trailing cost frame).
+    Upstream,
+    /// Computed from `/models` prices and a character-count token estimate.
+    Estimated,
+    /// Nothing known.
+    Unknown,
+}
+
+/// One ledger line. Serialized fields appear in declaration order. The money fields hold
+/// the JSON number text exactly as received (never re-formatted through `f64`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LedgerLine {
+    #[serde(with = "ts_format")]
+    pub ts: OffsetDateTime,
+    pub id: String,
+    pub project: String,
+    /// Keyed fingerprint of the credential (never the credential itself).
+    pub key: Option<String>,
+    pub endpoint: String,
+    pub model: Option<String>,
+    pub stream: bool,
+    pub outcome: Outcome,
+    pub status: u16,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub input_cost: Option<Box<RawValue>>,
+    pub output_cost: Option<Box<RawValue>>,
+    pub cost: Option<Box<RawValue>>,
+    pub saved: Option<Box<RawValue>>,
+    pub cost_source: CostSource,
+    pub upstream_ms: Option<u64>,
+    pub ttfb_ms: Option<u64>,
+    /// The upstream answer broke before its end.
+    #[serde(default)]
+    pub incomplete: bool,
+}
+
+impl LedgerLine {
+    /// A line stamped now with a fresh id; every optional field null, cost unknown.
+    pub fn new(project: &str, endpoint: &str, outcome: Outcome, status: u16) -> LedgerLine {
+        LedgerLine {
+            ts: OffsetDateTime::now_utc(),
+            id: new_id(),
+            project: project.to_string(),
+            key: None,
+            endpoint: endpoint.to_string(),
+            model: None,
+            stream: false,
+            outcome,
+            status,
+            input_tokens: None,
+            output_tokens: None,
+            input_cost: None,
+            output_cost: None,
+            cost: None,
+            saved: None,
+            cost_source: CostSource::Unknown,
+            upstream_ms: None,
+            ttfb_ms: None,
+            incomplete: false,
+        }
+    }
+
+    /// Copies tokens and cost fields from `usage`, with the given source.
+    pub fn set_usage(&mut self, usage: super::Usage, source: CostSource) {
+        self.input_tokens = usage.input_tokens;
+        self.output_tokens = usage.output_tokens;
+        self.input_cost = usage.input_cost;
+        self.output_cost = usage.output_cost;
+        self.cost = usage.cost;
+        self.cost_source = source;
+    }
+
+    /// For hits and coalesced answers: this request cost `0` and saved what the served
+    /// answer cost when it was recorded (`recorded_cost`, verbatim; null if unknown).
+    pub fn set_served_without_upstream(&mut self, recorded_cost: Option<&RawValue>) {
+        self.input_cost = None;
+        self.output_cost = None;
+        self.cost = Some(zero());
+        self.saved = recorded_cost.map(|r| r.to_owned());
+    }
+
+    /// UTC calendar day of `ts`, "YYYY-MM-DD".
+    pub fn day(&self) -> String {
+        day_string(self.ts.to_offset(UtcOffset::UTC).date())
+    }
+
+    /// `cost` as a number for sums (null or non-numeric → 0).
+    pub fn cost_f64(&self) -> f64 {
+        number_f64(self.cost.as_deref())
+    }
+
+    /// `saved` as a number for sums (null or non-numeric → 0).
+    pub fn saved_f64(&self) -> f64 {
+        number_f64(self.saved.as_deref())
+    }
+}
+
+/// The value of a raw JSON number, 0 for null or anything that is not a finite number.
+pub fn number_f64(raw: Option<&RawValue>) -> f64 {
+    raw.and_then(|r| r.get().parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+        .unwrap_or(0.0)
+}
+
+/// The JSON number `0`.
+pub fn zero() -> Box<RawValue> {
+    // Serializing an integer to JSON cannot fail; the fallback is never taken.
+    serde_json::value::to_raw_value(&0u8).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
+/// `text` as a raw JSON number if it is one valid JSON number (surrounding whitespace
+/// is dropped, nothing else is changed).
+pub fn raw_number(text: &str) -> Option<Box<RawValue>> {
+    let trimmed = text.trim();
+    serde_json::from_str::<serde_json::Number>(trimmed).ok()?;
+    RawValue::from_string(trimmed.to_string()).ok()
+}
+
+/// "YYYY-MM-DD".
+pub fn day_string(date: Date) -> String {
+    const FMT: &[BorrowedFormatItem<'static>] = format_description!("[year]-[month]-[day]");
+    date.format(FMT).unwrap_or_else(|_| {
+        format!(
+            "{:04}-{:02}-{:02}",
+            date.year(),
+            u8::from(date.month()),
+            date.day()
+        )
+    })
+}
+
+/// Parses "YYYY-MM-DD".
+pub fn parse_day(text: &str) -> Option<Date> {
+    const FMT: &[BorrowedFormatItem<'static>] = format_description!("[year]-[month]-[day]");
+    Date::parse(text, FMT).ok()
+}
+
+/// 16 hex characters, random (OS source), or a blake3 of time and a counter if the OS
+/// source fails.
+pub fn new_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        let mut h = blake3::Hasher::new();
+        h.update(
+            &OffsetDateTime::now_utc()
+                .unix_timestamp_nanos()
+                .to_le_bytes(),
+        );
+        h.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+        h.update(&std::process::id().to_le_bytes());
+        bytes.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// RFC 3339 in UTC with exactly three fractional digits: "2026-11-25T04:28:45.123Z".
+/// Any RFC 3339 text is accepted when reading.
+mod ts_format {
+    use serde::{de::Error as _, ser::Error as _, Deserialize, Deserializer, Serializer};
+    use time::format_description::well_known::Rfc3339;
+    use time::format_description::BorrowedFormatItem;
+    use time::macros::format_description;
+    use time::{OffsetDateTime, UtcOffset};
+
+    const FMT: &[BorrowedFormatItem<'static>] =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+    pub fn serialize<S: Serializer>(ts: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+        let text = ts
+            .to_offset(UtcOffset::UTC)
+            .format(FMT)
+            .map_err(S::Error::custom)?;
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
+        let text = String::deserialize(d)?;
+        OffsetDateTime::parse(&text, &Rfc3339)
+            .map(|t| t.to_offset(UtcOffset::UTC))
+            .map_err(D::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_without_upstream_costs_zero_and_saves_the_recorded_cost() {
+        let recorded = raw_number("1.10e-5").unwrap();
+        let mut l = LedgerLine::new("a", "/chat/completions", Outcome::Hit, 200);
+        l.set_served_without_upstream(Some(&recorded));
+        let json = serde_json::to_string(&l).unwrap();
+        assert!(json.contains(r#""cost":0,"saved":1.10e-5,"#), "{json}");
+        assert_eq!(l.id.len(), 16);
+        assert_ne!(l.id, new_id());
+        assert!(raw_number("\"1\"").is_none() && raw_number("1e").is_none());
+        assert_eq!(
+            parse_day("2026-02-03").map(day_string).as_deref(),
+            Some("2026-02-03")
+        );
+    }
+}

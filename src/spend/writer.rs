@@ -1,0 +1,290 @@
+//! The ledger writer: one std thread fed by a channel. Each round it takes everything
+//! queued, appends the lines to their month files, `sync_data`s once per file touched
+//! (group commit), folds the durable lines into the rollups with their watermarks in one
+//! atomic batch, then answers every waiter.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use super::ledger;
+use super::rollup::{self, Accum};
+use super::{LedgerLine, SpendError};
+use crate::cache::store::Store;
+
+/// Most lines taken in one round.
+const MAX_BATCH: usize = 4096;
+
+pub(crate) type Reply = oneshot::Sender<Result<(), SpendError>>;
+
+pub(crate) enum Msg {
+    Line {
+        line: Box<LedgerLine>,
+        reply: Option<Reply>,
+    },
+    Rebuild(std::sync::mpsc::Sender<Result<(), SpendError>>),
+    Close(oneshot::Sender<()>),
+}
+
+/// State the writer shares with the `Spend` handles.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub healthy: AtomicBool,
+    pub fsyncs: AtomicU64,
+    /// Test hook: the next N segment writes write half their bytes, then fail.
+    #[cfg(test)]
+    pub fail_writes: std::sync::atomic::AtomicU32,
+}
+
+impl Shared {
+    pub fn new() -> Shared {
+        Shared {
+            healthy: AtomicBool::new(true),
+            fsyncs: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_writes: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+}
+
+struct OpenFile {
+    name: String,
+    file: File,
+    /// Bytes known to be complete lines on disk.
+    len: u64,
+}
+
+pub(crate) struct Writer {
+    dir: PathBuf,
+    store: Store,
+    shared: Arc<Shared>,
+    current: Option<OpenFile>,
+    /// Files left with a partly written failed batch: cut back to this length first.
+    repairs: BTreeMap<String, u64>,
+    /// The last rollup apply failed: catch up from the watermarks next time.
+    rollups_stale: bool,
+}
+
+impl Writer {
+    pub(crate) fn new(dir: PathBuf, store: Store, shared: Arc<Shared>) -> Writer {
+        Writer {
+            dir,
+            store,
+            shared,
+            current: None,
+            repairs: BTreeMap::new(),
+            rollups_stale: false,
+        }
+    }
+
+    pub(crate) fn spawn(self, rx: Receiver<Msg>) -> io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("chatcache-ledger".into())
+            .spawn(move || self.run(rx))
+    }
+
+    fn run(mut self, rx: Receiver<Msg>) {
+        let mut pending = Vec::new();
+        while let Ok(first) = rx.recv() {
+            let mut msgs = vec![first];
+            while msgs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => msgs.push(m),
+                    Err(_) => break,
+                }
+            }
+            for msg in msgs {
+                match msg {
+                    Msg::Line { line, reply } => pending.push((*line, reply)),
+                    Msg::Rebuild(reply) => {
+                        self.commit(&mut pending);
+                        let result = rollup::rebuild(&self.store, &self.dir);
+                        self.rollups_stale = result.is_err();
+                        let _ = reply.send(result);
+                    }
+                    Msg::Close(reply) => {
+                        self.commit(&mut pending);
+                        let _ = reply.send(());
+                        return;
+                    }
+                }
+            }
+            self.commit(&mut pending);
+        }
+        self.commit(&mut pending);
+    }
+
+    /// Makes `pending` durable, updates the rollups, answers the waiters.
+    fn commit(&mut self, pending: &mut Vec<(LedgerLine, Option<Reply>)>) {
+        if pending.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(pending);
+        let mut results: Vec<Result<(), String>> = vec![Ok(()); batch.len()];
+        // Consecutive lines of one month file form a segment: (file, line indexes, bytes).
+        let mut segments: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (i, (line, _)) in batch.iter().enumerate() {
+            let name = ledger::file_name_for(line);
+            let mut bytes = match serde_json::to_vec(line) {
+                Ok(b) => b,
+                Err(e) => {
+                    results[i] = Err(format!("cannot encode ledger line: {e}"));
+                    continue;
+                }
+            };
+            bytes.push(b'\n');
+            match segments.last_mut() {
+                Some((n, idx, buf)) if *n == name => {
+                    idx.push(i);
+                    buf.extend_from_slice(&bytes);
+                }
+                _ => segments.push((name, vec![i], bytes)),
+            }
+        }
+        let mut all_ok = results.iter().all(Result::is_ok);
+        let mut durable: Vec<usize> = Vec::new();
+        let mut marks: Vec<(String, u64)> = Vec::new();
+        for (name, idx, buf) in segments {
+            match self.write_segment(&name, &buf) {
+                Ok(len) => {
+                    durable.extend_from_slice(&idx);
+                    marks.push((name, len));
+                }
+                Err(e) => {
+                    all_ok = false;
+                    tracing::error!(file = %name, error = %e, lines = idx.len(),
+                        "cannot make spend ledger lines durable");
+                    for i in idx {
+                        results[i] = Err(e.to_string());
+                    }
+                }
+            }
+        }
+        self.shared.healthy.store(all_ok, Ordering::SeqCst);
+        self.update_rollups(&batch, &durable, &marks);
+        for ((_, reply), result) in batch.into_iter().zip(results) {
+            match reply {
+                Some(reply) => {
+                    let _ = reply.send(result.map_err(SpendError::NotDurable));
+                }
+                None if result.is_err() => {
+                    tracing::warn!("a spend ledger line recorded without waiting was lost");
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn update_rollups(
+        &mut self,
+        batch: &[(LedgerLine, Option<Reply>)],
+        durable: &[usize],
+        marks: &[(String, u64)],
+    ) {
+        if self.rollups_stale {
+            match rollup::catch_up(&self.store, &self.dir) {
+                Ok(_) => self.rollups_stale = false,
+                Err(e) => tracing::error!(error = %e, "spend rollups still behind the ledger"),
+            }
+            return;
+        }
+        let mut acc = Accum::new(&self.store, true);
+        let applied = durable
+            .iter()
+            .try_for_each(|&i| acc.add(&batch[i].0))
+            .and_then(|()| {
+                for (name, len) in marks {
+                    acc.watermark(name, *len);
+                }
+                acc.commit(false)
+            });
+        if let Err(e) = applied {
+            tracing::error!(error = %e, "cannot update spend rollups; will catch up");
+            self.rollups_stale = true;
+        }
+    }
+
+    /// Appends `buf` to the month file `name` and syncs it; returns the new length. On
+    /// failure the file is cut back to its last good length (now, or before its next use).
+    fn write_segment(&mut self, name: &str, buf: &[u8]) -> io::Result<u64> {
+        self.repair_all();
+        let shared = Arc::clone(&self.shared);
+        let file = self.file_for(name)?;
+        let good = file.len;
+        let result = write_and_sync(&mut file.file, buf, &shared);
+        match result {
+            Ok(()) => {
+                file.len = good + buf.len() as u64;
+                Ok(file.len)
+            }
+            Err(e) => {
+                if file.file.set_len(good).is_err() {
+                    self.repairs.insert(name.to_string(), good);
+                    self.current = None;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn repair_all(&mut self) {
+        let names: Vec<(String, u64)> = self.repairs.iter().map(|(n, l)| (n.clone(), *l)).collect();
+        for (name, len) in names {
+            let path = ledger::path_of(&self.dir, &name);
+            let fixed = ledger::open_append(&path)
+                .and_then(|f| f.set_len(len).and_then(|()| f.sync_data()));
+            if fixed.is_ok() {
+                self.repairs.remove(&name);
+            }
+        }
+    }
+
+    fn file_for(&mut self, name: &str) -> io::Result<&mut OpenFile> {
+        let reuse = matches!(&self.current, Some(f) if f.name == name);
+        if !reuse {
+            self.current = None;
+            if self.repairs.contains_key(name) {
+                return Err(io::Error::other(
+                    "ledger file awaits repair of a failed write",
+                ));
+            }
+            ledger::create_dir(&self.dir)?;
+            let path = ledger::path_of(&self.dir, name);
+            let existed = path.exists();
+            let file = ledger::open_append(&path)?;
+            if !existed {
+                ledger::sync_dir(&self.dir)?;
+            }
+            let len = file.metadata()?.len();
+            self.current = Some(OpenFile {
+                name: name.to_string(),
+                file,
+                len,
+            });
+        }
+        self.current
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no ledger file open"))
+    }
+}
+
+fn write_and_sync(file: &mut File, buf: &[u8], shared: &Shared) -> io::Result<()> {
+    #[cfg(test)]
+    if shared
+        .fail_writes
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        file.write_all(&buf[..buf.len() / 2])?;
+        return Err(io::Error::other("injected write failure"));
+    }
+    file.write_all(buf)?;
+    shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+    file.sync_data()
+}
