@@ -18,7 +18,7 @@ use crate::cache::key::CacheKey;
 use crate::cache::Purge;
 use crate::error::ApiError;
 use crate::proxy::request::read_body;
-use crate::spend::report::{Dim, ReportQuery};
+use crate::spend::{Dim, ReportQuery};
 
 pub const PREFIX: &str = "/_chatcache";
 

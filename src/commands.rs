@@ -16,7 +16,7 @@ use crate::app::App;
 use crate::cache::store::StoreError;
 use crate::cli::{ByArg, CacheCommand, FormatArg, SpendArgs};
 use crate::config::Config;
-use crate::spend::report::Report;
+use crate::spend::Report;
 
 /// Where admin requests go.
 pub enum Admin {
@@ -166,9 +166,9 @@ pub async fn spend(config: &Config, args: SpendArgs) -> anyhow::Result<()> {
     admin.close().await;
     let report: Report = serde_json::from_slice(&bytes?)?;
     let text = match args.format {
-        FormatArg::Json => crate::spend::report::render_json(&report),
-        FormatArg::Csv => crate::spend::report::render_csv(&report),
-        FormatArg::Table => crate::spend::report::render_table(&report),
+        FormatArg::Json => crate::spend::render_json(&report),
+        FormatArg::Csv => crate::spend::render_csv(&report),
+        FormatArg::Table => crate::spend::render_table(&report),
     };
     print!("{text}");
     Ok(())

@@ -84,12 +84,11 @@ impl Accounting {
     }
 
     pub fn saved_text(cost: Option<String>) -> Accounting {
-        let zero = RawValue::from_string("0".into()).ok();
         Accounting {
             usage: Usage {
-                input_cost: zero.clone(),
-                output_cost: zero.clone(),
-                cost: zero,
+                input_cost: Some(crate::spend::zero()),
+                output_cost: Some(crate::spend::zero()),
+                cost: Some(crate::spend::zero()),
                 ..Usage::default()
             },
             source: Some(if cost.is_some() {
@@ -107,7 +106,7 @@ impl Exchange {
     pub fn ledger_line(&self, outcome: Outcome, status: u16, acc: Accounting) -> LedgerLine {
         LedgerLine {
             ts: time::OffsetDateTime::now_utc(),
-            id: String::new(),
+            id: crate::spend::new_id(),
             project: self.attr.project.clone(),
             key: self.attr.fingerprint.clone(),
             endpoint: self.endpoint.as_str().to_string(),

@@ -1,0 +1,203 @@
+//! The daemon under test, run in-process on 127.0.0.1:0 with its own data dir, and a
+//! small HTTP client for talking to it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chatcache::app::App;
+use chatcache::config::{Config, Overrides};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::oneshot;
+
+pub struct Daemon {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    pub data_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Builds the config a test daemon runs with: `extra` is TOML added to the file.
+pub fn test_config(upstream: &str, data_dir: &Path, extra: &str) -> Config {
+    let text = format!("listen = \"127.0.0.1:0\"\n{extra}");
+    let ov = Overrides {
+        upstream: Some(upstream.to_string()),
+        data_dir: Some(data_dir.to_path_buf()),
+        ..Default::default()
+    };
+    Config::from_parts(None, Some(&text), ov, |_| None).expect("test config is valid")
+}
+
+impl Daemon {
+    pub async fn start(upstream: &str) -> Daemon {
+        Daemon::start_with(upstream, "").await
+    }
+
+    pub async fn start_with(upstream: &str, extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Daemon::start_in(dir.path(), upstream, extra).await;
+        d._dir = Some(dir);
+        d
+    }
+
+    /// Starts on an existing data dir (a restart).
+    pub async fn start_in(data_dir: &Path, upstream: &str, extra: &str) -> Daemon {
+        Daemon::start_config(test_config(upstream, data_dir, extra)).await
+    }
+
+    pub async fn start_config(config: Config) -> Daemon {
+        let data_dir = config.data_dir.clone();
+        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = App::open(config).unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(chatcache::run(app.clone(), listener, async {
+            let _ = rx.await;
+        }));
+        Daemon {
+            addr,
+            app,
+            data_dir,
+            stop: Some(tx),
+            task: Some(task),
+            _dir: None,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Graceful stop; returns the data dir's owner so a restart can reuse it.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("daemon stopped in time")
+                .unwrap();
+        }
+        self._dir.take()
+    }
+}
+
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
+        })
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn request(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    let mut req = Request::new(Full::new(body.into()));
+    *req.method_mut() = method;
+    *req.uri_mut() = url.parse().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    req
+}
+
+/// Sends a request and reads the whole answer.
+pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Resp {
+    let resp = client()
+        .request(request(method, url, headers, body))
+        .await
+        .unwrap_or_else(|e| panic!("request to {url} failed: {e:?}"));
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_else(|e| panic!("body of {url} broke: {e}"));
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Sends a request and returns the answer with its body unread.
+pub async fn open(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> http::Response<Incoming> {
+    client().request(request(method, url, headers, body)).await.unwrap()
+}
+
+pub const KEY: &str = "Bearer sk-test-0123456789abcdef";
+
+pub async fn post(url: &str, body: &str) -> Resp {
+    send(Method::POST, url, &[("authorization", KEY), ("content-type", "application/json")], body.to_string()).await
+}
+
+pub async fn post_with(url: &str, body: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut h = vec![("content-type", "application/json")];
+    h.extend_from_slice(headers);
+    send(Method::POST, url, &h, body.to_string()).await
+}
+
+pub async fn get(url: &str) -> Resp {
+    send(Method::GET, url, &[("authorization", KEY)], Bytes::new()).await
+}
+
+pub fn chat(content: &str) -> String {
+    serde_json::json!({"model": "GPT-4 Turbo", "messages": [{"role": "user", "content": content}]}).to_string()
+}
+
+pub fn chat_stream(content: &str) -> String {
+    serde_json::json!({"model": "GPT-4 Turbo", "messages": [{"role": "user", "content": content}], "stream": true}).to_string()
+}
+
+/// Every line of every ledger file, parsed.
+pub fn ledger_lines(data_dir: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(data_dir.join("ledger")) else {
+        return out;
+    };
+    let mut files: Vec<_> = rd.map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for f in files {
+        for line in std::fs::read_to_string(&f).unwrap().lines() {
+            if let Ok(v) = serde_json::from_str(line) {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+/// Waits until `cond` holds, up to 5 s.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
