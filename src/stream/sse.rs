@@ -1,37 +1,611 @@
-//! Incremental server-sent-events parser: pure, no I/O. (Interface stub.)
+//! Incremental server-sent-events parser (pure, no I/O) and the meaning of this API's stream events.
+//!
+//! [`SseParser`] follows the WHATWG "event stream interpretation" rules: lines end with CRLF, LF
+//! or a lone CR (a CR at the end of one chunk and an LF at the start of the next are one line end),
+//! a leading BOM is dropped, lines starting with `:` are comments, a field value loses one leading
+//! space, `data` lines are joined with `\n`, and a blank line dispatches the event. Bytes may be
+//! split anywhere between calls to [`SseParser::push`]; each complete line is decoded as UTF-8,
+//! replacing invalid sequences. The parser keeps only the current incomplete line and the fields of
+//! the event being built.
+//!
+//! [`classify`] and [`delta_text`] interpret events of the chat-completions stream.
 
+use std::collections::BTreeMap;
+
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// One dispatched server-sent event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
+    /// The `event:` field, `None` when absent or empty (the default "message" type).
     pub event: Option<String>,
+    /// The `data:` lines joined with `\n`.
     pub data: String,
+    /// The last event ID at dispatch time (it carries over to later events, as in the SSE spec);
+    /// `None` when no `id:` was seen or it was reset to empty.
     pub id: Option<String>,
 }
 
+/// Incremental SSE parser; feed it body bytes with [`SseParser::push`].
 #[derive(Debug, Default)]
-pub struct SseParser;
+pub struct SseParser {
+    /// Bytes of the current line whose line end has not arrived yet.
+    line: Vec<u8>,
+    /// The previous chunk ended with a CR, so an LF starting the next chunk belongs to it.
+    after_cr: bool,
+    /// The first line has been seen (a BOM is only stripped from it).
+    started: bool,
+    /// Event type buffer.
+    event: String,
+    /// Data buffer: every `data` value followed by `\n`; empty means "no data yet".
+    data: String,
+    /// Last event ID buffer.
+    id: String,
+}
 
 impl SseParser {
     pub fn new() -> Self {
-        SseParser
+        Self::default()
     }
-    pub fn push(&mut self, _chunk: &[u8], _out: &mut Vec<Event>) {}
+
+    /// Feeds the next piece of the body; pushes every event completed by it onto `out`.
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<Event>) {
+        let mut rest = chunk;
+        if self.after_cr && !rest.is_empty() {
+            self.after_cr = false;
+            if rest[0] == b'\n' {
+                rest = &rest[1..];
+            }
+        }
+        while let Some(end) = rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+            if self.line.is_empty() {
+                self.process_line(&rest[..end], out);
+            } else {
+                self.line.extend_from_slice(&rest[..end]);
+                let line = std::mem::take(&mut self.line);
+                self.process_line(&line, out);
+                // Give the allocation back so long streams do not reallocate per line.
+                self.line = line;
+                self.line.clear();
+            }
+            let is_cr = rest[end] == b'\r';
+            rest = &rest[end + 1..];
+            if is_cr {
+                match rest.first() {
+                    Some(b'\n') => rest = &rest[1..],
+                    Some(_) => {}
+                    None => self.after_cr = true,
+                }
+            }
+        }
+        self.line.extend_from_slice(rest);
+    }
+
+    /// The body ended: returns the event left without its terminating blank line, if it has data
+    /// (upstreams that stop without a final blank line still delivered it).
+    ///
+    /// A last line without a line end is taken as a complete line. The parser is reset afterwards.
     pub fn finish(&mut self) -> Option<Event> {
-        None
+        let line = std::mem::take(&mut self.line);
+        let mut ignored = Vec::new();
+        if !line.is_empty() {
+            // Only an empty line dispatches; a line that is just the BOM can only be the first
+            // line, before any data. So `ignored` stays empty.
+            self.process_line(&line, &mut ignored);
+        }
+        let event = self.take_event();
+        *self = Self::default();
+        event
+    }
+
+    fn process_line(&mut self, mut line: &[u8], out: &mut Vec<Event>) {
+        if !self.started {
+            self.started = true;
+            line = line.strip_prefix(BOM).unwrap_or(line);
+        }
+        if line.is_empty() {
+            out.extend(self.take_event());
+            return;
+        }
+        let (name, value) = match line.iter().position(|&b| b == b':') {
+            Some(0) => return, // comment
+            Some(colon) => {
+                let value = &line[colon + 1..];
+                (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line, &[][..]),
+        };
+        // `:` and ` ` are ASCII, so decoding the value alone equals decoding the whole line.
+        match name {
+            b"data" => {
+                self.data.push_str(&String::from_utf8_lossy(value));
+                self.data.push('\n');
+            }
+            b"event" => self.event = String::from_utf8_lossy(value).into_owned(),
+            b"id" if !value.contains(&0) => self.id = String::from_utf8_lossy(value).into_owned(),
+            // `retry` only tunes a browser's reconnection delay; it and unknown fields are ignored.
+            _ => {}
+        }
+    }
+
+    /// Ends the current event: returns it if it has data, and clears the event fields.
+    fn take_event(&mut self) -> Option<Event> {
+        let event = std::mem::take(&mut self.event);
+        let mut data = std::mem::take(&mut self.data);
+        if data.is_empty() {
+            return None;
+        }
+        data.pop(); // the `\n` after the last data line
+        Some(Event {
+            event: (!event.is_empty()).then_some(event),
+            data,
+            id: (!self.id.is_empty()).then(|| self.id.clone()),
+        })
     }
 }
 
+/// What one event means in this API's streams.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
+    /// A normal `chat.completion.chunk` (or any other data event that is not one of the below).
     Chunk,
+    /// The trailing cost frame: a data JSON object with no `choices` key and at least one of
+    /// `input_tokens`, `output_tokens`, `input_tokens_cost`, `output_tokens_cost`, `total_tokens_cost`.
     Cost,
+    /// `data: [DONE]`
     Done,
+    /// An `event: error` event, or a data JSON object with a top-level `error` key.
     Error,
 }
 
-pub fn classify(_event: &Event) -> Frame {
-    Frame::Chunk
+const COST_KEYS: [&str; 5] = [
+    "input_tokens",
+    "output_tokens",
+    "input_tokens_cost",
+    "output_tokens_cost",
+    "total_tokens_cost",
+];
+
+/// Classifies an event of the chat-completions stream.
+pub fn classify(event: &Event) -> Frame {
+    if event.event.as_deref() == Some("error") {
+        return Frame::Error;
+    }
+    let data = event.data.trim();
+    if data == "[DONE]" {
+        return Frame::Done;
+    }
+    // Only the top-level keys matter: values are validated but left unparsed.
+    let Ok(object) = serde_json::from_str::<BTreeMap<String, &RawValue>>(data) else {
+        return Frame::Chunk;
+    };
+    if object.contains_key("error") {
+        Frame::Error
+    } else if !object.contains_key("choices") && COST_KEYS.iter().any(|k| object.contains_key(*k)) {
+        Frame::Cost
+    } else {
+        Frame::Chunk
+    }
 }
 
-pub fn delta_text(_event: &Event) -> String {
-    String::new()
+/// The `choices[*].delta.content` text of a chunk event, concatenated (empty if none / not JSON).
+pub fn delta_text(event: &Event) -> String {
+    let Ok(value) = serde_json::from_str::<Value>(&event.data) else {
+        return String::new();
+    };
+    let Some(choices) = value.get("choices").and_then(Value::as_array) else {
+        return String::new();
+    };
+    choices
+        .iter()
+        .filter_map(|choice| choice.get("delta")?.get("content")?.as_str())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse_chunks(chunks: &[&[u8]]) -> Vec<Event> {
+        let mut parser = SseParser::new();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            parser.push(chunk, &mut out);
+        }
+        out.extend(parser.finish());
+        out
+    }
+
+    fn parse(body: &[u8]) -> Vec<Event> {
+        parse_chunks(&[body])
+    }
+
+    fn data(text: &str) -> Event {
+        Event {
+            event: None,
+            data: text.to_owned(),
+            id: None,
+        }
+    }
+
+    fn datas(events: &[Event]) -> Vec<&str> {
+        events.iter().map(|e| e.data.as_str()).collect()
+    }
+
+    #[test]
+    fn lf_crlf_and_cr_line_ends() {
+        for body in [
+            &b"data: a\n\ndata: b\n\n"[..],
+            b"data: a\r\n\r\ndata: b\r\n\r\n",
+            b"data: a\r\rdata: b\r\r",
+            b"data: a\r\n\rdata: b\n\r\n",
+        ] {
+            assert_eq!(parse(body), vec![data("a"), data("b")], "{body:?}");
+        }
+    }
+
+    #[test]
+    fn events_are_pushed_as_soon_as_complete() {
+        let mut parser = SseParser::new();
+        let mut out = Vec::new();
+        parser.push(b"data: a\n", &mut out);
+        assert!(out.is_empty());
+        parser.push(b"\ndata: b", &mut out);
+        assert_eq!(out, vec![data("a")]);
+        parser.push(b"\n\n", &mut out);
+        assert_eq!(out, vec![data("a"), data("b")]);
+        assert_eq!(parser.finish(), None);
+    }
+
+    #[test]
+    fn cr_and_lf_split_across_chunks_are_one_line_end() {
+        // With two line ends here, the blank line would dispatch "a" on its own.
+        assert_eq!(
+            parse_chunks(&[b"data: a\r", b"\ndata: b\r", b"\n\r", b"\n"]),
+            vec![data("a\nb")]
+        );
+        // A CR at a chunk end followed by something else is still a line end.
+        assert_eq!(
+            parse_chunks(&[b"data: a\r", b"\r", b"data: b\r", b"", b"\r"]),
+            vec![data("a"), data("b")]
+        );
+    }
+
+    #[test]
+    fn comments_are_ignored() {
+        assert_eq!(
+            parse(b": keep-alive\n\n:\ndata: a\n: between\ndata: b\n\n"),
+            vec![data("a\nb")]
+        );
+    }
+
+    #[test]
+    fn multi_line_data_is_joined_with_lf() {
+        assert_eq!(
+            parse(b"data: one\ndata:\ndata: three\n\n"),
+            vec![data("one\n\nthree")]
+        );
+        assert_eq!(parse(b"data\n\n"), vec![data("")]);
+        assert_eq!(parse(b"data:\ndata\n\n"), vec![data("\n")]);
+    }
+
+    #[test]
+    fn only_one_leading_space_is_removed() {
+        assert_eq!(
+            parse(b"data:a\n\ndata: b\n\ndata:  c \n\ndata:\td\n\n"),
+            vec![data("a"), data("b"), data(" c "), data("\td")]
+        );
+        assert_eq!(parse(b"data: x: y\n\n"), vec![data("x: y")]);
+    }
+
+    #[test]
+    fn event_and_id_fields() {
+        let events = parse(b"event: error\nid: 7\ndata: x\n\ndata: y\n\nid\nevent:\ndata: z\n\n");
+        assert_eq!(
+            events,
+            vec![
+                Event {
+                    event: Some("error".into()),
+                    data: "x".into(),
+                    id: Some("7".into()),
+                },
+                // The last event ID carries over; the event type does not.
+                Event {
+                    event: None,
+                    data: "y".into(),
+                    id: Some("7".into()),
+                },
+                data("z"),
+            ]
+        );
+        // An id containing NUL is ignored.
+        assert_eq!(parse(b"id: a\0b\ndata: x\n\n"), vec![data("x")]);
+    }
+
+    #[test]
+    fn retry_and_unknown_fields_are_ignored() {
+        assert_eq!(
+            parse(b"retry: 1000\nfoo: bar\nDATA: no\ndata : no\ndata: yes\n\n"),
+            vec![data("yes")]
+        );
+    }
+
+    #[test]
+    fn events_without_data_are_not_dispatched() {
+        assert_eq!(parse(b"event: ping\n\nid: 1\n\n\n\n"), vec![]);
+        let mut parser = SseParser::new();
+        parser.push(b"event: error\n\n", &mut Vec::new());
+        // The event type of the dropped event does not leak into the next one.
+        let mut out = Vec::new();
+        parser.push(b"data: x\n\n", &mut out);
+        assert_eq!(out[0].event, None);
+    }
+
+    #[test]
+    fn bom_is_stripped_only_at_stream_start() {
+        assert_eq!(parse(b"\xEF\xBB\xBFdata: a\n\n"), vec![data("a")]);
+        assert_eq!(
+            parse_chunks(&[b"\xEF", b"\xBB", b"\xBFdata: a\n\n"]),
+            vec![data("a")]
+        );
+        // A second BOM, or one later in the stream, is part of the line (and so no field).
+        assert_eq!(parse(b"\xEF\xBB\xBF\xEF\xBB\xBFdata: a\n\n"), vec![]);
+        assert_eq!(parse(b"data: a\n\xEF\xBB\xBFdata: b\n\n"), vec![data("a")]);
+    }
+
+    #[test]
+    fn finish_returns_an_event_without_final_blank_line() {
+        assert_eq!(
+            parse(b"data: a\n\ndata: [DONE]\n"),
+            vec![data("a"), data("[DONE]")]
+        );
+        assert_eq!(
+            parse(b"data: a\r\n\r\ndata: [DONE]"),
+            vec![data("a"), data("[DONE]")]
+        );
+        assert_eq!(parse(b"data: a\r"), vec![data("a")]);
+        assert_eq!(parse(b"data: a\n\nevent: x\n"), vec![data("a")]);
+        assert_eq!(parse(b": only a comment"), vec![]);
+        assert_eq!(parse(b""), vec![]);
+    }
+
+    #[test]
+    fn finish_resets_the_parser() {
+        let mut parser = SseParser::new();
+        let mut out = Vec::new();
+        parser.push(b"id: 1\ndata: a\r", &mut out);
+        assert_eq!(
+            parser.finish(),
+            Some(Event {
+                event: None,
+                data: "a".into(),
+                id: Some("1".into())
+            })
+        );
+        // The next stream starts afresh: its BOM is stripped and the old event ID is gone.
+        parser.push(b"\xEF\xBB\xBFdata: b\n\n", &mut out);
+        assert_eq!(out, vec![data("b")]);
+    }
+
+    #[test]
+    fn utf8_split_across_chunks() {
+        let body = "data: é👋\n\n".as_bytes();
+        let expected = vec![data("é👋")];
+        for cut in 0..=body.len() {
+            let (a, b) = body.split_at(cut);
+            assert_eq!(parse_chunks(&[a, b]), expected, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced() {
+        assert_eq!(
+            parse(b"data: a\xFFb\xF0\x9F\n\n"),
+            vec![data("a\u{FFFD}b\u{FFFD}")]
+        );
+        assert_eq!(
+            parse(b"event: \xC3\nid: \xE2\x82\ndata: x\n\n"),
+            vec![Event {
+                event: Some("\u{FFFD}".into()),
+                data: "x".into(),
+                id: Some("\u{FFFD}".into())
+            }]
+        );
+    }
+
+    #[test]
+    fn long_line_across_many_chunks() {
+        let payload = "x".repeat(10_000);
+        let body = format!("data: {payload}\n\n");
+        let pieces: Vec<&[u8]> = body.as_bytes().chunks(7).collect();
+        assert_eq!(parse_chunks(&pieces), vec![data(&payload)]);
+    }
+
+    const CHUNK: &str = r#"{"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1677652288, "model": "m", "choices": [{"index": 0, "delta": {"content": "Paris"}, "finish_reason": null}]}"#;
+    const COST: &str = r#"{"input_tokens": 12, "output_tokens": 30, "input_tokens_cost": 0.000024, "output_tokens_cost": 0.00009, "total_tokens_cost": 0.000114, "total_time_taken": 1.2, "tokens_per_second": 25.0, "time_to_first_data": 0.3}"#;
+
+    #[test]
+    fn classify_frames() {
+        assert_eq!(classify(&data(CHUNK)), Frame::Chunk);
+        assert_eq!(classify(&data(COST)), Frame::Cost);
+        assert_eq!(
+            classify(&data(r#"{"total_tokens_cost": 0.1}"#)),
+            Frame::Cost
+        );
+        assert_eq!(classify(&data("[DONE]")), Frame::Done);
+        assert_eq!(classify(&data(" [DONE] ")), Frame::Done);
+        assert_eq!(
+            classify(&data(r#"{"error": {"message": "rate limited"}}"#)),
+            Frame::Error
+        );
+        assert_eq!(
+            classify(&data(r#"{"error": null, "input_tokens": 1}"#)),
+            Frame::Error
+        );
+        let error_event = Event {
+            event: Some("error".into()),
+            data: "upstream failed".into(),
+            id: None,
+        };
+        assert_eq!(classify(&error_event), Frame::Error);
+        // Usage inside a chunk (it has `choices`) is not the cost frame.
+        assert_eq!(
+            classify(&data(r#"{"choices": [], "input_tokens": 3}"#)),
+            Frame::Chunk
+        );
+        // Other data events are chunks.
+        for other in [
+            "",
+            "[DONE",
+            "not json",
+            "{}",
+            r#"{"usage": {"input_tokens": 1}}"#,
+            r#"[{"input_tokens": 1}]"#,
+            r#"{"input_tokens": 1"#,
+        ] {
+            assert_eq!(classify(&data(other)), Frame::Chunk, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn delta_text_of_chunks() {
+        assert_eq!(delta_text(&data(CHUNK)), "Paris");
+        assert_eq!(
+            delta_text(&data(
+                r#"{"choices": [{"delta": {"content": "a\u00e9"}}, {"delta": {}}, {"delta": {"content": null}}, {"delta": {"content": "👋"}}]}"#
+            )),
+            "aé👋"
+        );
+        for other in [
+            COST,
+            "[DONE]",
+            "not json",
+            r#"{"choices": {"delta": {"content": "x"}}}"#,
+            r#"{"choices": [{"message": {"content": "x"}}]}"#,
+        ] {
+            assert_eq!(delta_text(&data(other)), "", "{other:?}");
+        }
+    }
+
+    /// Contents of the recorded chunk frames: ASCII, accented letters and emoji.
+    const CONTENTS: [&str; 5] = [
+        "The",
+        " capital of Fr",
+        "ance is Par",
+        "is 🇫🇷 — café",
+        " ✓😀.",
+    ];
+
+    fn chunk_frame(content: &str, last: bool) -> String {
+        let content = serde_json::to_string(content).expect("a string serializes");
+        let finish = if last { r#""stop""# } else { "null" };
+        format!(
+            r#"{{"id": "chatcmpl-9x", "object": "chat.completion.chunk", "created": 1677652288, "model": "MODEL_NAME", "choices": [{{"index": 0, "delta": {{"content": {content}}}, "finish_reason": {finish}}}]}}"#
+        )
+    }
+
+    /// The data of each event of a recorded stream.
+    fn recorded_events(with_done: bool) -> Vec<String> {
+        let mut events: Vec<String> = CONTENTS
+            .iter()
+            .enumerate()
+            .map(|(i, c)| chunk_frame(c, i + 1 == CONTENTS.len()))
+            .collect();
+        // Spread over two `data:` lines, so a line end counted twice would split the event.
+        events.push(COST.replacen(", \"total_time_taken\"", ",\n\"total_time_taken\"", 1));
+        if with_done {
+            events.push("[DONE]".to_owned());
+        }
+        events
+    }
+
+    /// Lays out the events as an SSE body: a keep-alive comment first, each event as `data:` lines
+    /// and a blank line, all with the given line ends (the final blank line optional).
+    fn render(events: &[String], ends: &[&str], final_blank: bool) -> Vec<u8> {
+        let mut lines = vec![": keep-alive".to_owned(), String::new()];
+        for event in events {
+            lines.extend(event.split('\n').map(|l| format!("data: {l}")));
+            lines.push(String::new());
+        }
+        if !final_blank {
+            lines.pop();
+        }
+        let mut body = String::new();
+        let mut prev_end = "";
+        for (i, line) in lines.iter().enumerate() {
+            let mut end = ends[i % ends.len()];
+            // CR then LF is one line end: a blank line after a lone CR must not start with LF.
+            if prev_end == "\r" && line.is_empty() && end == "\n" {
+                end = "\r\n";
+            }
+            body.push_str(line);
+            body.push_str(end);
+            prev_end = end;
+        }
+        body.into_bytes()
+    }
+
+    fn line_end() -> impl Strategy<Value = &'static str> {
+        prop_oneof![Just("\n"), Just("\r\n"), Just("\r")]
+    }
+
+    fn split_at_points<'a>(body: &'a [u8], points: &[usize]) -> Vec<&'a [u8]> {
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        for &point in points {
+            pieces.push(&body[start..point]);
+            start = point;
+        }
+        pieces.push(&body[start..]);
+        pieces
+    }
+
+    proptest! {
+        #[test]
+        fn split_anywhere(
+            with_done in any::<bool>(),
+            final_blank in any::<bool>(),
+            ends in prop::collection::vec(line_end(), 1..6),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..40),
+        ) {
+            let expected_data = recorded_events(with_done);
+            let body = render(&expected_data, &ends, final_blank);
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(body.len() + 1)).collect();
+            points.sort_unstable();
+
+            let whole = parse(&body);
+            let pieces = parse_chunks(&split_at_points(&body, &points));
+            prop_assert_eq!(&pieces, &whole);
+            let expected: Vec<Event> = expected_data.iter().map(|d| data(d)).collect();
+            prop_assert_eq!(&whole, &expected);
+
+            let frames: Vec<Frame> = whole.iter().map(classify).collect();
+            let mut expected_frames = vec![Frame::Chunk; CONTENTS.len()];
+            expected_frames.push(Frame::Cost);
+            if with_done {
+                expected_frames.push(Frame::Done);
+            }
+            prop_assert_eq!(frames, expected_frames);
+            let text: String = whole.iter().map(delta_text).collect();
+            prop_assert_eq!(text, CONTENTS.concat());
+        }
+    }
+
+    #[test]
+    fn one_byte_at_a_time() {
+        for ends in [["\n"], ["\r\n"], ["\r"]] {
+            for with_done in [false, true] {
+                let expected_data = recorded_events(with_done);
+                let body = render(&expected_data, &ends, true);
+                let bytes: Vec<&[u8]> = body.chunks(1).collect();
+                let events = parse_chunks(&bytes);
+                assert_eq!(datas(&events), expected_data, "{ends:?}");
+                assert_eq!(events, parse(&body));
+            }
+        }
+    }
 }
