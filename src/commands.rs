@@ -206,8 +206,8 @@ async fn cache_with(admin: &Admin, cmd: CacheCommand) -> anyhow::Result<()> {
                 .await?;
             let rows: Vec<serde_json::Value> = serde_json::from_slice(&b)?;
             println!(
-                "{:<64}  {:<6} {:<18} {:<22} {:>9}  {}",
-                "KEY", "STREAM", "PATH", "MODEL", "BYTES", "CREATED"
+                "{:<64}  {:<6} {:<18} {:<22} {:>9}  CREATED",
+                "KEY", "STREAM", "PATH", "MODEL", "BYTES"
             );
             for r in rows {
                 let created = r["created_ms"].as_u64().map(format_ms).unwrap_or_default();

@@ -146,7 +146,7 @@ pub(crate) mod tests {
         let e = sample(true);
         let d = Entry::decode(&e.encode()).unwrap();
         assert_eq!(d.body, e.body);
-        assert_eq!(d.meta.cost.unwrap().get(), "0.000114");
+        assert_eq!(d.meta.cost.as_ref().unwrap().get(), "0.000114");
         let chunks: Vec<_> = d
             .chunks()
             .into_iter()

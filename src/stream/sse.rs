@@ -205,6 +205,31 @@ pub fn delta_text(event: &Event) -> String {
         .collect()
 }
 
+/// The API's own events inside one SSE event. Upstream's documentation shows `data:` lines
+/// with no blank line between them, which SSE joins into one multi-line event; when every
+/// line of an event's data is a JSON object or `[DONE]`, each line is taken as its own
+/// event, so frames are classified the same whichever way upstream separates them.
+pub fn api_events(event: &Event) -> Vec<Event> {
+    let lines: Vec<&str> = event.data.split('\n').collect();
+    let each_is_a_frame = lines.len() > 1
+        && lines.iter().all(|l| {
+            let l = l.trim();
+            l == "[DONE]"
+                || (l.starts_with('{') && serde_json::from_str::<serde::de::IgnoredAny>(l).is_ok())
+        });
+    if !each_is_a_frame {
+        return vec![event.clone()];
+    }
+    lines
+        .into_iter()
+        .map(|l| Event {
+            event: event.event.clone(),
+            data: l.to_string(),
+            id: event.id.clone(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,5 +632,27 @@ mod tests {
                 assert_eq!(events, parse(&body));
             }
         }
+    }
+
+    #[test]
+    fn frames_without_blank_lines_between_them_are_still_told_apart() {
+        let body = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\ndata: {\"input_tokens\":1,\"total_tokens_cost\":0.5}\ndata: [DONE]\n";
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        p.push(body.as_bytes(), &mut out);
+        out.extend(p.finish());
+        assert_eq!(out.len(), 1, "SSE joins them into one event");
+        let frames: Vec<Frame> = api_events(&out[0]).iter().map(classify).collect();
+        assert_eq!(frames, vec![Frame::Chunk, Frame::Cost, Frame::Done]);
+        let pretty = Event {
+            event: None,
+            data: "{\n\"a\": 1\n}".into(),
+            id: None,
+        };
+        assert_eq!(
+            api_events(&pretty),
+            vec![pretty.clone()],
+            "one JSON value over several lines stays one"
+        );
     }
 }

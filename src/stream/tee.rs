@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 
 use crate::cache::flight::Flight;
 use crate::error::ApiError;
-use crate::stream::sse::{classify, delta_text, Event, Frame, SseParser};
+use crate::stream::sse::{api_events, classify, delta_text, Event, Frame, SseParser};
 
 /// How the upstream body ended.
 #[derive(Debug, Clone)]
@@ -104,13 +104,15 @@ pub async fn tee(
 }
 
 fn note_event(ev: &Event, t: &mut Tee, saw_end: &mut bool, error: &mut bool) {
-    match classify(ev) {
-        Frame::Chunk => t.output_chars += delta_text(ev).chars().count(),
-        Frame::Cost => {
-            t.cost_frame = Some(ev.data.clone());
-            *saw_end = true;
+    for ev in api_events(ev) {
+        match classify(&ev) {
+            Frame::Chunk => t.output_chars += delta_text(&ev).chars().count(),
+            Frame::Cost => {
+                t.cost_frame = Some(ev.data);
+                *saw_end = true;
+            }
+            Frame::Done => *saw_end = true,
+            Frame::Error => *error = true,
         }
-        Frame::Done => *saw_end = true,
-        Frame::Error => *error = true,
     }
 }
