@@ -20,6 +20,9 @@ use crate::body::Body;
 use crate::config::UpstreamConfig;
 use crate::error::ApiError;
 
+/// Idle upstream connections kept for reuse; more are closed once idle.
+const MAX_IDLE_PER_HOST: usize = 32;
+
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: Uri,
@@ -42,6 +45,7 @@ impl Upstream {
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(https);

@@ -103,9 +103,8 @@ impl Resp {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -116,7 +115,12 @@ fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<B
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-fn request(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+fn request(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Request<Full<Bytes>> {
     let mut req = Request::new(Full::new(body.into()));
     *req.method_mut() = method;
     *req.uri_mut() = url.parse().unwrap();
@@ -130,13 +134,22 @@ fn request(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<
 }
 
 /// Sends a request and reads the whole answer.
-pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Resp {
+pub async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Resp {
     let resp = client()
         .request(request(method, url, headers, body))
         .await
         .unwrap_or_else(|e| panic!("request to {url} failed: {e:?}"));
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_else(|e| panic!("body of {url} broke: {e}"));
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_else(|e| panic!("body of {url} broke: {e}"));
     Resp {
         status: parts.status,
         headers: parts.headers,
@@ -145,14 +158,28 @@ pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: imp
 }
 
 /// Sends a request and returns the answer with its body unread.
-pub async fn open(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> http::Response<Incoming> {
-    client().request(request(method, url, headers, body)).await.unwrap()
+pub async fn open(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> http::Response<Incoming> {
+    client()
+        .request(request(method, url, headers, body))
+        .await
+        .unwrap()
 }
 
 pub const KEY: &str = "Bearer sk-test-0123456789abcdef";
 
 pub async fn post(url: &str, body: &str) -> Resp {
-    send(Method::POST, url, &[("authorization", KEY), ("content-type", "application/json")], body.to_string()).await
+    send(
+        Method::POST,
+        url,
+        &[("authorization", KEY), ("content-type", "application/json")],
+        body.to_string(),
+    )
+    .await
 }
 
 pub async fn post_with(url: &str, body: &str, headers: &[(&str, &str)]) -> Resp {
@@ -166,7 +193,8 @@ pub async fn get(url: &str) -> Resp {
 }
 
 pub fn chat(content: &str) -> String {
-    serde_json::json!({"model": "GPT-4 Turbo", "messages": [{"role": "user", "content": content}]}).to_string()
+    serde_json::json!({"model": "GPT-4 Turbo", "messages": [{"role": "user", "content": content}]})
+        .to_string()
 }
 
 pub fn chat_stream(content: &str) -> String {
