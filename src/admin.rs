@@ -113,6 +113,24 @@ async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<B
             json(&serde_json::json!({"rebuilt": true}))
         }
         (&Method::GET, "/cache/stats") => json(&app.cache.stats()),
+        (&Method::GET, "/metrics") => {
+            let mut resp = Response::new(full(app.metrics.render()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Ok(resp)
+        }
+        (&Method::GET, "/recent") => {
+            let limit = query
+                .get("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(50);
+            json(
+                &app.recent
+                    .list(limit, query.get("project").map(String::as_str)),
+            )
+        }
         (&Method::GET, "/cache/list") => {
             let limit = query
                 .get("limit")

@@ -11,9 +11,11 @@ use crate::cache::flight::Flights;
 use crate::cache::store::{Store, StoreError};
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::proxy::upstream::Upstream;
+use crate::recent::Recent;
 use crate::secret::Fingerprinter;
-use crate::spend::{Prices, Spend};
+use crate::spend::{LedgerLine, Prices, Spend, SpendError};
 
 pub struct App {
     pub config: Config,
@@ -28,6 +30,8 @@ pub struct App {
     pub prices: RwLock<Option<Arc<Prices>>>,
     /// Upstream exchanges in progress (they outlive clients that leave), for the drain.
     pub exchanges: tokio_util::task::TaskTracker,
+    pub metrics: Metrics,
+    pub recent: Recent,
 }
 
 impl App {
@@ -42,13 +46,15 @@ impl App {
         Ok(Arc::new(App {
             config,
             upstream,
-            cache,
             flights: Arc::new(Flights::default()),
             spend,
             fingerprints,
             held_key,
             prices: RwLock::new(None),
             exchanges: tokio_util::task::TaskTracker::new(),
+            metrics: Metrics::new(cache.clone()),
+            recent: Recent::default(),
+            cache,
         }))
     }
 
@@ -60,6 +66,29 @@ impl App {
         if let Ok(mut p) = self.prices.write() {
             *p = Some(Arc::new(prices));
         }
+    }
+
+    /// Accounts for an answer served without upstream (hits, followers): the ledger line is
+    /// queued for the next group commit, not awaited.
+    pub fn account(&self, line: LedgerLine, prompt: Option<&str>) {
+        self.note(&line, prompt);
+        self.spend.record_nowait(line);
+    }
+
+    /// Accounts for an answer upstream served: resolves once its ledger line is on disk.
+    pub async fn account_durably(
+        &self,
+        line: LedgerLine,
+        prompt: Option<&str>,
+    ) -> Result<(), SpendError> {
+        self.note(&line, prompt);
+        self.spend.record(line).await
+    }
+
+    fn note(&self, line: &LedgerLine, prompt: Option<&str>) {
+        self.metrics
+            .spend(&line.project, line.cost_f64(), line.saved_f64());
+        self.recent.push(line, prompt);
     }
 
     /// Makes everything written so far durable (on shutdown).

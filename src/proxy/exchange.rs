@@ -35,6 +35,8 @@ pub struct Exchange {
     pub stream_requested: bool,
     /// Characters of prompt text, for estimates.
     pub input_chars: usize,
+    /// The last user message, kept only when `admin.show_prompts` is on (dashboard).
+    pub prompt: Option<String>,
     pub canonical: Option<Vec<u8>>,
     pub key: Option<CacheKey>,
     pub headers: HeaderMap,
@@ -190,9 +192,28 @@ pub fn input_chars(body: &Value) -> usize {
     messages + body.get("text").map_or(0, text_len) + body.get("input").map_or(0, text_len)
 }
 
+/// The text of the last user message of a chat request (or `text`/`input`).
+pub fn last_user_text(body: &Value) -> Option<String> {
+    let from_messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|ms| {
+            ms.iter()
+                .rev()
+                .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+                .and_then(|m| m.get("content"))
+                .and_then(Value::as_str)
+        });
+    from_messages
+        .or_else(|| body.get("text").and_then(Value::as_str))
+        .or_else(|| body.get("input").and_then(Value::as_str))
+        .map(str::to_string)
+}
+
 /// Sends an uncached, unaccounted request (credits, unknown paths) and relays the answer.
 pub async fn pass(app: &Arc<App>, ex: &Exchange) -> Result<Response<Body>, ApiError> {
     let resp = app.upstream.send(ex.upstream_request(app)?).await?;
+    app.metrics.first_byte(ex.started.elapsed());
     let (parts, body) = resp.into_parts();
     let mut out = Response::new(app.upstream.relay(body));
     *out.status_mut() = parts.status;
@@ -227,7 +248,9 @@ pub async fn drive(
             return;
         }
     };
-    let ttfb_ms = ex.started.elapsed().as_millis() as u64;
+    let ttfb = ex.started.elapsed();
+    app.metrics.first_byte(ttfb);
+    let ttfb_ms = ttfb.as_millis() as u64;
     let (parts, body) = resp.into_parts();
     let headers = response_headers(&parts.headers);
     if !parts.status.is_success() {
@@ -237,11 +260,8 @@ pub async fn drive(
                 ttfb_ms: Some(ttfb_ms),
                 ..Accounting::default()
             };
-            app.spend.record_nowait(ex.ledger_line(
-                ex.upstream_outcome(),
-                parts.status.as_u16(),
-                acc,
-            ));
+            let line = ex.ledger_line(ex.upstream_outcome(), parts.status.as_u16(), acc);
+            app.account(line, ex.prompt.as_deref());
         }
         let mut out = Response::new(app.upstream.relay(body));
         *out.status_mut() = parts.status;
@@ -301,11 +321,13 @@ pub async fn drive(
         t.output_chars,
     );
     let clean = matches!(end, TeeEnd::Clean);
+    let upstream_time = ex.started.elapsed();
+    app.metrics.upstream_done(upstream_time);
     let acc = Accounting {
         usage: usage.clone(),
         source: Some(source),
         saved: None,
-        upstream_ms: Some(ex.started.elapsed().as_millis() as u64),
+        upstream_ms: Some(upstream_time.as_millis() as u64),
         ttfb_ms: Some(ttfb_ms),
         incomplete: matches!(end, TeeEnd::Broken(_)),
     };
@@ -314,11 +336,8 @@ pub async fn drive(
 
     let record = async {
         if ex.endpoint.billable() {
-            if let Err(e) = app
-                .spend
-                .record(ex.ledger_line(ex.upstream_outcome(), head.status.as_u16(), acc))
-                .await
-            {
+            let line = ex.ledger_line(ex.upstream_outcome(), head.status.as_u16(), acc);
+            if let Err(e) = app.account_durably(line, ex.prompt.as_deref()).await {
                 tracing::error!(error = %e, "could not make the ledger line durable");
             }
         }

@@ -37,9 +37,14 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         return crate::admin::route(app, req, peer).await;
     }
     let started = Instant::now();
+    let _in_flight = app.metrics.track_request();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let resp = match proxy(&app, req, started).await {
+    let endpoint = Endpoint::of(
+        &method,
+        attribution::split_project_prefix(&path).map_or(path.as_str(), |(_, rest)| rest),
+    );
+    let mut resp = match proxy(&app, req, started).await {
         Ok(r) => r,
         Err(e) => {
             if let ApiError::Internal(detail) = &e {
@@ -53,6 +58,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         .get(OUTCOME_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("local");
+    app.metrics
+        .request(endpoint.as_str(), outcome, resp.status().as_u16());
     tracing::info!(
         %method,
         %path,
@@ -61,7 +68,29 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         head_ms = started.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
+    if is_event_stream(resp.headers()) {
+        let guard = app.metrics.track_stream();
+        resp = resp.map(|body| {
+            use http_body_util::BodyExt;
+            body.map_frame(move |f| {
+                let _alive = &guard;
+                f
+            })
+            .boxed()
+        });
+    }
     resp
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
 }
 
 async fn proxy(
@@ -109,6 +138,10 @@ async fn proxy(
             .and_then(Value::as_bool)
             .unwrap_or(false),
         input_chars: json.as_ref().map(exchange::input_chars).unwrap_or(0),
+        prompt: match (&json, app.config.admin.show_prompts) {
+            (Some(v), true) => exchange::last_user_text(v),
+            _ => None,
+        },
         canonical,
         key,
         headers: parts.headers,
@@ -194,11 +227,11 @@ async fn lookup(app: &Arc<App>, key: CacheKey, max_age: Option<Duration>) -> Opt
 
 fn serve_hit(app: &Arc<App>, ex: &Exchange, entry: Entry) -> Response<Body> {
     if ex.endpoint.billable() {
-        app.spend.record_nowait(ex.ledger_line(
-            Outcome::Hit,
-            entry.meta.status,
-            exchange::Accounting::saved_from_entry(&entry.meta),
-        ));
+        let acc = exchange::Accounting::saved_from_entry(&entry.meta);
+        app.account(
+            ex.ledger_line(Outcome::Hit, entry.meta.status, acc),
+            ex.prompt.as_deref(),
+        );
     }
     let age = now_ms().saturating_sub(entry.meta.created_ms) / 1000;
     let mut headers = HeaderMap::new();
@@ -269,8 +302,10 @@ async fn head_status(f: &Flight) -> u16 {
 fn record_coalesced(app: &App, ex: &Exchange, flight: &Flight, status: u16) {
     if ex.endpoint.billable() {
         let acc = exchange::Accounting::saved_text(flight.cost());
-        app.spend
-            .record_nowait(ex.ledger_line(Outcome::Coalesced, status, acc));
+        app.account(
+            ex.ledger_line(Outcome::Coalesced, status, acc),
+            ex.prompt.as_deref(),
+        );
     }
 }
 

@@ -1,0 +1,199 @@
+//! Prometheus metrics: request outcomes, upstream latency, cache size, spend by project,
+//! requests and streams in flight; rendered in the text exposition format.
+
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::cache::Cache;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: String,
+    outcome: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProjectLabels {
+    project: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    upstream_seconds: Histogram,
+    first_byte_seconds: Histogram,
+    cost: Family<ProjectLabels, Counter<f64, AtomicU64>>,
+    saved: Family<ProjectLabels, Counter<f64, AtomicU64>>,
+    in_flight: Gauge,
+    streams: Gauge,
+}
+
+/// Decrements its gauge when dropped (a request answered, a stream ended).
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Cache figures read from the cache at scrape time.
+struct CacheCollector(Cache);
+
+impl fmt::Debug for CacheCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CacheCollector")
+    }
+}
+
+impl Collector for CacheCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let s = self.0.stats();
+        let entries = ConstGauge::new(s.entries as i64);
+        entries.encode(encoder.encode_descriptor(
+            "chatcache_cache_entries",
+            "Answers stored in the cache",
+            None,
+            entries.metric_type(),
+        )?)?;
+        let bytes = ConstGauge::new(s.bytes as i64);
+        bytes.encode(encoder.encode_descriptor(
+            "chatcache_cache_bytes",
+            "Bytes of stored answers",
+            None,
+            bytes.metric_type(),
+        )?)?;
+        let evictions = ConstCounter::new(s.evictions);
+        evictions.encode(encoder.encode_descriptor(
+            "chatcache_cache_evictions",
+            "Entries evicted for size or age",
+            None,
+            evictions.metric_type(),
+        )?)?;
+        let corrupt = ConstCounter::new(s.dropped_corrupt);
+        corrupt.encode(encoder.encode_descriptor(
+            "chatcache_cache_dropped_corrupt",
+            "Entries dropped for failing their checksum",
+            None,
+            corrupt.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+impl Metrics {
+    pub fn new(cache: Cache) -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "chatcache_requests",
+            "Requests answered, by endpoint, cache outcome and status",
+            requests.clone(),
+        );
+        let upstream_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register(
+            "chatcache_upstream_seconds",
+            "Time from request to the end of upstream's answer",
+            upstream_seconds.clone(),
+        );
+        let first_byte_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register(
+            "chatcache_upstream_first_byte_seconds",
+            "Time from request to upstream's response head",
+            first_byte_seconds.clone(),
+        );
+        let cost = Family::<ProjectLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "chatcache_spend_cost",
+            "Money spent upstream, by project (as upstream reported or estimated)",
+            cost.clone(),
+        );
+        let saved = Family::<ProjectLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "chatcache_spend_saved",
+            "Money saved by cached answers, by project",
+            saved.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "chatcache_requests_in_flight",
+            "Requests being handled",
+            in_flight.clone(),
+        );
+        let streams = Gauge::default();
+        registry.register(
+            "chatcache_streams_in_flight",
+            "Streamed answers being sent",
+            streams.clone(),
+        );
+        registry.register_collector(Box::new(CacheCollector(cache)));
+        Metrics {
+            registry,
+            requests,
+            upstream_seconds,
+            first_byte_seconds,
+            cost,
+            saved,
+            in_flight,
+            streams,
+        }
+    }
+
+    pub fn request(&self, endpoint: &str, outcome: &str, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                endpoint: endpoint.to_string(),
+                outcome: outcome.to_string(),
+                status,
+            })
+            .inc();
+    }
+
+    pub fn first_byte(&self, d: Duration) {
+        self.first_byte_seconds.observe(d.as_secs_f64());
+    }
+
+    pub fn upstream_done(&self, d: Duration) {
+        self.upstream_seconds.observe(d.as_secs_f64());
+    }
+
+    pub fn spend(&self, project: &str, cost: f64, saved: f64) {
+        let labels = ProjectLabels {
+            project: project.to_string(),
+        };
+        if cost > 0.0 {
+            self.cost.get_or_create(&labels).inc_by(cost);
+        }
+        if saved > 0.0 {
+            self.saved.get_or_create(&labels).inc_by(saved);
+        }
+    }
+
+    pub fn track_request(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    pub fn track_stream(&self) -> InFlight {
+        self.streams.inc();
+        InFlight(self.streams.clone())
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            tracing::error!("could not encode metrics");
+        }
+        out
+    }
+}

@@ -1,0 +1,77 @@
+//! The last answered requests, kept in memory for the dashboard. Prompt text is kept only
+//! when `admin.show_prompts` is on, and never leaves memory.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::spend::LedgerLine;
+
+const KEEP: usize = 500;
+const PROMPT_CHARS: usize = 200;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecentRequest {
+    pub ts: String,
+    pub project: String,
+    pub endpoint: String,
+    pub model: Option<String>,
+    pub stream: bool,
+    pub outcome: String,
+    pub status: u16,
+    pub cost: Option<f64>,
+    pub saved: Option<f64>,
+    pub cost_source: String,
+    pub upstream_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+}
+
+#[derive(Default)]
+pub struct Recent {
+    ring: Mutex<VecDeque<RecentRequest>>,
+}
+
+impl Recent {
+    pub fn push(&self, line: &LedgerLine, prompt: Option<&str>) {
+        let json = serde_json::to_value(line).unwrap_or_default();
+        let text = |k: &str| {
+            json.get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let item = RecentRequest {
+            ts: text("ts"),
+            project: line.project.clone(),
+            endpoint: line.endpoint.clone(),
+            model: line.model.clone(),
+            stream: line.stream,
+            outcome: text("outcome"),
+            status: line.status,
+            cost: line.cost.as_ref().and_then(|c| c.get().parse().ok()),
+            saved: line.saved.as_ref().and_then(|c| c.get().parse().ok()),
+            cost_source: text("cost_source"),
+            upstream_ms: line.upstream_ms,
+            prompt: prompt.map(|p| p.chars().take(PROMPT_CHARS).collect()),
+        };
+        // Each update is one push/pop: a poisoned lock still holds a valid ring.
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        if ring.len() == KEEP {
+            ring.pop_front();
+        }
+        ring.push_back(item);
+    }
+
+    /// Newest first.
+    pub fn list(&self, limit: usize, project: Option<&str>) -> Vec<RecentRequest> {
+        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        ring.iter()
+            .rev()
+            .filter(|r| project.is_none_or(|p| r.project == p))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+}
