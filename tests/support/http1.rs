@@ -82,7 +82,7 @@ async fn read_line<S: AsyncRead + Unpin>(
         return Ok(None);
     }
     if n > *budget {
-        return Err(bad("request head too large"));
+        return Err(bad("line too long in request"));
     }
     *budget -= n;
     if buf.pop() != Some(b'\n') {

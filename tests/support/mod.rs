@@ -2,6 +2,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod api;
+pub mod daemon;
 pub mod fake_upstream;
 pub mod faults;
 pub mod http1;
@@ -15,4 +16,3 @@ pub use api::{
 pub use fake_upstream::{FakeUpstream, Recorded, DEFAULT_FRAME_DELAY_MS};
 pub use faults::{Fault, FAULT_HEADER, WORDS_HEADER};
 pub use tls::TestCa;
-pub mod daemon;
