@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -257,22 +255,6 @@ async fn health_reports_version_and_mode() {
     d.stop().await;
 }
 
-fn binary() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_chatcache"));
-    c.env_remove("RUST_LOG").env("HOME", std::env::temp_dir());
-    for k in [
-        "CHATCACHE_CONFIG",
-        "CHATCACHE_LISTEN",
-        "CHATCACHE_UPSTREAM",
-        "CHATCACHE_DATA_DIR",
-        "CHATCACHE_MODE",
-        "XDG_CONFIG_HOME",
-    ] {
-        c.env_remove(k);
-    }
-    c
-}
-
 #[test]
 fn bad_config_exits_64_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -304,44 +286,13 @@ fn bad_config_exits_64_naming_the_key() {
     );
 }
 
-/// Starts the real binary; returns it and the address it listens on.
-pub fn spawn_daemon(
-    upstream: &str,
-    data_dir: &std::path::Path,
-    extra: &[&str],
-) -> (std::process::Child, String) {
-    let mut child = binary()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            upstream,
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .args(extra)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("daemon printed its address").unwrap();
-        if let Some(i) = line.find("listening on http://") {
-            let rest = &line[i + "listening on http://".len()..];
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
-
 #[tokio::test]
 async fn sigterm_lets_a_stream_in_flight_finish_then_exits_0() {
     let fake = FakeUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = spawn_daemon(&fake.url(), dir.path(), &[]);
+    let data = dir.path().join("data");
+    let mut child = spawn_binary(&fake.url(), &data, &[], "info", &dir.path().join("log"));
+    let addr = child.addr.clone();
     let resp = open(
         Method::POST,
         &format!("http://{addr}/chat/completions"),
@@ -356,12 +307,7 @@ async fn sigterm_lets_a_stream_in_flight_finish_then_exits_0() {
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    child.signal("TERM");
     let mut all = first.to_vec();
     while let Some(f) = body.frame().await {
         all.extend_from_slice(
@@ -377,11 +323,10 @@ async fn sigterm_lets_a_stream_in_flight_finish_then_exits_0() {
     );
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
-        .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0));
     // The answer was accounted for before exit.
-    let lines = ledger_lines(dir.path());
+    let lines = ledger_lines(&data);
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["stream"], true);
 }

@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::process::Command;
-
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use support::daemon::*;
@@ -204,56 +202,22 @@ async fn over_budget_upstream_requests_get_402_but_hits_still_pass() {
     d.stop().await;
 }
 
-fn spawn(upstream: &str, dir: &std::path::Path) -> (std::process::Child, String) {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chatcache"))
-        .env("RUST_LOG", "trace")
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            upstream,
-            "--data-dir",
-        ])
-        .arg(dir.join("data"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let log_path = dir.join(format!("log-{}.txt", child.id()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut log = std::fs::File::create(log_path).unwrap();
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines() {
-            let line = line.unwrap();
-            use std::io::Write;
-            writeln!(log, "{line}").unwrap();
-            if !sent {
-                if let Some(i) = line.find("listening on http://") {
-                    let addr = line[i + 20..]
-                        .split_whitespace()
-                        .next()
-                        .unwrap()
-                        .to_string();
-                    tx.send(addr).unwrap();
-                    sent = true;
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(std::time::Duration::from_secs(20))
-        .expect("daemon started");
-    (child, addr)
+fn spawn(upstream: &str, dir: &std::path::Path, n: usize) -> Proc {
+    spawn_binary(
+        upstream,
+        &dir.join("data"),
+        &[],
+        "trace",
+        &dir.join(format!("log-{n}.txt")),
+    )
 }
 
 #[tokio::test]
 async fn kill_9_loses_no_line_and_rollups_agree_and_no_key_on_disk() {
     let fake = FakeUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = spawn(&fake.url(), dir.path());
+    let mut child = spawn(&fake.url(), dir.path(), 1);
+    let addr = child.addr.clone();
     for i in 0..200 {
         let body = if i % 4 == 0 {
             chat_stream(&format!("crash test {i}"))
@@ -263,11 +227,8 @@ async fn kill_9_loses_no_line_and_rollups_agree_and_no_key_on_disk() {
         let r = post(&format!("http://{addr}/chat/completions"), &body).await;
         assert_eq!(r.status, StatusCode::OK);
     }
-    Command::new("kill")
-        .args(["-9", &child.id().to_string()])
-        .status()
-        .unwrap();
-    child.wait().unwrap();
+    child.signal("KILL");
+    child.wait();
     assert_eq!(
         ledger_lines(&dir.path().join("data")).len(),
         200,
@@ -289,7 +250,8 @@ async fn kill_9_loses_no_line_and_rollups_agree_and_no_key_on_disk() {
     std::io::Write::write_all(&mut f, b"{\"ts\":\"2026-").unwrap();
     drop(f);
 
-    let (mut child, addr) = spawn(&fake.url(), dir.path());
+    let mut child = spawn(&fake.url(), dir.path(), 2);
+    let addr = child.addr.clone();
     let report = send(
         Method::GET,
         &format!("http://{addr}/_chatcache/spend?by=project"),
@@ -314,44 +276,19 @@ async fn kill_9_loses_no_line_and_rollups_agree_and_no_key_on_disk() {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    child.signal("TERM");
+    assert!(child.wait().success());
     assert_eq!(ledger_lines(&dir.path().join("data")).len(), 201);
 
     // The key never reached the disk: not whole, not in pieces, not hashed plainly.
-    let key = KEY.trim_start_matches("Bearer ");
-    let mut needles: Vec<Vec<u8>> = (0..=key.len() - 8)
-        .map(|i| key.as_bytes()[i..i + 8].to_vec())
-        .collect();
-    needles.push(blake3::hash(key.as_bytes()).to_hex().as_bytes()[..16].to_vec());
-    let mut files = 0;
-    for entry in walk(dir.path()) {
-        let bytes = std::fs::read(&entry).unwrap();
-        files += 1;
-        for n in &needles {
-            assert!(
-                !bytes.windows(n.len()).any(|w| w == &n[..]),
-                "{} holds a piece of the key ({})",
-                entry.display(),
-                String::from_utf8_lossy(n)
-            );
-        }
+    let needles = secret_needles(KEY.trim_start_matches("Bearer "));
+    let files = files_under(dir.path());
+    for f in &files {
+        assert_no_secret(
+            &std::fs::read(f).unwrap(),
+            &needles,
+            &f.display().to_string(),
+        );
     }
-    assert!(files > 5, "scanned the data dir and the logs");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
+    assert!(files.len() > 5, "scanned the data dir and the logs");
 }

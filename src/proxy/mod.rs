@@ -179,7 +179,7 @@ async fn proxy(
                 spent,
             });
         }
-        if !app.spend.healthy() {
+        if !app.spend.writable().await {
             return Err(ApiError::LedgerUnavailable);
         }
     }

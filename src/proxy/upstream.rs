@@ -75,6 +75,12 @@ impl Upstream {
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, ApiError> {
         match tokio::time::timeout(self.first_byte_timeout, self.client.request(req)).await {
             Err(_) => Err(ApiError::UpstreamTimeout(self.first_byte_timeout)),
+            Ok(Ok(resp)) if ambiguous_framing(resp.headers()) => {
+                // Dropped unread, so the connection is not reused.
+                Err(ApiError::UpstreamBroken(
+                    "upstream framed its answer ambiguously (Content-Length with Transfer-Encoding, or two lengths)".into(),
+                ))
+            }
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(classify(&e)),
         }
@@ -95,6 +101,13 @@ impl Upstream {
         });
         http_body_util::StreamBody::new(frames).boxed()
     }
+}
+
+/// A response whose length two parsers could read differently (RFC 9112 6.3): the classic
+/// way to desynchronise a proxy from its upstream.
+fn ambiguous_framing(headers: &http::HeaderMap) -> bool {
+    let lengths = headers.get_all(http::header::CONTENT_LENGTH).iter().count();
+    lengths > 1 || (lengths == 1 && headers.contains_key(http::header::TRANSFER_ENCODING))
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> ApiError {

@@ -26,6 +26,20 @@ fn is_ledger_name(name: &str) -> bool {
 }
 
 /// Creates the ledger directory (mode 0700) if needed.
+/// Writes, syncs and removes a small file in `dir`: succeeds only if a ledger line
+/// could be made durable there now (space, permissions, a working disk).
+pub fn probe_write(dir: &Path) -> io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(".probe");
+    let result = (|| {
+        let mut f = std::fs::File::create(&path)?;
+        f.write_all(&[b'\n'; 4096])?;
+        f.sync_data()
+    })();
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
 pub fn create_dir(dir: &Path) -> io::Result<()> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);

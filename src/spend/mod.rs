@@ -78,6 +78,8 @@ struct Inner {
     tx: mpsc::Sender<Msg>,
     budgets: Mutex<Budgets>,
     shared: Arc<Shared>,
+    /// When the ledger was last probed while unhealthy.
+    last_probe: Mutex<Option<std::time::Instant>>,
 }
 
 impl Spend {
@@ -117,6 +119,7 @@ impl Spend {
                 tx,
                 budgets: Mutex::new(budgets),
                 shared,
+                last_probe: Mutex::new(None),
             }),
         })
     }
@@ -167,6 +170,35 @@ impl Spend {
     /// False after the last write or fsync failed (until one succeeds again).
     pub fn healthy(&self) -> bool {
         self.inner.shared.healthy.load(Ordering::SeqCst)
+    }
+
+    /// Whether a ledger line could be made durable now. While unhealthy, checks at most
+    /// once a second by writing and syncing a small probe file beside the ledger, so the
+    /// daemon notices on its own when space returns.
+    pub async fn writable(&self) -> bool {
+        if self.healthy() {
+            return true;
+        }
+        {
+            let mut last = self
+                .inner
+                .last_probe
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+                return false;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let dir = self.inner.dir.clone();
+        let ok = tokio::task::spawn_blocking(move || ledger::probe_write(&dir))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if ok {
+            tracing::info!("the spend ledger is writable again");
+            self.inner.shared.healthy.store(true, Ordering::SeqCst);
+        }
+        ok
     }
 
     /// How many times the writer has synced a ledger file (one per file per batch).

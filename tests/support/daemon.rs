@@ -164,10 +164,17 @@ pub async fn open(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> http::Response<Incoming> {
-    client()
-        .request(request(method, url, headers, body))
-        .await
-        .unwrap()
+    try_open(method, url, headers, body).await.unwrap()
+}
+
+/// As `open`, for requests that may fail (a daemon being killed).
+pub async fn try_open(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
+    client().request(request(method, url, headers, body)).await
 }
 
 pub const KEY: &str = "Bearer sk-test-0123456789abcdef";
@@ -228,4 +235,161 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The real binary, with every setting from the environment removed.
+pub fn binary() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_chatcache"));
+    c.env_remove("RUST_LOG").env("HOME", std::env::temp_dir());
+    for k in [
+        "CHATCACHE_CONFIG",
+        "CHATCACHE_LISTEN",
+        "CHATCACHE_UPSTREAM",
+        "CHATCACHE_DATA_DIR",
+        "CHATCACHE_MODE",
+        "XDG_CONFIG_HOME",
+        "XDG_DATA_HOME",
+    ] {
+        c.env_remove(k);
+    }
+    c
+}
+
+/// A daemon process of the real binary; killed if the test lets go of it still running.
+pub struct Proc {
+    pub child: std::process::Child,
+    pub addr: String,
+}
+
+impl Proc {
+    /// Sends a signal (`kill -SIG pid`).
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Starts `chatcache serve` on 127.0.0.1:0 with its log (at `log_level`, plus the
+/// daemon's own start-up line) copied to `log`.
+pub fn spawn_binary(
+    upstream: &str,
+    data_dir: &Path,
+    extra: &[&str],
+    log_level: &str,
+    log: &Path,
+) -> Proc {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = binary()
+        .env(
+            "RUST_LOG",
+            match log_level {
+                // Quieter levels still need the start-up line that says where it listens.
+                "warn" | "error" => format!("{log_level},chatcache=info"),
+                louder => louder.to_string(),
+            },
+        )
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut file = std::fs::File::create(log).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(file, "{line}");
+            if let Some(i) = line.find("listening on http://") {
+                let addr = line[i + "listening on http://".len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr);
+                }
+            }
+        }
+    });
+    let mut proc = Proc {
+        child,
+        addr: String::new(),
+    };
+    proc.addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("daemon did not start; log in {}", log.display()));
+    proc
+}
+
+/// What must never be found anywhere: the key, every 8-character piece of it, and its
+/// SHA-256 and blake3 digests (hex).
+pub fn secret_needles(key: &str) -> Vec<Vec<u8>> {
+    use sha2::Digest;
+    let mut needles: Vec<Vec<u8>> = (0..=key.len().saturating_sub(8))
+        .map(|i| key.as_bytes()[i..i + 8].to_vec())
+        .collect();
+    let sha = sha2::Sha256::digest(key.as_bytes());
+    let sha_hex: String = sha.iter().map(|b| format!("{b:02x}")).collect();
+    needles.push(sha_hex.into_bytes());
+    needles.push(sha.to_vec());
+    needles.push(blake3::hash(key.as_bytes()).to_hex().as_bytes().to_vec());
+    needles
+}
+
+pub fn assert_no_secret(haystack: &[u8], needles: &[Vec<u8>], what: &str) {
+    for n in needles {
+        assert!(
+            !haystack.windows(n.len()).any(|w| w == &n[..]),
+            "{what} holds a piece of the key ({})",
+            String::from_utf8_lossy(n)
+        );
+    }
+}
+
+/// Every file below `dir`.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }

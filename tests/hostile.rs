@@ -1,0 +1,308 @@
+//! Hostile conditions over loopback: upstream faults, malformed and smuggled requests,
+//! header tricks, slow clients and redirect games. Each case asserts what must happen.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use support::daemon::*;
+use support::FakeUpstream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Writes raw bytes to the daemon and reads what comes back until it closes or `wait`.
+async fn raw(d: &Daemon, request: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(d.addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn upstream_reset_after_k_frames_is_not_stored_and_accounted_as_incomplete() {
+    let fake = FakeUpstream::start().await;
+    let d = Daemon::start(&fake.url()).await;
+    for k in [0usize, 1, 3] {
+        let body = chat_stream(&format!("reset after {k}"));
+        let fault = format!("reset-after={k}");
+        let r = post_with(
+            &d.url("/chat/completions"),
+            &body,
+            &[("authorization", KEY), ("x-fake-fault", &fault)],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        let text = r.text();
+        assert_eq!(
+            text.matches("chat.completion.chunk").count(),
+            k,
+            "{k} frames delivered: {text}"
+        );
+        assert!(
+            text.ends_with("}\n\n") && text.contains("event: error\n"),
+            "{text}"
+        );
+        let again = post(&d.url("/chat/completions"), &body).await;
+        assert_eq!(again.header("x-chatcache"), Some("miss"));
+    }
+    let dir = d.data_dir.clone();
+    let _keep = d.stop().await;
+    let incomplete = ledger_lines(&dir)
+        .into_iter()
+        .filter(|l| l["incomplete"] == true)
+        .count();
+    assert_eq!(
+        incomplete, 3,
+        "each broken stream has its ledger line, marked incomplete"
+    );
+}
+
+#[tokio::test]
+async fn broken_plain_answers_are_502_and_not_stored() {
+    let fake = FakeUpstream::start().await;
+    let d = Daemon::start(&fake.url()).await;
+    for fault in ["short-body", "html", "cl-and-te", "two-cl"] {
+        let body = chat(&format!("broken plain: {fault}"));
+        let r = post_with(
+            &d.url("/chat/completions"),
+            &body,
+            &[("authorization", KEY), ("x-fake-fault", fault)],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{fault}: {}", r.text());
+        assert_eq!(
+            r.json()["error"]["code"],
+            "upstream_bad_response",
+            "{fault}"
+        );
+        let again = post(&d.url("/chat/completions"), &body).await;
+        assert_eq!(again.status, StatusCode::OK);
+        assert_eq!(again.header("x-chatcache"), Some("miss"), "{fault}: stored");
+    }
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn bad_client_json_is_400_and_upstream_untouched() {
+    let fake = FakeUpstream::start().await;
+    let d = Daemon::start(&fake.url()).await;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("malformed", b"{\"model\": ".to_vec()),
+        ("non-object", b"[\"model\"]".to_vec()),
+        ("duplicate keys", br#"{"model":"GPT-4 Turbo","model":"Claude 3.5 Sonnet","messages":[]}"#.to_vec()),
+        ("invalid utf-8", b"{\"model\":\"GPT-4 Turbo\",\"messages\":[{\"role\":\"user\",\"content\":\"\xc3\x28\"}]}".to_vec()),
+        ("trailing garbage", b"{\"model\":\"m\"} {}".to_vec()),
+    ];
+    for (what, body) in cases {
+        for path in ["/chat/completions", "/tokens", "/moderate"] {
+            let r = send(
+                Method::POST,
+                &d.url(path),
+                &[("authorization", KEY)],
+                body.clone(),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{what} on {path}");
+            assert_eq!(r.json()["error"]["code"], "invalid_json", "{what}");
+        }
+    }
+    assert_eq!(fake.requests().len(), 0);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn smuggling_attempts_are_refused_and_never_forwarded() {
+    let fake = FakeUpstream::start().await;
+    let d = Daemon::start(&fake.url()).await;
+    let body = r#"{"text":"hi"}"#;
+    let attempts = [
+        format!("POST /tokens HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /credits HTTP/1.1\r\nHost: x\r\n\r\n", body.len()),
+        format!("POST /tokens HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nContent-Length: 3\r\n\r\n{body}", body.len()),
+        format!("POST /tokens HTTP/1.1\r\nHost: x\r\nContent-Length: +{}\r\n\r\n{body}", body.len()),
+        format!("POST /tokens HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n{body}"),
+        format!("POST /tokens HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n{body}"),
+        format!("POST /tokens HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n{body}"),
+        format!("POST /tokens HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\tchunked\r\nContent-Length: 3\r\n\r\n{body}"),
+    ];
+    for a in &attempts {
+        let resp = raw(&d, a.as_bytes(), Duration::from_secs(3)).await;
+        let status = status_of(&resp);
+        assert!(
+            (400..500).contains(&status) || status == 501,
+            "accepted: {a:?} -> {resp:?}"
+        );
+        assert_eq!(
+            resp.matches("HTTP/1.1").count(),
+            1,
+            "one answer, then close: {resp:?}"
+        );
+    }
+    assert_eq!(
+        fake.requests().len(),
+        0,
+        "nothing was forwarded: {:?}",
+        fake.requests()
+            .iter()
+            .map(|r| r.path.clone())
+            .collect::<Vec<_>>()
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn host_absolute_uri_and_redirect_tricks_never_reach_another_host() {
+    let fake = FakeUpstream::start().await;
+    let evil = FakeUpstream::start().await;
+    let d = Daemon::start(&fake.url()).await;
+    let evil_host = evil.addr.to_string();
+    let tricks = [
+        format!("GET http://{evil_host}/credits HTTP/1.1\r\nHost: {evil_host}\r\nAuthorization: {KEY}\r\nConnection: close\r\n\r\n"),
+        format!("GET /credits HTTP/1.1\r\nHost: {evil_host}\r\nX-Forwarded-Host: {evil_host}\r\nForwarded: host={evil_host}\r\nAuthorization: {KEY}\r\nConnection: close\r\n\r\n"),
+        format!("GET //{evil_host}/credits HTTP/1.1\r\nHost: x\r\nAuthorization: {KEY}\r\nConnection: close\r\n\r\n"),
+        format!("GET /p/x/..%2f..%2f{evil_host}/credits HTTP/1.1\r\nHost: x\r\nAuthorization: {KEY}\r\nConnection: close\r\n\r\n"),
+    ];
+    for t in &tricks {
+        let resp = raw(&d, t.as_bytes(), Duration::from_secs(3)).await;
+        assert!(status_of(&resp) > 0, "answered: {resp}");
+    }
+    let api_base = format!(
+        r#"{{"model":"GPT-4 Turbo","messages":[{{"role":"user","content":"hi"}}],"api_base":"http://{evil_host}","base_url":"http://{evil_host}"}}"#
+    );
+    let r = post(&d.url("/chat/completions"), &api_base).await;
+    assert_eq!(r.status, StatusCode::OK);
+    // Upstream redirects are handed back, never followed.
+    let redirect = format!("redirect=http://{evil_host}/chat/completions");
+    let r = post_with(
+        &d.url("/chat/completions"),
+        &chat("follow me"),
+        &[("authorization", KEY), ("x-fake-fault", &redirect)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    assert_eq!(r.header("x-chatcache"), Some("miss"));
+    assert_eq!(evil.requests().len(), 0, "the evil listener was contacted");
+    assert!(fake.requests().len() >= 5);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn slowloris_connections_do_not_stop_cached_answers_and_are_closed() {
+    let fake = FakeUpstream::start().await;
+    let d = Daemon::start_with(&fake.url(), "[limits]\nheader_read_timeout = \"1s\"\n").await;
+    let body = chat("cached before the attack");
+    post(&d.url("/chat/completions"), &body).await;
+    let mut slow = Vec::new();
+    for _ in 0..1000 {
+        let mut s = TcpStream::connect(d.addr).await.unwrap();
+        s.write_all(b"POST /chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    let t0 = Instant::now();
+    let r = post(&d.url("/chat/completions"), &body).await;
+    assert_eq!(r.header("x-chatcache"), Some("hit"));
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "hit took {:?} under attack",
+        t0.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut closed = 0;
+    for s in &mut slow {
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+            Ok(Ok(_)) | Ok(Err(_)) => closed += 1,
+            Err(_) => {}
+        }
+    }
+    assert_eq!(
+        closed, 1000,
+        "slow connections are closed by the header timeout"
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn connection_header_tricks_keep_exactly_one_authorization() {
+    let fake = FakeUpstream::start().await;
+    let d = Daemon::start(&fake.url()).await;
+    for conn in [
+        "Authorization",
+        "authorization, close",
+        "keep-alive, Authorization, Host",
+    ] {
+        let r = send(
+            Method::GET,
+            &d.url("/credits"),
+            &[("authorization", KEY), ("connection", conn)],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{conn}");
+        let seen = fake.requests().pop().unwrap();
+        assert_eq!(
+            seen.header_all("authorization"),
+            vec![KEY.to_string()],
+            "{conn}"
+        );
+    }
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_with_several_streams_in_flight_loses_nothing() {
+    let fake = FakeUpstream::start().await;
+    let d = Daemon::start(&fake.url()).await;
+    let mut streams = Vec::new();
+    for i in 0..5 {
+        let url = d.url("/chat/completions");
+        streams.push(tokio::spawn(async move {
+            send(
+                Method::POST,
+                &url,
+                &[
+                    ("authorization", KEY),
+                    ("x-fake-fault", "gap=100"),
+                    ("x-fake-words", "6"),
+                ],
+                chat_stream(&format!("drain me {i}")),
+            )
+            .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let dir = d.data_dir.clone();
+    let keep = d.stop().await;
+    for s in streams {
+        let r = s.await.unwrap();
+        assert!(
+            r.text().contains("total_tokens_cost"),
+            "drained to the end: {}",
+            r.text()
+        );
+    }
+    assert_eq!(ledger_lines(&dir).len(), 5);
+    let d = Daemon::start_in(&dir, &fake.url(), "").await;
+    for i in 0..5 {
+        let r = post(
+            &d.url("/chat/completions"),
+            &chat_stream(&format!("drain me {i}")),
+        )
+        .await;
+        assert_eq!(r.header("x-chatcache"), Some("hit"), "stored before exit");
+    }
+    d.stop().await;
+    drop(keep);
+}
