@@ -98,7 +98,10 @@ impl Spend {
         if rollup::is_valid(&store)? {
             rollup::catch_up(&store, &dir)?;
         } else {
-            tracing::warn!("spend rollups missing or unreadable; rebuilding from the ledger");
+            let has_ledger = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
+            if has_ledger {
+                tracing::warn!("spend rollups missing or unreadable; rebuilding from the ledger");
+            }
             rollup::rebuild(&store, &dir)?;
         }
         let mut budgets = Budgets::new(&projects, OffsetDateTime::now_utc());
