@@ -112,9 +112,15 @@ async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<B
             .await?;
             json(&serde_json::json!({"rebuilt": true}))
         }
-        (&Method::GET, "/cache/stats") => json(&app.cache.stats()),
+        (&Method::GET, "/cache/stats") => {
+            let cache = app.cache.clone();
+            json(&blocking(move || Ok(cache.stats())).await?)
+        }
         (&Method::GET, "/metrics") => {
-            let mut resp = Response::new(full(app.metrics.render()));
+            // Rendering reads the store's size on disk: keep it off the async workers.
+            let a = app.clone();
+            let text = blocking(move || Ok(a.metrics.render())).await?;
+            let mut resp = Response::new(full(text));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -77,10 +77,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mode = config.mode.as_str();
     let data_dir = config.data_dir.display().to_string();
     let app = App::open(config)?;
+    let signals = chatcache::shutdown_signal().context("cannot install signal handlers")?;
+    let shutdown = async {
+        signals.await;
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    };
     tracing::info!(%upstream, mode, %data_dir, "listening on http://{addr}");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    chatcache::run(app, listener, chatcache::shutdown_signal()).await;
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    chatcache::run(app, listener, shutdown).await;
     tracing::info!("stopped; everything recorded is on disk");
     Ok(())
 }

@@ -330,3 +330,38 @@ async fn sigterm_lets_a_stream_in_flight_finish_then_exits_0() {
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["stream"], true);
 }
+
+#[tokio::test]
+async fn tells_systemd_when_ready_and_when_stopping() {
+    let fake = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut child = binary()
+        .env("NOTIFY_SOCKET", &sock_path)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &fake.url(),
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("a readiness message");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let n = sock.recv(&mut buf).expect("a stopping message");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert!(child.wait().unwrap().success());
+}
