@@ -37,8 +37,15 @@ pub struct App {
 impl App {
     pub fn open(config: Config) -> anyhow::Result<Arc<App>> {
         let (store, fingerprints) = open_data_dir(&config.data_dir, config.cache.memory)?;
-        let cache = Cache::open(store.clone(), config.cache.max_bytes, config.cache.max_age)
-            .context("cannot read the cache")?;
+        // A quarter of the configured memory holds recently served answers, decoded.
+        let hot_bytes = config.cache.memory / 4;
+        let cache = Cache::open(
+            store.clone(),
+            config.cache.max_bytes,
+            config.cache.max_age,
+            hot_bytes,
+        )
+        .context("cannot read the cache")?;
         let spend = Spend::open(&config.data_dir, store, config.projects.clone())
             .map_err(|e| anyhow::anyhow!("cannot open the spend ledger: {e}"))?;
         let held_key = load_held_key(&config)?;

@@ -122,7 +122,7 @@ mod tests {
         let store = Store::open(dir.path(), 1 << 20).unwrap();
         (
             dir,
-            Cache::open(store, 1 << 30, Duration::from_secs(3600)).unwrap(),
+            Cache::open(store, 1 << 30, Duration::from_secs(3600), 1 << 20).unwrap(),
         )
     }
 

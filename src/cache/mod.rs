@@ -5,6 +5,7 @@
 pub mod bundle;
 pub mod entry;
 pub mod flight;
+pub mod hot;
 pub mod key;
 pub mod store;
 
@@ -15,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::cache::entry::Entry;
+use crate::cache::hot::Hot;
 use crate::cache::key::CacheKey;
 use crate::cache::store::{Space, Store, StoreResult};
 
@@ -105,6 +107,7 @@ pub struct Cache {
 
 struct Inner {
     store: Store,
+    hot: Hot,
     max_bytes: u64,
     max_age: Duration,
     total: AtomicU64,
@@ -116,7 +119,13 @@ struct Inner {
 
 impl Cache {
     /// Wraps the store, counting what it holds (a walk over the small access records).
-    pub fn open(store: Store, max_bytes: u64, max_age: Duration) -> StoreResult<Cache> {
+    /// `hot_bytes` bounds the in-memory tier of recently served entries.
+    pub fn open(
+        store: Store,
+        max_bytes: u64,
+        max_age: Duration,
+        hot_bytes: u64,
+    ) -> StoreResult<Cache> {
         let (mut total, mut count) = (0u64, 0u64);
         store.scan_prefix(Space::Access, b"", |_, v| {
             if let Some(a) = Access::decode(v) {
@@ -128,6 +137,7 @@ impl Cache {
         Ok(Cache {
             inner: Arc::new(Inner {
                 store,
+                hot: Hot::new(hot_bytes),
                 max_bytes,
                 max_age,
                 total: AtomicU64::new(total),
@@ -145,11 +155,23 @@ impl Cache {
 
     /// The entry under `key` if it is intact and younger than both `cache.max_age` and
     /// `max_age`. A damaged entry is removed and never returned.
+    /// The entry under `key` from the in-memory tier, if it is there and young enough;
+    /// never blocks. The flag says its access record may be due a refresh (`touch`).
+    pub fn get_hot(&self, key: CacheKey, max_age: Option<Duration>) -> Option<(Arc<Entry>, bool)> {
+        let now = now_ms();
+        let (entry, due) = self.inner.hot.get(&key, now, TOUCH_EVERY_MS)?;
+        let age = Duration::from_millis(now.saturating_sub(entry.meta.created_ms));
+        if age > self.inner.max_age || max_age.is_some_and(|m| age > m) {
+            return None;
+        }
+        Some((entry, due))
+    }
+
     pub fn get(
         &self,
         key: CacheKey,
         max_age: Option<Duration>,
-    ) -> StoreResult<(Lookup, Option<Entry>)> {
+    ) -> StoreResult<(Lookup, Option<Arc<Entry>>)> {
         let s = &self.inner.store;
         let Some(bytes) = s.get(Space::Entries, &key.0)? else {
             return Ok((Lookup::Missing, None));
@@ -172,11 +194,15 @@ impl Cache {
         if max_age.is_some_and(|m| age > m) {
             return Ok((Lookup::Stale, None));
         }
-        self.touch(key, now)?;
+        self.touch(key)?;
+        let entry = Arc::new(entry);
+        self.inner.hot.insert(key, entry.clone(), now);
         Ok((Lookup::Fresh, Some(entry)))
     }
 
-    fn touch(&self, key: CacheKey, now: u64) -> StoreResult<()> {
+    /// Refreshes the entry's last-use time in the store (at most once a minute).
+    pub fn touch(&self, key: CacheKey) -> StoreResult<()> {
+        let now = now_ms();
         let s = &self.inner.store;
         if let Some(mut a) = s
             .get(Space::Access, &key.0)?
@@ -192,6 +218,7 @@ impl Cache {
 
     /// Stores `entry` under `key`, replacing any older one, then evicts if over the limit.
     pub fn put(&self, key: CacheKey, entry: &Entry) -> StoreResult<()> {
+        self.inner.hot.remove(&key);
         let s = &self.inner.store;
         let size = entry.stored_size();
         let access = Access {
@@ -222,6 +249,7 @@ impl Cache {
     }
 
     pub fn remove(&self, key: CacheKey) -> StoreResult<bool> {
+        self.inner.hot.remove(&key);
         let s = &self.inner.store;
         let old = s
             .remove(Space::Access, &key.0)?
@@ -397,6 +425,7 @@ impl Cache {
 
     /// Test hook: the raw stored bytes of an entry, to damage them.
     pub fn raw_put(&self, key: CacheKey, bytes: &[u8]) -> StoreResult<()> {
+        self.inner.hot.remove(&key);
         self.inner.store.put(Space::Entries, &key.0, bytes)
     }
 }
@@ -410,7 +439,7 @@ mod tests {
     fn open(max_bytes: u64) -> (tempfile::TempDir, Cache) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 20).unwrap();
-        let cache = Cache::open(store, max_bytes, Duration::from_secs(3600)).unwrap();
+        let cache = Cache::open(store, max_bytes, Duration::from_secs(3600), 1 << 20).unwrap();
         (dir, cache)
     }
 

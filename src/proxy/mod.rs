@@ -209,7 +209,14 @@ async fn may_hit(app: &Arc<App>, attr: &Attribution) -> bool {
     )
 }
 
-async fn lookup(app: &Arc<App>, key: CacheKey, max_age: Option<Duration>) -> Option<Entry> {
+async fn lookup(app: &Arc<App>, key: CacheKey, max_age: Option<Duration>) -> Option<Arc<Entry>> {
+    if let Some((entry, touch)) = app.cache.get_hot(key, max_age) {
+        if touch {
+            let cache = app.cache.clone();
+            tokio::task::spawn_blocking(move || cache.touch(key));
+        }
+        return Some(entry);
+    }
     let cache = app.cache.clone();
     match tokio::task::spawn_blocking(move || cache.get(key, max_age)).await {
         Ok(Ok((Lookup::Fresh, entry))) => entry,
@@ -225,7 +232,7 @@ async fn lookup(app: &Arc<App>, key: CacheKey, max_age: Option<Duration>) -> Opt
     }
 }
 
-fn serve_hit(app: &Arc<App>, ex: &Exchange, entry: Entry) -> Response<Body> {
+fn serve_hit(app: &Arc<App>, ex: &Exchange, entry: Arc<Entry>) -> Response<Body> {
     if ex.endpoint.billable() {
         let acc = exchange::Accounting::saved_from_entry(&entry.meta);
         app.account(

@@ -152,16 +152,20 @@ impl Spend {
     /// Appends the line without waiting for the fsync (for cache hits).
     pub fn record_nowait(&self, line: LedgerLine) {
         self.budgets().add_line(&line);
-        if self
-            .inner
-            .tx
-            .send(Msg::Line {
-                line: Box::new(line),
-                reply: None,
-            })
-            .is_err()
-        {
-            tracing::warn!("spend ledger closed; a line was dropped");
+        let queued = {
+            let mut q = self
+                .inner
+                .shared
+                .queued
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            q.push(line);
+            q.len()
+        };
+        // The writer takes queued lines with the next batch or within writer::QUEUE_FLUSH;
+        // only a long queue wakes it now.
+        if queued >= writer::QUEUE_WAKE_AT && self.inner.tx.send(Msg::Wake).is_err() {
+            tracing::warn!("spend ledger closed; queued lines may be lost");
         }
     }
 

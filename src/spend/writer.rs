@@ -20,10 +20,16 @@ use crate::cache::store::Store;
 
 /// Most lines taken in one round.
 const MAX_BATCH: usize = 4096;
+/// How long a queued line may wait for a batch to join before it is written on its own.
+pub(crate) const QUEUE_FLUSH: std::time::Duration = std::time::Duration::from_millis(50);
+/// Queued lines beyond this wake the writer at once (bounds the memory they take).
+pub(crate) const QUEUE_WAKE_AT: usize = 1024;
 
 pub(crate) type Reply = oneshot::Sender<Result<(), SpendError>>;
 
 pub(crate) enum Msg {
+    /// Take the queued lines now.
+    Wake,
     Line {
         line: Box<LedgerLine>,
         reply: Option<Reply>,
@@ -37,6 +43,9 @@ pub(crate) enum Msg {
 pub(crate) struct Shared {
     pub healthy: AtomicBool,
     pub fsyncs: AtomicU64,
+    /// Lines nobody waits for (cache hits), taken by the writer with the next batch or
+    /// within `QUEUE_FLUSH`, so that a hit never has to wake the writer thread.
+    pub queued: std::sync::Mutex<Vec<LedgerLine>>,
     /// Test hook: the next N segment writes write half their bytes, then fail.
     #[cfg(test)]
     pub fail_writes: std::sync::atomic::AtomicU32,
@@ -47,6 +56,7 @@ impl Shared {
         Shared {
             healthy: AtomicBool::new(true),
             fsyncs: AtomicU64::new(0),
+            queued: std::sync::Mutex::new(Vec::new()),
             #[cfg(test)]
             fail_writes: std::sync::atomic::AtomicU32::new(0),
         }
@@ -89,19 +99,33 @@ impl Writer {
             .spawn(move || self.run(rx))
     }
 
+    fn take_queued(&self, pending: &mut Vec<(LedgerLine, Option<Reply>)>) {
+        // Only pushes and a swap happen under this lock: a poisoned one holds a valid Vec.
+        let lines =
+            std::mem::take(&mut *self.shared.queued.lock().unwrap_or_else(|p| p.into_inner()));
+        pending.extend(lines.into_iter().map(|l| (l, None)));
+    }
+
     fn run(mut self, rx: Receiver<Msg>) {
+        use std::sync::mpsc::RecvTimeoutError;
         let mut pending = Vec::new();
-        while let Ok(first) = rx.recv() {
-            let mut msgs = vec![first];
+        loop {
+            let mut msgs = match rx.recv_timeout(QUEUE_FLUSH) {
+                Ok(first) => vec![first],
+                Err(RecvTimeoutError::Timeout) => Vec::new(),
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             while msgs.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(m) => msgs.push(m),
                     Err(_) => break,
                 }
             }
+            self.take_queued(&mut pending);
             for msg in msgs {
                 match msg {
                     Msg::Line { line, reply } => pending.push((*line, reply)),
+                    Msg::Wake => {}
                     Msg::Rebuild(reply) => {
                         self.commit(&mut pending);
                         let result = rollup::rebuild(&self.store, &self.dir);
@@ -109,6 +133,7 @@ impl Writer {
                         let _ = reply.send(result);
                     }
                     Msg::Close(reply) => {
+                        self.take_queued(&mut pending);
                         self.commit(&mut pending);
                         let _ = reply.send(());
                         return;
@@ -117,6 +142,7 @@ impl Writer {
             }
             self.commit(&mut pending);
         }
+        self.take_queued(&mut pending);
         self.commit(&mut pending);
     }
 
