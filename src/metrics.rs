@@ -17,8 +17,8 @@ use crate::cache::Cache;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    endpoint: String,
-    outcome: String,
+    endpoint: &'static str,
+    outcome: &'static str,
     status: u16,
 }
 
@@ -149,11 +149,19 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, endpoint: &str, outcome: &str, status: u16) {
+    pub fn request(&self, endpoint: &'static str, outcome: &str, status: u16) {
+        let outcome = match outcome {
+            "hit" => "hit",
+            "miss" => "miss",
+            "coalesced" => "coalesced",
+            "refresh" => "refresh",
+            "bypass" => "bypass",
+            _ => "error",
+        };
         self.requests
             .get_or_create(&RequestLabels {
-                endpoint: endpoint.to_string(),
-                outcome: outcome.to_string(),
+                endpoint,
+                outcome,
                 status,
             })
             .inc();

@@ -6,23 +6,24 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::spend::LedgerLine;
+use crate::spend::{CostSource, LedgerLine, Outcome};
 
 const KEEP: usize = 500;
 const PROMPT_CHARS: usize = 200;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RecentRequest {
-    pub ts: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub ts: time::OffsetDateTime,
     pub project: String,
     pub endpoint: String,
     pub model: Option<String>,
     pub stream: bool,
-    pub outcome: String,
+    pub outcome: Outcome,
     pub status: u16,
     pub cost: Option<f64>,
     pub saved: Option<f64>,
-    pub cost_source: String,
+    pub cost_source: CostSource,
     pub upstream_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
@@ -35,24 +36,17 @@ pub struct Recent {
 
 impl Recent {
     pub fn push(&self, line: &LedgerLine, prompt: Option<&str>) {
-        let json = serde_json::to_value(line).unwrap_or_default();
-        let text = |k: &str| {
-            json.get(k)
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_string()
-        };
         let item = RecentRequest {
-            ts: text("ts"),
+            ts: line.ts,
             project: line.project.clone(),
             endpoint: line.endpoint.clone(),
             model: line.model.clone(),
             stream: line.stream,
-            outcome: text("outcome"),
+            outcome: line.outcome,
             status: line.status,
             cost: line.cost.as_ref().and_then(|c| c.get().parse().ok()),
             saved: line.saved.as_ref().and_then(|c| c.get().parse().ok()),
-            cost_source: text("cost_source"),
+            cost_source: line.cost_source,
             upstream_ms: line.upstream_ms,
             prompt: prompt.map(|p| p.chars().take(PROMPT_CHARS).collect()),
         };
