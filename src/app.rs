@@ -36,9 +36,11 @@ pub struct App {
 
 impl App {
     pub fn open(config: Config) -> anyhow::Result<Arc<App>> {
-        let (store, fingerprints) = open_data_dir(&config.data_dir, config.cache.memory)?;
-        // A quarter of the configured memory holds recently served answers, decoded.
+        // cache.memory is shared: three quarters for the store's page cache, a quarter for
+        // the in-memory tier of recently served answers.
         let hot_bytes = config.cache.memory / 4;
+        let (store, fingerprints) =
+            open_data_dir(&config.data_dir, config.cache.memory - hot_bytes)?;
         let cache = Cache::open(
             store.clone(),
             config.cache.max_bytes,

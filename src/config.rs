@@ -409,7 +409,7 @@ fn validate(
         max_age: positive("cache.max_age", c.max_age, 30 * 24 * 3600)?,
         models_ttl: positive("cache.models_ttl", c.models_ttl, 300)?,
         replay_pace: c.replay_pace.unwrap_or(ReplayPace::Instant),
-        memory: c.memory.map(|b| b.as_u64()).unwrap_or(32 << 20),
+        memory: c.memory.map(|b| b.as_u64()).unwrap_or(8 << 20),
     };
     for field in &cache.ignore_fields {
         if matches!(field.as_str(), "model" | "messages" | "stream") {

@@ -13,6 +13,9 @@ use chatcache::config::{Config, Overrides};
 /// Exit status for a configuration error (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
+/// Threads for blocking store calls.
+const MAX_BLOCKING_THREADS: usize = 8;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = |k: &str| std::env::var(k).ok();
@@ -25,7 +28,10 @@ fn main() -> ExitCode {
         }
     };
     chatcache::telemetry::init(config.log_format);
+    // Store calls are short; a few blocking threads serve them all. An unbounded pool grows
+    // to hundreds of threads (and malloc arenas) when many answers finish at once.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .enable_all()
         .build()
     {

@@ -84,7 +84,9 @@ pub async fn tee(
                 note_event(&ev, &mut t, &mut saw_end_marker, &mut in_band_error);
             }
         }
-        flight.push(data);
+        // A piece handed over by hyper is a view into its whole read buffer; kept as it is,
+        // every recorded piece would pin one such buffer until the answer is dropped.
+        flight.push(bytes::Bytes::copy_from_slice(&data));
     }
     if sse {
         if let Some(ev) = parser.finish() {
