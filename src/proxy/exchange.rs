@@ -270,14 +270,7 @@ pub async fn drive(
         return;
     }
     note_accepted(&app, &ex);
-    let sse = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        });
+    let sse = crate::stream::is_event_stream(&headers);
     let head = Head {
         status: parts.status,
         headers,

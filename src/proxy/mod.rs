@@ -68,7 +68,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         head_ms = started.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
-    if is_event_stream(resp.headers()) {
+    if crate::stream::is_event_stream(resp.headers()) {
         let guard = app.metrics.track_stream();
         resp = resp.map(|body| {
             use http_body_util::BodyExt;
@@ -80,17 +80,6 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         });
     }
     resp
-}
-
-fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        })
 }
 
 async fn proxy(

@@ -374,6 +374,19 @@ pub fn assert_no_secret(haystack: &[u8], needles: &[Vec<u8>], what: &str) {
     }
 }
 
+/// Checks every file below `dir`; returns the files checked.
+pub fn assert_no_secret_in_files(dir: &Path, needles: &[Vec<u8>]) -> Vec<PathBuf> {
+    let files = files_under(dir);
+    for f in &files {
+        assert_no_secret(
+            &std::fs::read(f).unwrap(),
+            needles,
+            &f.display().to_string(),
+        );
+    }
+    files
+}
+
 /// Every file below `dir`.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
