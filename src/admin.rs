@@ -93,11 +93,9 @@ async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<B
             "mode": app.config.mode.as_str(),
         })),
         (&Method::GET, "" | "/") => Ok(dashboard::response(dashboard::index())),
-        (&Method::GET, p) if p.starts_with(dashboard::ASSET_DIR) => {
-            dashboard::asset(p)
-                .map(dashboard::response)
-                .ok_or(ApiError::NotFound)
-        }
+        (&Method::GET, p) if p.starts_with(dashboard::ASSET_DIR) => dashboard::asset(p)
+            .map(dashboard::response)
+            .ok_or(ApiError::NotFound),
         (&Method::GET, "/budgets") => json(&dashboard::budget_rows(&app.config.projects, |p| {
             app.spend.budget(p)
         })),

@@ -179,7 +179,10 @@ const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub async fn stats(config: &Config, args: StatsArgs) -> anyhow::Result<()> {
     if !args.watch {
-        print!("{}", crate::dashboard::stats::render(&snapshot(config).await?));
+        print!(
+            "{}",
+            crate::dashboard::stats::render(&snapshot(config).await?)
+        );
         return Ok(());
     }
     let mut out = std::io::stdout();
@@ -188,7 +191,10 @@ pub async fn stats(config: &Config, args: StatsArgs) -> anyhow::Result<()> {
         // in-process open must not keep the data dir from a daemon that wants to start.
         let text = match snapshot(config).await {
             Ok(s) => crate::dashboard::stats::render(&s),
-            Err(e) => format!("chatcache: {e:#}\n(retrying every {}s)\n", WATCH_EVERY.as_secs()),
+            Err(e) => format!(
+                "chatcache: {e:#}\n(retrying every {}s)\n",
+                WATCH_EVERY.as_secs()
+            ),
         };
         // Clear the screen and home the cursor, then draw.
         write!(out, "\x1b[2J\x1b[H{text}")?;
@@ -213,14 +219,7 @@ async fn snapshot_with(
 ) -> anyhow::Result<crate::dashboard::stats::Snapshot> {
     use crate::dashboard::stats::{CacheLine, Snapshot};
     let now = time::OffsetDateTime::now_utc();
-    let day = |d: time::Date| {
-        format!(
-            "{:04}-{:02}-{:02}",
-            d.year(),
-            u8::from(d.month()),
-            d.day()
-        )
-    };
+    let day = |d: time::Date| format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day());
     let today = now.date();
     let first = today.replace_day(1)?;
     let get = |path: String| async move {
@@ -245,13 +244,14 @@ async fn snapshot_with(
         .await?,
     )?;
     let budgets = serde_json::from_slice(&get("/budgets".to_string()).await?)?;
-    let cache = serde_json::from_slice::<serde_json::Value>(&get("/cache/stats".to_string()).await?)
-        .ok()
-        .map(|v| CacheLine {
-            entries: v["entries"].as_u64().unwrap_or(0),
-            bytes: v["bytes"].as_u64().unwrap_or(0),
-            max_bytes: v["max_bytes"].as_u64().unwrap_or(0),
-        });
+    let cache =
+        serde_json::from_slice::<serde_json::Value>(&get("/cache/stats".to_string()).await?)
+            .ok()
+            .map(|v| CacheLine {
+                entries: v["entries"].as_u64().unwrap_or(0),
+                bytes: v["bytes"].as_u64().unwrap_or(0),
+                max_bytes: v["max_bytes"].as_u64().unwrap_or(0),
+            });
     let source = match admin {
         Admin::Remote { base, .. } => format!("daemon at {base}"),
         Admin::Local(_) => format!("data dir {}", config.data_dir.display()),

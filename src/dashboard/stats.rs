@@ -80,8 +80,18 @@ pub fn render(s: &Snapshot) -> String {
     let _ = writeln!(out);
     let (t, m) = (&s.today.total, &s.month.total);
     let _ = writeln!(out, "{:<10} {:>14} {:>14}", "", "today", month_name);
-    let _ = writeln!(out, "{:<10} {:>14} {:>14}", "requests", t.requests, m.requests);
-    let _ = writeln!(out, "{:<10} {:>14} {:>14}", "hit rate", hit_rate(t), hit_rate(m));
+    let _ = writeln!(
+        out,
+        "{:<10} {:>14} {:>14}",
+        "requests", t.requests, m.requests
+    );
+    let _ = writeln!(
+        out,
+        "{:<10} {:>14} {:>14}",
+        "hit rate",
+        hit_rate(t),
+        hit_rate(m)
+    );
     let _ = writeln!(
         out,
         "{:<10} {:>14} {:>14}",
@@ -142,11 +152,10 @@ pub fn render(s: &Snapshot) -> String {
             let fraction = if budget > 0.0 { spent / budget } else { 1.0 };
             let _ = writeln!(
                 out,
-                "  {:<24} {:<6} {:>12} of {:<12} {} {:>4.0}%",
+                "  {:<24} {:<6} {:>24} {} {:>3.0}%",
                 b.project,
                 b.period.as_deref().unwrap_or(""),
-                money(spent),
-                money(budget),
+                format!("{} of {}", money(spent), money(budget)),
                 bar(fraction, 10),
                 fraction * 100.0
             );
@@ -189,7 +198,7 @@ mod tests {
                 .iter()
                 .map(|(p, c)| Row {
                     dims: vec![Some(p.to_string())],
-                    counters: c.clone(),
+                    counters: *c,
                 })
                 .collect(),
             total,
@@ -201,10 +210,8 @@ mod tests {
         let month_rows: Vec<(String, Counters)> = (0..7)
             .map(|i| (format!("p{i}"), counters(10, 5, 1.0 - i as f64 * 0.1, 0.5)))
             .collect();
-        let month_refs: Vec<(&str, Counters)> = month_rows
-            .iter()
-            .map(|(p, c)| (p.as_str(), c.clone()))
-            .collect();
+        let month_refs: Vec<(&str, Counters)> =
+            month_rows.iter().map(|(p, c)| (p.as_str(), *c)).collect();
         let s = Snapshot {
             now: datetime!(2026-11-25 09:05:03 UTC),
             source: "daemon at http://127.0.0.1:8484".into(),
@@ -245,7 +252,10 @@ mod tests {
         assert!(!text.contains("p5"), "only the top five: {text}");
         assert!(text.contains("and 2 more"), "{text}");
         assert!(text.contains("[###-------]  25%"), "{text}");
-        assert!(!text.contains("free"), "unbudgeted projects are not listed: {text}");
+        assert!(
+            !text.contains("free"),
+            "unbudgeted projects are not listed: {text}"
+        );
         assert!(text.lines().count() < 25, "fits one screen: {text}");
     }
 

@@ -255,9 +255,20 @@
     return step * 40;
   }
 
-  function frame(box, height) {
+  // An axis label: as many decimals as the tick step needs, no trailing zeros.
+  function tickMoney(step) {
+    var decimals = Math.min(10, Math.max(0, Math.ceil(-Math.log10(step)) + 1));
+    return function (v) {
+      var s = v.toFixed(decimals);
+      if (s.indexOf('.') >= 0) s = s.replace(/0+$/, '').replace(/\.$/, '');
+      return '$' + s;
+    };
+  }
+
+  function frame(box, height, labels) {
     var width = Math.max(260, Math.floor(box.clientWidth || 600));
-    var m = { top: 10, right: 10, bottom: 26, left: 58 };
+    var longest = labels.reduce(function (n, l) { return Math.max(n, l.length); }, 0);
+    var m = { top: 10, right: 12, bottom: 26, left: Math.max(36, longest * 7 + 12) };
     var root = svg('svg', {
       width: width, height: height, viewBox: '0 0 ' + width + ' ' + height,
       role: 'img', 'class': 'plot'
@@ -266,8 +277,16 @@
       w: width - m.left - m.right, h: height - m.top - m.bottom };
   }
 
+  var TICKS = 4;
+
+  function tickLabels(yMax, fmt) {
+    var out = [];
+    for (var i = 0; i <= TICKS; i++) out.push(fmt(yMax * i / TICKS));
+    return out;
+  }
+
   function axes(g, days, yMax, fmt) {
-    var ticks = 4;
+    var ticks = TICKS;
     for (var i = 0; i <= ticks; i++) {
       var v = yMax * i / ticks;
       var y = g.m.top + g.h - g.h * i / ticks;
@@ -320,9 +339,10 @@
       names.forEach(function (p) { s += (byDay[d] && byDay[d][p]) || 0; });
       max = Math.max(max, s);
     });
-    var g = frame(box, 220);
     var yMax = niceMax(max);
-    var slot = axes(g, days, yMax, money);
+    var fmt = tickMoney(yMax / TICKS);
+    var g = frame(box, 220, tickLabels(yMax, fmt));
+    var slot = axes(g, days, yMax, fmt);
     var bw = Math.max(1, Math.min(40, slot * 0.7));
     days.forEach(function (d, i) {
       var y = g.m.top + g.h;
@@ -354,8 +374,9 @@
       empty(box, 'No requests in this range.');
       return;
     }
-    var g = frame(box, 200);
-    var slot = axes(g, days, 1, function (v) { return Math.round(v * 100) + '%'; });
+    var pct = function (v) { return Math.round(v * 100) + '%'; };
+    var g = frame(box, 200, tickLabels(1, pct));
+    var slot = axes(g, days, 1, pct);
     var pts = [];
     days.forEach(function (d, i) {
       var x = per[d];
