@@ -16,6 +16,7 @@ use crate::body::{full, Body};
 use crate::cache::bundle::{self, BundleCount};
 use crate::cache::key::CacheKey;
 use crate::cache::Purge;
+use crate::dashboard;
 use crate::error::ApiError;
 use crate::proxy::request::read_body;
 use crate::spend::{Dim, ReportQuery};
@@ -90,6 +91,13 @@ async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<B
             "status": "ok",
             "version": env!("CARGO_PKG_VERSION"),
             "mode": app.config.mode.as_str(),
+        })),
+        (&Method::GET, "" | "/") => Ok(dashboard::response(dashboard::index())),
+        (&Method::GET, p) if p.starts_with(dashboard::ASSET_DIR) => dashboard::asset(p)
+            .map(dashboard::response)
+            .ok_or(ApiError::NotFound),
+        (&Method::GET, "/budgets") => json(&dashboard::budget_rows(&app.config.projects, |p| {
+            app.spend.budget(p)
         })),
         (&Method::GET, "/spend") => {
             let q = report_query(&query)?;

@@ -50,6 +50,8 @@ pub enum Command {
     Serve,
     /// Report what was spent and saved.
     Spend(SpendArgs),
+    /// A one-screen summary: hit rate, spend and savings, top projects, budgets.
+    Stats(StatsArgs),
     /// Inspect and manage the answer cache.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -95,6 +97,13 @@ pub struct SpendArgs {
     /// Rebuild the rollups from the ledger files first.
     #[arg(long)]
     pub rebuild: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Refresh every 2 seconds until interrupted.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -18,6 +18,7 @@ pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod metrics;
 pub mod proxy;

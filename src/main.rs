@@ -54,6 +54,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Serve => serve(config).await,
         Command::Spend(args) => commands::spend(&config, args).await,
+        Command::Stats(args) => commands::stats(&config, args).await,
         Command::Cache(cmd) => commands::cache(&config, cmd).await,
         Command::Token(TokenCommand::New { project }) => commands::token_new(&project),
         Command::Config(ConfigCommand::Check) => {

@@ -1,0 +1,547 @@
+// The chatcache dashboard: reads the admin API's JSON and draws it. No outside
+// requests; every fetch goes to the daemon that served this page.
+(function () {
+  'use strict';
+
+  var API = '/_chatcache';
+  var SVG_NS = 'http://www.w3.org/2000/svg';
+  var PALETTE = ['#2563eb', '#d97706', '#059669', '#db2777', '#7c3aed',
+    '#0891b2', '#65a30d', '#dc2626', '#4b5563', '#c026d3'];
+  var REFRESH_MS = 30000;
+  var DEFAULT_DAYS = 30;
+  var DAY_RE = /^\d{4}-\d{2}-\d{2}$/;
+
+  var state = { data: null, timer: null };
+
+  // ---------------------------------------------------------------- small helpers
+
+  function $(id) { return document.getElementById(id); }
+
+  // An element with attributes and children; strings become text nodes, never markup.
+  function el(tag, attrs, children) {
+    var node = document.createElement(tag);
+    setAttrs(node, attrs);
+    append(node, children);
+    return node;
+  }
+
+  function svg(tag, attrs, children) {
+    var node = document.createElementNS(SVG_NS, tag);
+    setAttrs(node, attrs);
+    append(node, children);
+    return node;
+  }
+
+  function setAttrs(node, attrs) {
+    if (!attrs) return;
+    Object.keys(attrs).forEach(function (k) {
+      var v = attrs[k];
+      if (v === null || v === undefined || v === false) return;
+      node.setAttribute(k, v === true ? '' : String(v));
+    });
+  }
+
+  function append(node, children) {
+    if (children === null || children === undefined) return;
+    if (!Array.isArray(children)) children = [children];
+    children.forEach(function (c) {
+      if (c === null || c === undefined || c === false) return;
+      node.appendChild(typeof c === 'object' ? c : document.createTextNode(String(c)));
+    });
+  }
+
+  function clear(node) {
+    while (node.firstChild) node.removeChild(node.firstChild);
+  }
+
+  function money(v) {
+    v = Number(v) || 0;
+    if (v === 0) return '$0.00';
+    var a = Math.abs(v);
+    var digits = a >= 1 ? 2 : Math.min(8, 2 - Math.floor(Math.log10(a)));
+    return (v < 0 ? '-$' : '$') + a.toLocaleString('en-US', {
+      minimumFractionDigits: digits, maximumFractionDigits: digits
+    });
+  }
+
+  function count(v) { return (Number(v) || 0).toLocaleString('en-US'); }
+
+  function rate(hits, requests) {
+    return requests > 0 ? hits / requests : null;
+  }
+
+  function percent(r) {
+    return r === null ? '–' : (r * 100).toFixed(1) + '%';
+  }
+
+  function todayUtc() {
+    return new Date().toISOString().slice(0, 10);
+  }
+
+  function addDays(day, n) {
+    var p = day.split('-').map(Number);
+    return new Date(Date.UTC(p[0], p[1] - 1, p[2] + n)).toISOString().slice(0, 10);
+  }
+
+  function daysBetween(from, to) {
+    var out = [];
+    for (var d = from; d <= to && out.length < 3660; d = addDays(d, 1)) out.push(d);
+    return out;
+  }
+
+  function colorOf(project, all) {
+    var i = all.indexOf(project);
+    return PALETTE[(i < 0 ? all.length : i) % PALETTE.length];
+  }
+
+  // ---------------------------------------------------------------- the URL is the state
+
+  function filters() {
+    var q = new URLSearchParams(location.search);
+    var day = function (name) {
+      var v = q.get(name) || '';
+      return DAY_RE.test(v) ? v : '';
+    };
+    var f = { project: q.get('project') || '', since: day('since'), until: day('until') };
+    f.explicitRange = Boolean(f.since || f.until);
+    if (!f.explicitRange) f.since = addDays(todayUtc(), 1 - DEFAULT_DAYS);
+    return f;
+  }
+
+  function query(f, extra) {
+    var q = new URLSearchParams();
+    (extra || []).forEach(function (kv) { q.append(kv[0], kv[1]); });
+    if (f.since) q.set('since', f.since);
+    if (f.until) q.set('until', f.until);
+    if (f.project) q.set('project', f.project);
+    return q.toString();
+  }
+
+  function getJson(path) {
+    return fetch(API + path, {
+      credentials: 'same-origin',
+      headers: { Accept: 'application/json' }
+    }).then(function (r) {
+      return r.text().then(function (text) {
+        var body = null;
+        try { body = text ? JSON.parse(text) : null; } catch (e) { body = null; }
+        if (!r.ok) {
+          var msg = body && body.error && body.error.message ? body.error.message : text;
+          throw new Error(path.split('?')[0] + ': ' + r.status + ' ' + msg);
+        }
+        return body;
+      });
+    });
+  }
+
+  // ---------------------------------------------------------------- loading
+
+  function load() {
+    var f = filters();
+    if (state.timer) clearTimeout(state.timer);
+    document.body.setAttribute('data-state', 'loading');
+    var noProject = { since: f.since, until: f.until, project: '' };
+    var recentQ = new URLSearchParams({ limit: '25' });
+    if (f.project) recentQ.set('project', f.project);
+    return Promise.all([
+      getJson('/spend?' + query(f, [['by', 'project'], ['by', 'day']])),
+      getJson('/spend?' + query(f, [['by', 'model']])),
+      getJson('/spend?' + query(f, [['by', 'project']])),
+      getJson('/spend?' + query(noProject, [['by', 'project']])),
+      getJson('/spend?by=project'),
+      getJson('/budgets'),
+      getJson('/recent?' + recentQ.toString())
+    ]).then(function (r) {
+      state.data = {
+        f: f, daily: r[0], models: r[1], projects: r[2], rangeProjects: r[3],
+        everProjects: r[4], budgets: r[5], recent: r[6]
+      };
+      render();
+      document.body.setAttribute('data-state', 'ready');
+      $('status').textContent = 'Updated ' + new Date().toLocaleTimeString();
+    }).catch(function (e) {
+      document.body.setAttribute('data-state', 'error');
+      $('status').textContent = 'Could not load: ' + e.message;
+    }).then(function () {
+      state.timer = setTimeout(load, REFRESH_MS);
+    });
+  }
+
+  // ---------------------------------------------------------------- rendering
+
+  function render() {
+    var d = state.data;
+    if (!d) return;
+    var f = d.f;
+    var all = [];
+    d.everProjects.rows.concat(d.rangeProjects.rows).forEach(function (r) {
+      if (r.project && all.indexOf(r.project) < 0) all.push(r.project);
+    });
+    d.budgets.forEach(function (b) { if (all.indexOf(b.project) < 0) all.push(b.project); });
+    if (f.project && all.indexOf(f.project) < 0) all.push(f.project);
+    all.sort();
+
+    document.body.setAttribute('data-project', f.project);
+    renderFilters(f, all);
+    renderTotals(d.projects.total);
+    var end = f.until || todayUtc();
+    var firstDay = d.daily.rows.reduce(function (m, r) {
+      return r.day && (!m || r.day < m) ? r.day : m;
+    }, '');
+    var start = f.since || firstDay || end;
+    var days = daysBetween(start, end);
+    var scope = (f.project ? 'Project ' + f.project : 'All projects') + ' · ' +
+      start + ' to ' + end + ' (UTC)';
+    $('scope').textContent = scope;
+
+    var shown = f.project ? [f.project] : all;
+    renderStacked($('chart-spend'), days, d.daily.rows, shown, all, 'cost');
+    renderStacked($('chart-saved'), days, d.daily.rows, shown, all, 'saved');
+    renderHitRate($('chart-hits'), days, d.daily.rows);
+    renderModels($('models'), d.models.rows);
+    renderProjects(d.projects, all);
+    renderBudgets($('budgets'), d.budgets.filter(function (b) {
+      return !f.project || b.project === f.project;
+    }));
+    renderRecent(d.recent);
+  }
+
+  function renderFilters(f, all) {
+    var sel = $('f-project');
+    clear(sel);
+    sel.appendChild(el('option', { value: '', selected: !f.project }, 'All projects'));
+    all.forEach(function (p) {
+      sel.appendChild(el('option', { value: p, selected: p === f.project }, p));
+    });
+    sel.value = f.project;
+    $('f-since').value = f.since;
+    $('f-since').setAttribute('value', f.since);
+    $('f-until').value = f.until;
+    $('f-until').setAttribute('value', f.until);
+  }
+
+  function card(key, label, value, text, note) {
+    return el('div', { 'class': 'card', 'data-total': key, 'data-value': value }, [
+      el('span', { 'class': 'label' }, label),
+      el('span', { 'class': 'value' }, text),
+      note ? el('span', { 'class': 'note' }, note) : null
+    ]);
+  }
+
+  function renderTotals(t) {
+    var box = $('totals');
+    clear(box);
+    var r = rate(t.cache_hits, t.requests);
+    append(box, [
+      card('requests', 'Requests', t.requests, count(t.requests),
+        count(t.upstream_requests) + ' went upstream'),
+      card('hit_rate', 'Cache hit rate', r === null ? '' : r, percent(r),
+        count(t.cache_hits) + ' answered from cache'),
+      card('cost', 'Spent', t.cost, money(t.cost), null),
+      card('saved', 'Saved', t.saved, money(t.saved), 'by cache hits'),
+      card('tokens', 'Tokens', t.input_tokens + t.output_tokens,
+        count(t.input_tokens + t.output_tokens),
+        count(t.input_tokens) + ' in · ' + count(t.output_tokens) + ' out')
+    ]);
+  }
+
+  function niceMax(v) {
+    if (!(v > 0)) return 1;
+    var step = Math.pow(10, Math.floor(Math.log10(v / 4)));
+    var mults = [1, 2, 2.5, 5, 10];
+    for (var i = 0; i < mults.length; i++) {
+      if (step * mults[i] * 4 >= v) return step * mults[i] * 4;
+    }
+    return step * 40;
+  }
+
+  // An axis label: as many decimals as the tick step needs, no trailing zeros.
+  function tickMoney(step) {
+    var decimals = Math.min(10, Math.max(0, Math.ceil(-Math.log10(step)) + 1));
+    return function (v) {
+      var s = v.toFixed(decimals);
+      if (s.indexOf('.') >= 0) s = s.replace(/0+$/, '').replace(/\.$/, '');
+      return '$' + s;
+    };
+  }
+
+  function frame(box, height, labels) {
+    var width = Math.max(260, Math.floor(box.clientWidth || 600));
+    var longest = labels.reduce(function (n, l) { return Math.max(n, l.length); }, 0);
+    var m = { top: 10, right: 12, bottom: 26, left: Math.max(36, longest * 7 + 12) };
+    var root = svg('svg', {
+      width: width, height: height, viewBox: '0 0 ' + width + ' ' + height,
+      role: 'img', 'class': 'plot'
+    });
+    return { root: root, width: width, height: height, m: m,
+      w: width - m.left - m.right, h: height - m.top - m.bottom };
+  }
+
+  var TICKS = 4;
+
+  function tickLabels(yMax, fmt) {
+    var out = [];
+    for (var i = 0; i <= TICKS; i++) out.push(fmt(yMax * i / TICKS));
+    return out;
+  }
+
+  function axes(g, days, yMax, fmt) {
+    var ticks = TICKS;
+    for (var i = 0; i <= ticks; i++) {
+      var v = yMax * i / ticks;
+      var y = g.m.top + g.h - g.h * i / ticks;
+      g.root.appendChild(svg('line', { x1: g.m.left, x2: g.m.left + g.w, y1: y, y2: y,
+        'class': i === 0 ? 'axis' : 'grid' }));
+      g.root.appendChild(svg('text', { x: g.m.left - 6, y: y + 4, 'class': 'tick',
+        'text-anchor': 'end' }, fmt(v)));
+    }
+    var maxLabels = Math.max(2, Math.floor(g.w / 70));
+    var every = Math.max(1, Math.ceil(days.length / maxLabels));
+    var slot = g.w / Math.max(1, days.length);
+    days.forEach(function (day, i) {
+      if (i % every !== 0 && i !== days.length - 1) return;
+      if (i === days.length - 1 && i % every !== 0 && (i % every) < every / 2) return;
+      g.root.appendChild(svg('text', { x: g.m.left + slot * (i + 0.5),
+        y: g.m.top + g.h + 17, 'class': 'tick', 'text-anchor': 'middle' }, day.slice(5)));
+    });
+    return slot;
+  }
+
+  function legend(names, all) {
+    return el('ul', { 'class': 'legend' }, names.map(function (p) {
+      var sw = el('span', { 'class': 'swatch' });
+      sw.style.background = colorOf(p, all);
+      return el('li', null, [sw, p]);
+    }));
+  }
+
+  function empty(box, text) {
+    clear(box);
+    box.appendChild(el('p', { 'class': 'empty muted' }, text));
+  }
+
+  function renderStacked(box, days, rows, shown, all, field) {
+    var byDay = {};
+    var used = [];
+    rows.forEach(function (r) {
+      if (!r.day || !(r[field] > 0)) return;
+      (byDay[r.day] = byDay[r.day] || {})[r.project] = r[field];
+      if (used.indexOf(r.project) < 0) used.push(r.project);
+    });
+    var names = shown.filter(function (p) { return used.indexOf(p) >= 0; });
+    if (!names.length) {
+      empty(box, field === 'cost' ? 'Nothing spent in this range.' : 'Nothing saved in this range.');
+      return;
+    }
+    var max = 0;
+    days.forEach(function (d) {
+      var s = 0;
+      names.forEach(function (p) { s += (byDay[d] && byDay[d][p]) || 0; });
+      max = Math.max(max, s);
+    });
+    var yMax = niceMax(max);
+    var fmt = tickMoney(yMax / TICKS);
+    var g = frame(box, 220, tickLabels(yMax, fmt));
+    var slot = axes(g, days, yMax, fmt);
+    var bw = Math.max(1, Math.min(40, slot * 0.7));
+    days.forEach(function (d, i) {
+      var y = g.m.top + g.h;
+      names.forEach(function (p) {
+        var v = (byDay[d] && byDay[d][p]) || 0;
+        if (!v) return;
+        var hgt = Math.max(1, g.h * v / yMax);
+        y -= hgt;
+        g.root.appendChild(svg('rect', {
+          x: g.m.left + slot * i + (slot - bw) / 2, y: y, width: bw, height: hgt,
+          fill: colorOf(p, all), 'class': 'bar'
+        }, svg('title', null, d + ' · ' + p + ': ' + money(v))));
+      });
+    });
+    clear(box);
+    box.appendChild(g.root);
+    box.appendChild(legend(names, all));
+  }
+
+  function renderHitRate(box, days, rows) {
+    var per = {};
+    rows.forEach(function (r) {
+      if (!r.day) return;
+      var x = per[r.day] = per[r.day] || { hits: 0, requests: 0 };
+      x.hits += r.cache_hits;
+      x.requests += r.requests;
+    });
+    if (!Object.keys(per).length) {
+      empty(box, 'No requests in this range.');
+      return;
+    }
+    var pct = function (v) { return Math.round(v * 100) + '%'; };
+    var g = frame(box, 200, tickLabels(1, pct));
+    var slot = axes(g, days, 1, pct);
+    var pts = [];
+    days.forEach(function (d, i) {
+      var x = per[d];
+      var r = x ? rate(x.hits, x.requests) : null;
+      if (r === null) { pts.push(null); return; }
+      pts.push({ x: g.m.left + slot * (i + 0.5), y: g.m.top + g.h * (1 - r), r: r, d: d, n: x });
+    });
+    var path = '';
+    var pen = false;
+    pts.forEach(function (p) {
+      if (!p) { pen = false; return; }
+      path += (pen ? 'L' : 'M') + p.x.toFixed(1) + ' ' + p.y.toFixed(1);
+      pen = true;
+    });
+    if (path) g.root.appendChild(svg('path', { d: path, 'class': 'line' }));
+    pts.forEach(function (p) {
+      if (!p) return;
+      g.root.appendChild(svg('circle', { cx: p.x, cy: p.y, r: 3.5, 'class': 'dot' },
+        svg('title', null, p.d + ': ' + percent(p.r) + ' (' + p.n.hits + ' of ' +
+          p.n.requests + ' requests)')));
+    });
+    clear(box);
+    box.appendChild(g.root);
+  }
+
+  function barRow(attrs, name, fraction, text, cls) {
+    var fill = el('span', { 'class': 'fill' + (cls ? ' ' + cls : '') });
+    fill.style.width = Math.max(0, Math.min(100, fraction * 100)).toFixed(1) + '%';
+    return el('div', attrs, [
+      el('div', { 'class': 'bar-head' }, [el('span', { 'class': 'name' }, name),
+        el('span', { 'class': 'figure' }, text)]),
+      el('div', { 'class': 'track' }, fill)
+    ]);
+  }
+
+  function renderModels(box, rows) {
+    if (!rows.length) { empty(box, 'No requests in this range.'); return; }
+    var top = rows.slice(0, 8);
+    var maxCost = Math.max.apply(null, top.map(function (r) { return r.cost; }));
+    var maxReq = Math.max.apply(null, top.map(function (r) { return r.requests; }));
+    clear(box);
+    top.forEach(function (r) {
+      var f = maxCost > 0 ? r.cost / maxCost : (maxReq > 0 ? r.requests / maxReq : 0);
+      box.appendChild(barRow({ 'class': 'bar-row', 'data-model': r.model || '' },
+        r.model || '(no model)', f,
+        money(r.cost) + ' · ' + count(r.requests) + ' req · ' +
+        percent(rate(r.cache_hits, r.requests)) + ' hits'));
+    });
+    if (rows.length > top.length) {
+      box.appendChild(el('p', { 'class': 'muted small' }, 'and ' + (rows.length - top.length) + ' more'));
+    }
+  }
+
+  function cell(field, value, text) {
+    return el('td', { 'class': 'num', 'data-field': field, 'data-value': value }, text);
+  }
+
+  function renderProjects(report, all) {
+    var body = document.querySelector('#projects tbody');
+    clear(body);
+    if (!report.rows.length) {
+      body.appendChild(el('tr', null, el('td', { colspan: 5, 'class': 'muted' }, 'No requests in this range.')));
+      return;
+    }
+    report.rows.forEach(function (r) {
+      var sw = el('span', { 'class': 'swatch' });
+      sw.style.background = colorOf(r.project, all);
+      var hr = rate(r.cache_hits, r.requests);
+      body.appendChild(el('tr', { 'data-project': r.project }, [
+        el('th', { scope: 'row' }, [sw, r.project]),
+        cell('requests', r.requests, count(r.requests)),
+        cell('hit_rate', hr === null ? '' : hr, percent(hr)),
+        cell('cost', r.cost, money(r.cost)),
+        cell('saved', r.saved, money(r.saved))
+      ]));
+    });
+  }
+
+  function renderBudgets(box, rows) {
+    if (!rows.length) {
+      empty(box, 'No projects are configured. Add [projects.NAME] with budget = … to the config.');
+      return;
+    }
+    clear(box);
+    rows.forEach(function (b) {
+      var attrs = { 'class': 'bar-row', 'data-budget-project': b.project };
+      if (b.budget === null) {
+        box.appendChild(barRow(attrs, b.project, 0, 'no budget', null));
+        return;
+      }
+      var f = b.budget > 0 ? b.spent / b.budget : 1;
+      var cls = f >= 1 ? 'over' : (f >= 0.8 ? 'near' : 'ok');
+      box.appendChild(barRow(attrs, b.project + ' · per ' + b.period, f,
+        money(b.spent) + ' of ' + money(b.budget) + ' (' + Math.round(f * 100) + '%)', cls));
+    });
+  }
+
+  function renderRecent(items) {
+    var withPrompt = items.some(function (r) { return typeof r.prompt === 'string'; });
+    var head = document.querySelector('#recent thead tr');
+    clear(head);
+    var cols = ['Time (UTC)', 'Project', 'Endpoint', 'Model', 'Outcome', 'Status', 'Cost', 'Saved', 'Upstream'];
+    if (withPrompt) cols.push('Prompt');
+    cols.forEach(function (c, i) {
+      head.appendChild(el('th', { scope: 'col', 'class': i >= 5 && i <= 8 ? 'num' : null }, c));
+    });
+    var body = document.querySelector('#recent tbody');
+    clear(body);
+    if (!items.length) {
+      body.appendChild(el('tr', null, el('td', { colspan: cols.length, 'class': 'muted' },
+        'No requests since the daemon started.')));
+      return;
+    }
+    items.forEach(function (r) {
+      var ts = String(r.ts || '');
+      var row = el('tr', { 'data-recent-project': r.project }, [
+        el('td', { title: ts }, ts.slice(0, 19).replace('T', ' ')),
+        el('td', null, r.project),
+        el('td', null, r.endpoint + (r.stream ? ' (stream)' : '')),
+        el('td', null, r.model || '–'),
+        el('td', null, el('span', { 'class': 'badge ' + r.outcome }, r.outcome)),
+        el('td', { 'class': 'num' }, r.status),
+        el('td', { 'class': 'num' }, r.cost === null ? '–' : money(r.cost) +
+          (r.cost_source === 'estimated' ? ' (est.)' : '')),
+        el('td', { 'class': 'num' }, r.saved === null ? '–' : money(r.saved)),
+        el('td', { 'class': 'num' }, r.upstream_ms === null ? '–' : r.upstream_ms + ' ms')
+      ]);
+      if (withPrompt) row.appendChild(el('td', { 'class': 'prompt' }, r.prompt || ''));
+      body.appendChild(row);
+    });
+  }
+
+  // ---------------------------------------------------------------- wiring
+
+  function onSubmit(ev) {
+    ev.preventDefault();
+    var q = new URLSearchParams();
+    ['project', 'since', 'until'].forEach(function (name) {
+      var v = ev.target.elements[name].value;
+      if (v) q.set(name, v);
+    });
+    var s = q.toString();
+    history.pushState(null, '', location.pathname + (s ? '?' + s : ''));
+    load();
+  }
+
+  var resizeTimer = null;
+  function onResize() {
+    if (resizeTimer) clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(render, 150);
+  }
+
+  function start() {
+    $('filters').addEventListener('submit', onSubmit);
+    $('f-project').addEventListener('change', function () {
+      $('filters').requestSubmit();
+    });
+    window.addEventListener('popstate', load);
+    window.addEventListener('resize', onResize);
+    load();
+  }
+
+  if (document.readyState === 'loading') {
+    document.addEventListener('DOMContentLoaded', start);
+  } else {
+    start();
+  }
+})();
