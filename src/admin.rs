@@ -70,9 +70,41 @@ pub fn check_access(
                 ))
             }
         }
-        None if peer.ip().is_loopback() => Ok(()),
+        None if peer.ip().to_canonical().is_loopback() && !cross_site(headers) => Ok(()),
         None => Err(ApiError::Forbidden),
     }
+}
+
+/// Without a token, being on this machine is the credential, and a web page open in the
+/// user's browser is on this machine too. So refuse what a browser sends on behalf of
+/// another site: an `Origin` that is not a loopback origin, `Sec-Fetch-Site: cross-site`,
+/// or a `Host` that is not a loopback name (a DNS-rebinding page uses its own name).
+fn cross_site(headers: &http::HeaderMap) -> bool {
+    let text = |name: header::HeaderName| headers.get(name).map(|v| v.to_str().unwrap_or("\u{0}"));
+    if text(header::HOST).is_some_and(|h| !is_loopback_host(h)) {
+        return true;
+    }
+    if let Some(origin) = text(header::ORIGIN) {
+        let host = origin.split_once("://").map_or("", |(_, rest)| rest);
+        if !is_loopback_host(host) {
+            return true;
+        }
+    }
+    headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+}
+
+/// `localhost`, `127.0.0.1`, `[::1]` and the like, with or without a port.
+fn is_loopback_host(host_port: &str) -> bool {
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// Serves an admin request whose body is already read (also the CLI's in-process path).
@@ -311,6 +343,46 @@ fn json(v: &impl Serialize) -> Result<Response<Body>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cross_site_browser_requests_are_told_apart() {
+        fn h(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
+            let mut m = http::HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, http::HeaderValue::from_static(v));
+            }
+            m
+        }
+        assert!(!cross_site(&h(&[])), "a CLI or curl");
+        assert!(!cross_site(&h(&[("host", "127.0.0.1:8484")])));
+        assert!(!cross_site(&h(&[
+            ("host", "localhost:8484"),
+            ("origin", "http://localhost:8484")
+        ])));
+        assert!(!cross_site(&h(&[
+            ("host", "[::1]:8484"),
+            ("sec-fetch-site", "same-origin")
+        ])));
+        assert!(
+            cross_site(&h(&[("host", "evil.example:8484")])),
+            "DNS rebinding"
+        );
+        assert!(cross_site(&h(&[
+            ("host", "127.0.0.1:8484"),
+            ("origin", "https://evil.example")
+        ])));
+        assert!(cross_site(&h(&[
+            ("host", "127.0.0.1:8484"),
+            ("origin", "null")
+        ])));
+        assert!(cross_site(&h(&[
+            ("host", "127.0.0.1:8484"),
+            ("sec-fetch-site", "cross-site")
+        ])));
+        assert!(is_loopback_host("127.9.9.9"));
+        assert!(is_loopback_host("[::ffff:127.0.0.1]:1"));
+        assert!(!is_loopback_host("10.0.0.1:80"));
+    }
 
     #[test]
     fn query_parsing_repeats_and_decodes() {
