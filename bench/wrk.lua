@@ -8,7 +8,8 @@
 --   WRK_PREFIX  string making bodies unique to a run
 --   WRK_N       size of the set
 --   WRK_AUTH    bearer token (default sk-bench)
--- done() prints one line "WRKJSON {...}" with latency percentiles in microseconds.
+-- done() prints one line "WRKJSON {...}" with latency percentiles in microseconds and the
+-- latency histogram as [[microseconds, count], ...].
 
 local method = os.getenv("WRK_METHOD") or "POST"
 local path = os.getenv("WRK_PATH") or "/chat/completions"
@@ -54,9 +55,15 @@ end
 
 function done(summary, latency, requests)
   local e = summary.errors
+  -- the whole latency histogram, so that runs done in rounds can be merged exactly
+  local hist = {}
+  for i = 1, #latency do
+    local v, c = latency(i)
+    hist[#hist + 1] = string.format("[%d,%d]", v, c)
+  end
   io.write(string.format(
-    'WRKJSON {"requests":%d,"duration_s":%.6f,"rps":%.1f,"p50_us":%.1f,"p90_us":%.1f,"p99_us":%.1f,"mean_us":%.1f,"max_us":%.1f,"err_connect":%d,"err_read":%d,"err_write":%d,"err_status":%d,"err_timeout":%d}\n',
+    'WRKJSON {"requests":%d,"duration_s":%.6f,"rps":%.1f,"p50_us":%.1f,"p90_us":%.1f,"p99_us":%.1f,"mean_us":%.1f,"max_us":%.1f,"err_connect":%d,"err_read":%d,"err_write":%d,"err_status":%d,"err_timeout":%d,"hist":[%s]}\n',
     summary.requests, summary.duration / 1e6, summary.requests / (summary.duration / 1e6),
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean, latency.max,
-    e.connect, e.read, e.write, e.status, e.timeout))
+    e.connect, e.read, e.write, e.status, e.timeout, table.concat(hist, ",")))
 end
