@@ -262,6 +262,10 @@ print("\n".join(lines))
 print()
 print("nginx column: proxy_cache peer for misses/hits/disk, no-cache peer for pass-through and streams.")
 print("added = p(through server) - p(direct to the fake upstream), same run.")
+ml = load("miss_litellm") or {}
+print(f"litellm RSS: after its own runs (about {ml.get('requests', 0) + 150} entries cached), "
+      "not after the 100k fill (too slow through LiteLLM).")
+print("hits/s direct: the fake upstream answering wrk itself, both on core 1.")
 print(f"upstream requests seen during hit runs: {checks}")
 print(f"load average at end: {run.get('load_average')}")
 targets = [r_ for r_ in rows if r_["target"]]
