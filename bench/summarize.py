@@ -124,9 +124,31 @@ ngx_mem = load("mem_nginx") or {}
 rows = []
 
 
-def row(rid, label, unit, chatcache=None, nginx=None, litellm=None, direct=None, target=None, met=None):
+NOISE_MS = 0.5  # a loopback baseline p99 above this means the machine disturbed the run
+
+
+def row(rid, label, unit, chatcache=None, nginx=None, litellm=None, direct=None, target=None,
+        met=None, noisy=False):
+    if met is not None and noisy:
+        met = "noisy"
     rows.append(dict(id=rid, label=label, unit=unit, chatcache=chatcache, nginx=nginx,
                      litellm=litellm, direct=direct, target=target, met=met))
+
+
+def spiky(label):
+    """One at a time on loopback, p99 stays within a few times p50 unless other work preempts."""
+    p50, p99 = lat(label, "p50_us"), lat(label, "p99_us")
+    return p50 is not None and p99 is not None and p99 > 10 * p50
+
+
+def env_noise(subject, reference):
+    """Both the subject and the reference spiked: the machine, not the server, set the p99."""
+    return spiky(subject) and spiky(reference)
+
+
+def noisy_added(v, direct_p99):
+    """An added p99 can't be judged when the direct baseline itself was disturbed."""
+    return v is not None and (v < 0 or (direct_p99 is not None and direct_p99 > NOISE_MS))
 
 
 def le(v, limit):
@@ -142,25 +164,33 @@ for p in (50, 99):
     row(f"passthrough_credits_added_p{p}", f"pass-through GET /credits added p{p}", "ms",
         chatcache=v, nginx=added("credits_nginx", "credits_direct", p),
         direct=ms(lat("credits_direct", f"p{p}_us")),
-        target="<= 0.1 ms" if p == 99 else None, met=le(v, 0.1) if p == 99 else None)
+        target="<= 0.1 ms" if p == 99 else None, met=le(v, 0.1) if p == 99 else None,
+        noisy=noisy_added(v, ms(lat("credits_direct", "p99_us")))
+        or env_noise("credits_chatcache", "credits_nginx"))
 for p in (50, 99):
     v = added("passchat_chatcache", "passchat_direct", p)
     row(f"passthrough_chat_added_p{p}", f"pass-through chat (--mode passthrough) added p{p}", "ms",
         chatcache=v, nginx=added("passchat_nginx", "passchat_direct", p),
         direct=ms(lat("passchat_direct", f"p{p}_us")),
-        target="<= 0.1 ms" if p == 99 else None, met=le(v, 0.1) if p == 99 else None)
+        target="<= 0.1 ms" if p == 99 else None, met=le(v, 0.1) if p == 99 else None,
+        noisy=noisy_added(v, ms(lat("passchat_direct", "p99_us")))
+        or env_noise("passchat_chatcache", "passchat_nginx"))
 for p in (50, 99):
     v = added("miss_chatcache", "miss_direct", p)
     row(f"miss_added_p{p}", f"recorded miss (distinct bodies) added p{p}", "ms",
         chatcache=v, nginx=added("miss_nginx", "miss_direct", p),
         litellm=added("miss_litellm", "miss_direct", p), direct=ms(lat("miss_direct", f"p{p}_us")),
-        target="<= 2 ms" if p == 99 else None, met=le(v, 2.0) if p == 99 else None)
+        target="<= 2 ms" if p == 99 else None, met=le(v, 2.0) if p == 99 else None,
+        noisy=noisy_added(v, ms(lat("miss_direct", "p99_us")))
+        or env_noise("miss_chatcache", "miss_nginx"))
 for p in (50, 99):
     v = ms(lat("hit1_chatcache", f"p{p}_us"))
     n = ms(lat("hit1_nginx", f"p{p}_us"))
     row(f"hit_p{p}", f"cache hit latency, one at a time, p{p}", "ms", chatcache=v, nginx=n,
         litellm=ms(lat("hit1_litellm", f"p{p}_us")), direct=ms(lat("hit1_direct", f"p{p}_us")),
-        target="<= nginx" if p == 99 else None, met=le(v, n) if p == 99 else None)
+        target="<= nginx" if p == 99 else None, met=le(v, n) if p == 99 else None,
+        noisy=(ms(lat("hit1_direct", "p99_us")) or 0) > NOISE_MS
+        or env_noise("hit1_chatcache", "hit1_nginx"))
 v = lat("hit64_chatcache", "rps")
 n = lat("hit64_nginx", "rps")
 row("hits_per_s_64", "cache hits/s, 64 connections, server on one core", "req/s", chatcache=v,
@@ -173,7 +203,10 @@ for what, name in (("ttfb_us", "stream added time to first frame"),
         row(f"stream_{what[:-3]}_added_p{p}", f"{name} p{p}", "ms", chatcache=v,
             nginx=stream_added("nginx", what, p), litellm=stream_added("litellm", what, p),
             direct=ms(stream("direct", what, p)),
-            target="<= 0.2 ms" if p == 99 else None, met=le(v, 0.2) if p == 99 else None)
+            target="<= 0.2 ms" if p == 99 else None, met=le(v, 0.2) if p == 99 else None,
+            noisy=noisy_added(v, ms(stream("direct", what, 99)))
+            or all((stream(t, what, 99) or 0) > 10 * (stream(t, what, 50) or 1e9)
+                   for t in ("chatcache", "nginx")))
 v = rss_mib("mem_chatcache")
 row("rss_100k_entries", f"peak RSS after {run.get('mem_entries', '?')} distinct entries", "MiB",
     chatcache=v, nginx=rss_mib("mem_nginx"), litellm=rss_mib("rss_litellm"),
@@ -197,8 +230,10 @@ for p in (50, 99):
         chatcache=ms(lat("hitbig_chatcache", f"p{p}_us")))
 s99, b99 = ms(lat("hitsmall_chatcache", "p99_us")), ms(lat("hitbig_chatcache", "p99_us"))
 r = b99 / s99 if s99 and b99 is not None else None
+# p99 more than 10x p50 on a one-at-a-time loopback run: the machine was busy with other work.
 row("hit_big_over_small_p99", f"hit p99 at {big} / at {small} entries", "x", chatcache=r,
-    target="<= 1.5x", met=le(r, 1.5))
+    target="<= 1.5x", met=le(r, 1.5),
+    noisy=spiky("hitsmall_chatcache") or spiky("hitbig_chatcache"))
 fm, fb = load("fill_mem") or {}, load("fill_big") or {}
 fill_s = fm.get("seconds", 0) + fb.get("seconds", 0)
 row("fill_seconds", f"time to fill {big} entries (64 concurrent misses)", "s",
@@ -237,6 +272,8 @@ def fmt(v):
         return "n/a"
     if isinstance(v, bool):
         return "met" if v else "MISSED"
+    if isinstance(v, str):
+        return v
     a = abs(v)
     if a >= 1000:
         return f"{v:,.0f}"
@@ -268,6 +305,10 @@ print(f"litellm RSS: after its own runs (about {ml.get('requests', 0) + 150} ent
 print("hits/s direct: the fake upstream answering wrk itself, both on core 1.")
 print(f"upstream requests seen during hit runs: {checks}")
 print(f"load average at end: {run.get('load_average')}")
+print(f"verdict 'noisy': the direct (loopback) baseline p99 of that figure was over {NOISE_MS} ms, "
+      "the added figure came out negative, or the one-at-a-time p99 was over 10x the p50 for both "
+      "chatcache and the nginx reference (for hit p99 at 1M/1k: for either store): other "
+      "work on the machine decided that percentile; see the per-round p99s in target/bench/raw.")
 targets = [r_ for r_ in rows if r_["target"]]
 print("targets: " + ", ".join(f"{r_['id']}={fmt(r_['met'])}" for r_ in targets))
 for p in problems:
