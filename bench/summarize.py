@@ -236,8 +236,10 @@ row("hit_big_over_small_p99", f"hit p99 at {big} / at {small} entries", "x", cha
     noisy=spiky("hitsmall_chatcache") or spiky("hitbig_chatcache"))
 fm, fb = load("fill_mem") or {}, load("fill_big") or {}
 fill_s = fm.get("seconds", 0) + fb.get("seconds", 0)
+row("fill_rate", f"fill rate, first {run.get('mem_entries', '?')} distinct misses, 64 at a time",
+    "req/s", chatcache=fm.get("per_second"), nginx=(load("fill_nginx") or {}).get("per_second"))
 row("fill_seconds", f"time to fill {big} entries (64 concurrent misses)", "s",
-    chatcache=fill_s or None, nginx=(load("fill_nginx") or {}).get("seconds"))
+    chatcache=fill_s or None)
 
 for r_ in rows:
     for peer in ("nginx", "litellm"):
