@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use http::{header, HeaderMap, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::app::App;
 use crate::body::{full, Body};
@@ -44,11 +45,19 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         &method,
         attribution::split_project_prefix(&path).map_or(path.as_str(), |(_, rest)| rest),
     );
-    let mut resp = match proxy(&app, req, started).await {
+    // One span per request: whatever is logged while answering it carries these fields.
+    let span = tracing::info_span!(
+        "request",
+        %method,
+        %path,
+        status = tracing::field::Empty,
+        cache = tracing::field::Empty
+    );
+    let mut resp = match proxy(&app, req, started).instrument(span.clone()).await {
         Ok(r) => r,
         Err(e) => {
             if let ApiError::Internal(detail) = &e {
-                tracing::error!(%detail, "internal error");
+                span.in_scope(|| tracing::error!(%detail, "internal error"));
             }
             e.into_response()
         }
@@ -60,14 +69,15 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         .unwrap_or("local");
     app.metrics
         .request(endpoint.as_str(), outcome, resp.status().as_u16());
-    tracing::info!(
-        %method,
-        %path,
-        status = resp.status().as_u16(),
-        cache = outcome,
-        head_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
+    span.record("status", resp.status().as_u16());
+    span.record("cache", outcome);
+    // The per-request line is for debugging; metrics and the ledger keep the account.
+    span.in_scope(|| {
+        tracing::debug!(
+            head_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "answered"
+        )
+    });
     if crate::stream::is_event_stream(resp.headers()) {
         let guard = app.metrics.track_stream();
         resp = resp.map(|body| {
@@ -313,8 +323,9 @@ async fn lead(
     leader: crate::cache::flight::Leader,
 ) -> Result<Response<Body>, ApiError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    app.exchanges
-        .spawn(exchange::drive(app.clone(), ex.clone(), leader, tx));
+    app.exchanges.spawn(
+        exchange::drive(app.clone(), ex.clone(), leader, tx).instrument(tracing::Span::current()),
+    );
     let outcome = ex.policy.upstream_outcome();
     match rx.await {
         Ok(exchange::First::Answer(flight, head)) => answer_from(flight, head, outcome).await,
