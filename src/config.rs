@@ -483,8 +483,11 @@ fn positive(
 
 /// Project names appear in paths (`/p/NAME/`), headers and ledger lines.
 pub fn check_project_name(name: &str) -> Result<(), ConfigError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
+    let ok = name.len() <= 64
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
@@ -492,7 +495,7 @@ pub fn check_project_name(name: &str) -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(err(format!(
-            "project name {name:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"
+            "project name {name:?} must be 1-64 characters of letters, digits, '-', '_' or '.', starting with a letter or digit"
         )))
     }
 }
@@ -589,6 +592,7 @@ mod tests {
             "[limits]\nmax_body = 0",
             "[cache]\nignore_fields = [\"messages\"]",
             "[projects.\"a b\"]\nbudget = 1.0",
+            "[projects.\"..\"]\nbudget = 1.0",
             "[projects.a]\nbudget = -1.0",
             "[[tokens]]\nproject = \"a\"\nhash = \"nothex\"",
             "[upstream]\nconnect_timeout = \"0s\"",

@@ -176,6 +176,8 @@ async fn host_absolute_uri_and_redirect_tricks_never_reach_another_host() {
         let resp = raw(&d, t.as_bytes(), Duration::from_secs(3)).await;
         assert!(status_of(&resp) > 0, "answered: {resp}");
     }
+    let r = get(&d.url("/p/../credits")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "a project named '..'");
     let api_base = format!(
         r#"{{"model":"GPT-4 Turbo","messages":[{{"role":"user","content":"hi"}}],"api_base":"http://{evil_host}","base_url":"http://{evil_host}"}}"#
     );
