@@ -7,6 +7,7 @@ pub mod entry;
 pub mod flight;
 pub mod hot;
 pub mod key;
+pub mod presence;
 pub mod store;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,6 +19,7 @@ use serde::Serialize;
 use crate::cache::entry::Entry;
 use crate::cache::hot::Hot;
 use crate::cache::key::CacheKey;
+use crate::cache::presence::Presence;
 use crate::cache::store::{Space, Store, StoreResult};
 
 /// A hit is not written back to the access record more often than this.
@@ -108,6 +110,7 @@ pub struct Cache {
 struct Inner {
     store: Store,
     hot: Hot,
+    present: Presence,
     max_bytes: u64,
     max_age: Duration,
     total: AtomicU64,
@@ -127,10 +130,12 @@ impl Cache {
         hot_bytes: u64,
     ) -> StoreResult<Cache> {
         let (mut total, mut count) = (0u64, 0u64);
-        store.scan_prefix(Space::Access, b"", |_, v| {
-            if let Some(a) = Access::decode(v) {
+        let present = Presence::default();
+        store.scan_prefix(Space::Access, b"", |k, v| {
+            if let (Some(a), Ok(key)) = (Access::decode(v), <[u8; 32]>::try_from(k)) {
                 total += a.size;
                 count += 1;
+                present.insert(&CacheKey(key));
             }
             true
         })?;
@@ -138,6 +143,7 @@ impl Cache {
             inner: Arc::new(Inner {
                 store,
                 hot: Hot::new(hot_bytes),
+                present,
                 max_bytes,
                 max_age,
                 total: AtomicU64::new(total),
@@ -217,8 +223,14 @@ impl Cache {
     }
 
     /// Stores `entry` under `key`, replacing any older one, then evicts if over the limit.
+    /// False when `key` was certainly never stored (no store call needed to know).
+    pub fn may_contain(&self, key: CacheKey) -> bool {
+        self.inner.present.may_contain(&key)
+    }
+
     pub fn put(&self, key: CacheKey, entry: &Entry) -> StoreResult<()> {
         self.inner.hot.remove(&key);
+        self.inner.present.insert(&key);
         let s = &self.inner.store;
         let size = entry.stored_size();
         let access = Access {
@@ -426,6 +438,7 @@ impl Cache {
     /// Test hook: the raw stored bytes of an entry, to damage them.
     pub fn raw_put(&self, key: CacheKey, bytes: &[u8]) -> StoreResult<()> {
         self.inner.hot.remove(&key);
+        self.inner.present.insert(&key);
         self.inner.store.put(Space::Entries, &key.0, bytes)
     }
 }

@@ -216,6 +216,9 @@ async fn lookup(app: &Arc<App>, key: CacheKey, max_age: Option<Duration>) -> Opt
         }
         return Some(entry);
     }
+    if !app.cache.may_contain(key) {
+        return None;
+    }
     let cache = app.cache.clone();
     match tokio::task::spawn_blocking(move || cache.get(key, max_age)).await {
         Ok(Ok((Lookup::Fresh, entry))) => entry,
