@@ -241,8 +241,12 @@ impl Cache {
         let old = s
             .get(Space::Access, &key.0)?
             .and_then(|v| Access::decode(&v));
-        s.put(Space::Entries, &key.0, &entry.encode())?;
+        // Access record first, entry second (and the reverse on removal): sled replays its
+        // one log in order, so a crash between the two can leave a record without an entry
+        // (a miss, and evicted like any other) but never an entry that lookups and
+        // eviction cannot see.
         s.put(Space::Access, &key.0, &access.encode())?;
+        s.put(Space::Entries, &key.0, &entry.encode())?;
         match old {
             Some(o) => {
                 self.inner
@@ -263,10 +267,10 @@ impl Cache {
     pub fn remove(&self, key: CacheKey) -> StoreResult<bool> {
         self.inner.hot.remove(&key);
         let s = &self.inner.store;
+        let had_entry = s.remove(Space::Entries, &key.0)?.is_some();
         let old = s
             .remove(Space::Access, &key.0)?
             .and_then(|v| Access::decode(&v));
-        let had_entry = s.remove(Space::Entries, &key.0)?.is_some();
         if let Some(o) = old {
             self.inner
                 .total
