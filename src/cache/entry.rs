@@ -5,6 +5,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::spend::CostSource;
+
 const MAGIC: &[u8; 4] = b"CCE1";
 const HEADER_LEN: usize = 4 + 32 + 4;
 
@@ -30,7 +32,7 @@ pub struct EntryMeta {
     pub output_tokens: Option<u64>,
     /// The cost of producing this answer, as upstream wrote it (or estimated).
     pub cost: Option<Box<RawValue>>,
-    pub cost_source: String,
+    pub cost_source: CostSource,
 }
 
 #[derive(Debug, Clone)]
@@ -135,7 +137,7 @@ pub(crate) mod tests {
                 input_tokens: Some(3),
                 output_tokens: Some(4),
                 cost: Some(RawValue::from_string("0.000114".into()).unwrap()),
-                cost_source: "upstream".into(),
+                cost_source: CostSource::Upstream,
             },
             body: Bytes::from_static(b"data: x\n\n\n\n"),
         }

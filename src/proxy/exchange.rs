@@ -56,10 +56,6 @@ pub enum First {
     Failed(ApiError),
 }
 
-pub fn solo_leader() -> Leader {
-    Leader::solo()
-}
-
 /// The cost fields of a ledger line, and where they came from.
 #[derive(Debug, Clone, Default)]
 pub struct Accounting {
@@ -77,11 +73,7 @@ impl Accounting {
         let mut a = Accounting::saved_text(meta.cost.as_ref().map(|c| c.get().to_string()));
         a.usage.input_tokens = meta.input_tokens;
         a.usage.output_tokens = meta.output_tokens;
-        a.source = Some(match meta.cost_source.as_str() {
-            "upstream" => CostSource::Upstream,
-            "estimated" => CostSource::Estimated,
-            _ => CostSource::Unknown,
-        });
+        a.source = Some(meta.cost_source);
         a
     }
 
@@ -126,14 +118,6 @@ impl Exchange {
             upstream_ms: acc.upstream_ms,
             ttfb_ms: acc.ttfb_ms,
             incomplete: acc.incomplete,
-        }
-    }
-
-    fn upstream_outcome(&self) -> Outcome {
-        match self.policy.upstream_outcome() {
-            "miss" => Outcome::Miss,
-            "refresh" => Outcome::Refresh,
-            _ => Outcome::Bypass,
         }
     }
 
@@ -260,7 +244,7 @@ pub async fn drive(
                 ttfb_ms: Some(ttfb_ms),
                 ..Accounting::default()
             };
-            let line = ex.ledger_line(ex.upstream_outcome(), parts.status.as_u16(), acc);
+            let line = ex.ledger_line(ex.policy.upstream_outcome(), parts.status.as_u16(), acc);
             app.account(line, ex.prompt.as_deref());
         }
         let mut out = Response::new(app.upstream.relay(body));
@@ -329,7 +313,7 @@ pub async fn drive(
 
     let record = async {
         if ex.endpoint.billable() {
-            let line = ex.ledger_line(ex.upstream_outcome(), head.status.as_u16(), acc);
+            let line = ex.ledger_line(ex.policy.upstream_outcome(), head.status.as_u16(), acc);
             if let Err(e) = app.account_durably(line, ex.prompt.as_deref()).await {
                 tracing::error!(error = %e, "could not make the ledger line durable");
             }
@@ -435,7 +419,7 @@ fn entry_of(
         .ok()
         .filter(|s| !s.is_empty())
         .and_then(|s| RawValue::from_string(s).ok())
-        .or_else(|| RawValue::from_string("null".into()).ok());
+        .unwrap_or_else(|| RawValue::NULL.to_owned());
     Entry {
         meta: EntryMeta {
             status: head.status.as_u16(),
@@ -449,18 +433,12 @@ fn entry_of(
             created_ms: now_ms(),
             method: ex.method.to_string(),
             path: ex.path_q.clone(),
-            // "null" always parses, so this is never the fallback below.
-            request: request.unwrap_or_else(|| RawValue::NULL.to_owned()),
+            request,
             model: ex.model.clone(),
             input_tokens: usage.input_tokens,
             output_tokens: usage.output_tokens,
             cost: usage.cost.clone(),
-            cost_source: match source {
-                CostSource::Upstream => "upstream",
-                CostSource::Estimated => "estimated",
-                CostSource::Unknown => "unknown",
-            }
-            .to_string(),
+            cost_source: source,
         },
         body,
     }

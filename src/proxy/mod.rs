@@ -19,7 +19,7 @@ use tracing::Instrument;
 use crate::app::App;
 use crate::body::{full, Body};
 use crate::cache::entry::Entry;
-use crate::cache::flight::{End, Flight, Head, Role};
+use crate::cache::flight::{End, Flight, Head, Leader, Role};
 use crate::cache::key::{cache_key, canonical_json, CacheKey};
 use crate::cache::{now_ms, Lookup};
 use crate::error::ApiError;
@@ -184,9 +184,9 @@ async fn proxy(
     }
     let resp = match ex.key {
         Some(key) if policy.lookup => coalesce(app, &ex, key).await?,
-        Some(_) if policy.store => lead(app, &ex, exchange::solo_leader()).await?,
+        Some(_) if policy.store => lead(app, &ex, Leader::solo()).await?,
         _ if endpoint.billable() || endpoint == Endpoint::Models => {
-            lead(app, &ex, exchange::solo_leader()).await?
+            lead(app, &ex, Leader::solo()).await?
         }
         _ => exchange::pass(app, &ex).await?,
     };
@@ -282,7 +282,7 @@ async fn coalesce(
             }
         }
     }
-    lead(app, ex, exchange::solo_leader()).await
+    lead(app, ex, Leader::solo()).await
 }
 
 /// Reads somebody else's answer; None if that answer was given up before it started.
@@ -323,13 +323,13 @@ fn record_coalesced(app: &App, ex: &Exchange, flight: &Flight, status: u16) {
 async fn lead(
     app: &Arc<App>,
     ex: &Arc<Exchange>,
-    leader: crate::cache::flight::Leader,
+    leader: Leader,
 ) -> Result<Response<Body>, ApiError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     app.exchanges.spawn(
         exchange::drive(app.clone(), ex.clone(), leader, tx).instrument(tracing::Span::current()),
     );
-    let outcome = ex.policy.upstream_outcome();
+    let outcome = ex.policy.upstream_outcome().as_str();
     match rx.await {
         Ok(exchange::First::Answer(flight, head)) => answer_from(flight, head, outcome).await,
         Ok(exchange::First::Direct(mut resp)) => {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::{header, HeaderMap, Method};
 
 use crate::config::Mode;
+use crate::spend::Outcome;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -128,14 +129,14 @@ impl Policy {
         p
     }
 
-    /// The `x-chatcache` value of an answer that came from upstream under this policy.
-    pub fn upstream_outcome(self) -> &'static str {
+    /// The outcome of an answer that came from upstream under this policy.
+    pub fn upstream_outcome(self) -> Outcome {
         if self.lookup {
-            "miss"
+            Outcome::Miss
         } else if self.store {
-            "refresh"
+            Outcome::Refresh
         } else {
-            "bypass"
+            Outcome::Bypass
         }
     }
 }
@@ -162,7 +163,7 @@ mod tests {
         assert!(!r.lookup && r.store);
         let r = Policy::new(Mode::Passthrough, &none);
         assert!(!r.lookup && !r.store);
-        assert_eq!(r.upstream_outcome(), "bypass");
+        assert_eq!(r.upstream_outcome(), Outcome::Bypass);
     }
 
     #[test]
@@ -170,7 +171,7 @@ mod tests {
         let p = Policy::new(Mode::Record, &with_cc("no-cache"));
         assert_eq!(
             (p.lookup, p.store, p.upstream_outcome()),
-            (false, true, "refresh")
+            (false, true, Outcome::Refresh)
         );
         let p = Policy::new(Mode::Record, &with_cc("no-store"));
         assert_eq!((p.lookup, p.store), (true, false));

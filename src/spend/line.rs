@@ -21,6 +21,17 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The `x-chatcache` header value and ledger text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Coalesced => "coalesced",
+            Outcome::Refresh => "refresh",
+            Outcome::Bypass => "bypass",
+        }
+    }
+
     /// True when this request made its own upstream call.
     pub fn went_upstream(self) -> bool {
         matches!(self, Outcome::Miss | Outcome::Refresh | Outcome::Bypass)
