@@ -12,6 +12,7 @@ use crate::cache::store::{Store, StoreError};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::proxy::json_request::ParseMemo;
 use crate::proxy::upstream::Upstream;
 use crate::recent::Recent;
 use crate::secret::Fingerprinter;
@@ -32,15 +33,20 @@ pub struct App {
     pub exchanges: tokio_util::task::TaskTracker,
     pub metrics: Metrics,
     pub recent: Recent,
+    /// JSON bodies seen recently, already parsed.
+    pub parsed: ParseMemo,
 }
 
 impl App {
     pub fn open(config: Config) -> anyhow::Result<Arc<App>> {
-        // cache.memory is shared: three quarters for the store's page cache, a quarter for
-        // the in-memory tier of recently served answers.
-        let hot_bytes = config.cache.memory / 4;
-        let (store, fingerprints) =
-            open_data_dir(&config.data_dir, config.cache.memory - hot_bytes)?;
+        // cache.memory is shared: three quarters for the store's page cache, an eighth for
+        // the in-memory tier of recently served answers, an eighth for remembered parses.
+        let hot_bytes = config.cache.memory / 8;
+        let parse_bytes = config.cache.memory / 8;
+        let (store, fingerprints) = open_data_dir(
+            &config.data_dir,
+            config.cache.memory - hot_bytes - parse_bytes,
+        )?;
         let cache = Cache::open(
             store.clone(),
             config.cache.max_bytes,
@@ -52,7 +58,13 @@ impl App {
             .map_err(|e| anyhow::anyhow!("cannot open the spend ledger: {e}"))?;
         let held_key = load_held_key(&config)?;
         let upstream = Upstream::new(&config.upstream)?;
+        let parsed = ParseMemo::new(
+            parse_bytes,
+            config.cache.ignore_fields.clone(),
+            config.admin.show_prompts,
+        );
         Ok(Arc::new(App {
+            parsed,
             config,
             upstream,
             flights: Arc::new(Flights::default()),

@@ -96,13 +96,7 @@ pub fn import(
         );
         let mut meta = parsed.meta;
         meta.request = serde_json::value::RawValue::from_string(String::from_utf8(canonical)?)?;
-        cache.put(
-            key,
-            &Entry {
-                meta,
-                body: parsed.body.into(),
-            },
-        )?;
+        cache.put(key, &Entry::new(meta, parsed.body.into()))?;
         count.entries += 1;
         progress(count.entries);
     }

@@ -2,6 +2,7 @@
 //! replayable headers, body (with stream chunk timings), the canonical request and its cost.
 
 use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -39,6 +40,8 @@ pub struct EntryMeta {
 pub struct Entry {
     pub meta: EntryMeta,
     pub body: Bytes,
+    /// `meta.headers` as a header map, built once: every hit clones it.
+    replay_headers: HeaderMap,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -54,6 +57,25 @@ pub enum DecodeError {
 }
 
 impl Entry {
+    pub fn new(meta: EntryMeta, body: Bytes) -> Entry {
+        let mut replay_headers = HeaderMap::with_capacity(meta.headers.len());
+        for (k, v) in &meta.headers {
+            if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+                replay_headers.append(k, v);
+            }
+        }
+        Entry {
+            meta,
+            body,
+            replay_headers,
+        }
+    }
+
+    /// The response headers a hit replays (those of `meta.headers` that are valid).
+    pub fn replay_headers(&self) -> &HeaderMap {
+        &self.replay_headers
+    }
+
     /// `MAGIC | blake3(rest) | meta length (u32 LE) | meta JSON | body`.
     pub fn encode(&self) -> Vec<u8> {
         // Serialising plain data (strings, numbers, raw JSON) into a Vec cannot fail.
@@ -88,10 +110,7 @@ impl Entry {
             .ok_or(DecodeError::Truncated)?;
         let meta: EntryMeta =
             serde_json::from_slice(&bytes[HEADER_LEN..meta_end]).map_err(|_| DecodeError::Meta)?;
-        Ok(Entry {
-            meta,
-            body: Bytes::copy_from_slice(&bytes[meta_end..]),
-        })
+        Ok(Entry::new(meta, Bytes::copy_from_slice(&bytes[meta_end..])))
     }
 
     /// The body split into the chunks it arrived in (one chunk for plain answers, or when
@@ -123,8 +142,8 @@ pub(crate) mod tests {
     use super::*;
 
     pub fn sample(stream: bool) -> Entry {
-        Entry {
-            meta: EntryMeta {
+        Entry::new(
+            EntryMeta {
                 status: 200,
                 headers: vec![("content-type".into(), "text/event-stream".into())],
                 stream,
@@ -139,8 +158,8 @@ pub(crate) mod tests {
                 cost: Some(RawValue::from_string("0.000114".into()).unwrap()),
                 cost_source: CostSource::Upstream,
             },
-            body: Bytes::from_static(b"data: x\n\n\n\n"),
-        }
+            Bytes::from_static(b"data: x\n\n\n\n"),
+        )
     }
 
     #[test]

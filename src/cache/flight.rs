@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
+use serde_json::value::RawValue;
 use tokio::sync::watch;
 
 use crate::body::Body;
@@ -39,7 +40,7 @@ struct State {
     chunks: Vec<Bytes>,
     end: Option<End>,
     /// What the answer cost upstream (its cost text), for followers' `saved`.
-    cost: Option<String>,
+    cost: Option<Box<RawValue>>,
 }
 
 pub struct Flight {
@@ -75,11 +76,11 @@ impl Flight {
         self.bump();
     }
 
-    pub fn set_cost(&self, cost: Option<String>) {
+    pub fn set_cost(&self, cost: Option<Box<RawValue>>) {
         self.lock().cost = cost;
     }
 
-    pub fn cost(&self) -> Option<String> {
+    pub fn cost(&self) -> Option<Box<RawValue>> {
         self.lock().cost.clone()
     }
 

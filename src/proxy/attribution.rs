@@ -54,6 +54,7 @@ pub fn resolve(app: &App, path: &str, headers: &HeaderMap) -> Result<Attribution
     }
     let token_project = client_auth
         .as_ref()
+        .filter(|_| !app.config.tokens.is_empty())
         .and_then(bearer)
         .and_then(|t| app.config.tokens.get(&token_hash(t)).cloned());
 

@@ -20,6 +20,7 @@ use crate::cache::key::CacheKey;
 use crate::cache::now_ms;
 use crate::error::ApiError;
 use crate::proxy::attribution::Attribution;
+use crate::proxy::json_request::JsonRequest;
 use crate::proxy::policy::{Endpoint, Policy};
 use crate::proxy::request::copy_end_to_end;
 use crate::spend::{estimate, CostSource, LedgerLine, Outcome, Prices, Usage};
@@ -31,13 +32,8 @@ pub struct Exchange {
     /// Path and query to forward (project prefix removed).
     pub path_q: String,
     pub endpoint: Endpoint,
-    pub model: Option<String>,
-    pub stream_requested: bool,
-    /// Characters of prompt text, for estimates.
-    pub input_chars: usize,
-    /// The last user message, kept only when `admin.show_prompts` is on (dashboard).
-    pub prompt: Option<String>,
-    pub canonical: Option<Vec<u8>>,
+    /// The parsed body, for the JSON endpoints.
+    pub json: Option<Arc<JsonRequest>>,
     pub key: Option<CacheKey>,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -70,14 +66,14 @@ pub struct Accounting {
 impl Accounting {
     /// A cache hit: nothing spent, the recorded cost saved.
     pub fn saved_from_entry(meta: &EntryMeta) -> Accounting {
-        let mut a = Accounting::saved_text(meta.cost.as_ref().map(|c| c.get().to_string()));
+        let mut a = Accounting::saved(meta.cost.clone());
         a.usage.input_tokens = meta.input_tokens;
         a.usage.output_tokens = meta.output_tokens;
         a.source = Some(meta.cost_source);
         a
     }
 
-    pub fn saved_text(cost: Option<String>) -> Accounting {
+    pub fn saved(cost: Option<Box<RawValue>>) -> Accounting {
         Accounting {
             usage: Usage {
                 input_cost: Some(crate::spend::zero()),
@@ -90,13 +86,22 @@ impl Accounting {
             } else {
                 CostSource::Unknown
             }),
-            saved: cost.and_then(|c| RawValue::from_string(c).ok()),
+            saved: cost,
             ..Accounting::default()
         }
     }
 }
 
 impl Exchange {
+    pub fn model(&self) -> Option<&str> {
+        self.json.as_ref()?.model.as_deref()
+    }
+
+    /// The last user message, when `admin.show_prompts` is on.
+    pub fn prompt(&self) -> Option<&str> {
+        self.json.as_ref()?.prompt.as_deref()
+    }
+
     pub fn ledger_line(&self, outcome: Outcome, status: u16, acc: Accounting) -> LedgerLine {
         LedgerLine {
             ts: time::OffsetDateTime::now_utc(),
@@ -104,8 +109,8 @@ impl Exchange {
             project: self.attr.project.clone(),
             key: self.attr.fingerprint.clone(),
             endpoint: self.endpoint.as_str().to_string(),
-            model: self.model.clone(),
-            stream: self.stream_requested,
+            model: self.model().map(str::to_string),
+            stream: self.json.as_ref().is_some_and(|j| j.stream),
             outcome,
             status,
             input_tokens: acc.usage.input_tokens,
@@ -150,48 +155,6 @@ fn response_headers(src: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(src.len());
     copy_end_to_end(src, &mut out, |_| false);
     out
-}
-
-/// Characters of prompt text in a request body (messages' contents, `text`, `input`).
-pub fn input_chars(body: &Value) -> usize {
-    fn text_len(v: &Value) -> usize {
-        match v {
-            Value::String(s) => s.chars().count(),
-            Value::Array(items) => items.iter().map(text_len).sum(),
-            Value::Object(m) => m
-                .get("text")
-                .or_else(|| m.get("content"))
-                .map_or(0, text_len),
-            _ => 0,
-        }
-    }
-    let messages = body
-        .get("messages")
-        .and_then(Value::as_array)
-        .map_or(0, |ms| {
-            ms.iter()
-                .map(|m| m.get("content").map_or(0, text_len))
-                .sum()
-        });
-    messages + body.get("text").map_or(0, text_len) + body.get("input").map_or(0, text_len)
-}
-
-/// The text of the last user message of a chat request (or `text`/`input`).
-pub fn last_user_text(body: &Value) -> Option<String> {
-    let from_messages = body
-        .get("messages")
-        .and_then(Value::as_array)
-        .and_then(|ms| {
-            ms.iter()
-                .rev()
-                .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-                .and_then(|m| m.get("content"))
-                .and_then(Value::as_str)
-        });
-    from_messages
-        .or_else(|| body.get("text").and_then(Value::as_str))
-        .or_else(|| body.get("input").and_then(Value::as_str))
-        .map(str::to_string)
 }
 
 /// Sends an uncached, unaccounted request (credits, unknown paths) and relays the answer.
@@ -245,7 +208,7 @@ pub async fn drive(
                 ..Accounting::default()
             };
             let line = ex.ledger_line(ex.policy.upstream_outcome(), parts.status.as_u16(), acc);
-            app.account(line, ex.prompt.as_deref());
+            app.account(line, ex.prompt());
         }
         let mut out = Response::new(app.upstream.relay(body));
         *out.status_mut() = parts.status;
@@ -308,13 +271,12 @@ pub async fn drive(
         ttfb_ms: Some(ttfb_ms),
         incomplete: matches!(end, TeeEnd::Broken(_)),
     };
-    let cost_text = usage.cost.as_ref().map(|c| c.get().to_string());
-    leader.flight.set_cost(cost_text);
+    leader.flight.set_cost(usage.cost.clone());
 
     let record = async {
         if ex.endpoint.billable() {
             let line = ex.ledger_line(ex.policy.upstream_outcome(), head.status.as_u16(), acc);
-            if let Err(e) = app.account_durably(line, ex.prompt.as_deref()).await {
+            if let Err(e) = app.account_durably(line, ex.prompt()).await {
                 tracing::error!(error = %e, "could not make the ledger line durable");
             }
         }
@@ -395,8 +357,8 @@ fn account(
                     .sum()
             })
     };
-    let model = ex.model.as_deref().unwrap_or("");
-    estimate(prices, model, ex.input_chars, output_chars)
+    let input_chars = ex.json.as_ref().map_or(0, |j| j.input_chars);
+    estimate(prices, ex.model().unwrap_or(""), input_chars, output_chars)
 }
 
 fn entry_of(
@@ -414,14 +376,14 @@ fn entry_of(
         .filter(|(k, _)| keep.contains(k))
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
-    let canonical = ex.canonical.clone().unwrap_or_default();
-    let request = String::from_utf8(canonical)
-        .ok()
-        .filter(|s| !s.is_empty())
+    let request = ex
+        .json
+        .as_ref()
+        .and_then(|j| String::from_utf8(j.canonical.clone()).ok())
         .and_then(|s| RawValue::from_string(s).ok())
         .unwrap_or_else(|| RawValue::NULL.to_owned());
-    Entry {
-        meta: EntryMeta {
+    Entry::new(
+        EntryMeta {
             status: head.status.as_u16(),
             headers,
             stream: head.stream,
@@ -434,12 +396,12 @@ fn entry_of(
             method: ex.method.to_string(),
             path: ex.path_q.clone(),
             request,
-            model: ex.model.clone(),
+            model: ex.model().map(str::to_string),
             input_tokens: usage.input_tokens,
             output_tokens: usage.output_tokens,
             cost: usage.cost.clone(),
             cost_source: source,
         },
         body,
-    }
+    )
 }

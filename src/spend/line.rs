@@ -2,6 +2,7 @@
 //! format, outcome and cost-source enums, and exact (verbatim) JSON numbers for money.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -115,15 +116,6 @@ impl LedgerLine {
         self.cost_source = source;
     }
 
-    /// For hits and coalesced answers: this request cost `0` and saved what the served
-    /// answer cost when it was recorded (`recorded_cost`, verbatim; null if unknown).
-    pub fn set_served_without_upstream(&mut self, recorded_cost: Option<&RawValue>) {
-        self.input_cost = None;
-        self.output_cost = None;
-        self.cost = Some(zero());
-        self.saved = recorded_cost.map(|r| r.to_owned());
-    }
-
     /// UTC calendar day of `ts`, "YYYY-MM-DD".
     pub fn day(&self) -> String {
         day_string(self.ts.to_offset(UtcOffset::UTC).date())
@@ -149,8 +141,12 @@ pub fn number_f64(raw: Option<&RawValue>) -> f64 {
 
 /// The JSON number `0`.
 pub fn zero() -> Box<RawValue> {
-    // Serializing an integer to JSON cannot fail; the fallback is never taken.
-    serde_json::value::to_raw_value(&0u8).unwrap_or_else(|_| RawValue::NULL.to_owned())
+    static ZERO: OnceLock<Box<RawValue>> = OnceLock::new();
+    ZERO.get_or_init(|| {
+        // Serializing an integer to JSON cannot fail; the fallback is never taken.
+        serde_json::value::to_raw_value(&0u8).unwrap_or_else(|_| RawValue::NULL.to_owned())
+    })
+    .clone()
 }
 
 /// `text` as a raw JSON number if it is one valid JSON number (surrounding whitespace
@@ -180,23 +176,35 @@ pub fn parse_day(text: &str) -> Option<Date> {
     Date::parse(text, FMT).ok()
 }
 
-/// 16 hex characters, random (OS source), or a blake3 of time and a counter if the OS
-/// source fails.
+/// 16 hex characters, unique per line: a per-process random start (from the OS, or from
+/// the clock and process id if that fails) plus a counter, passed through a bijective
+/// mixer so ids look random. One OS call per process, not per line.
 pub fn new_id() -> String {
+    static START: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        let mut h = blake3::Hasher::new();
-        h.update(
-            &OffsetDateTime::now_utc()
-                .unix_timestamp_nanos()
-                .to_le_bytes(),
-        );
-        h.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-        h.update(&std::process::id().to_le_bytes());
-        bytes.copy_from_slice(&h.finalize().as_bytes()[..8]);
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let start = *START.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        if getrandom::fill(&mut bytes).is_err() {
+            let mut h = blake3::Hasher::new();
+            h.update(
+                &OffsetDateTime::now_utc()
+                    .unix_timestamp_nanos()
+                    .to_le_bytes(),
+            );
+            h.update(&std::process::id().to_le_bytes());
+            bytes.copy_from_slice(&h.finalize().as_bytes()[..8]);
+        }
+        u64::from_le_bytes(bytes)
+    });
+    let n = start.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed));
+    format!("{:016x}", mix64(n))
+}
+
+/// SplitMix64's finaliser: a bijection on u64, so distinct inputs give distinct ids.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// RFC 3339 in UTC with exactly three fractional digits: "2026-11-25T04:28:45.123Z".
@@ -232,10 +240,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ids_are_distinct_hex_of_fixed_width() {
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| new_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(ids
+            .iter()
+            .all(|i| i.len() == 16 && i.bytes().all(|b| b.is_ascii_hexdigit())));
+        assert_ne!(
+            mix64(1),
+            1 + mix64(0),
+            "consecutive counters do not look sequential"
+        );
+    }
+
+    #[test]
     fn served_without_upstream_costs_zero_and_saves_the_recorded_cost() {
         let recorded = raw_number("1.10e-5").unwrap();
         let mut l = LedgerLine::new("a", "/chat/completions", Outcome::Hit, 200);
-        l.set_served_without_upstream(Some(&recorded));
+        l.cost = Some(zero());
+        l.saved = Some(recorded);
         let json = serde_json::to_string(&l).unwrap();
         assert!(json.contains(r#""cost":0,"saved":1.10e-5,"#), "{json}");
         assert_eq!(l.id.len(), 16);

@@ -1,0 +1,251 @@
+//! A JSON request body as the proxy uses it (canonical form for the cache key, model,
+//! stream flag, prompt size and text), and the memo that remembers it by the body's bytes,
+//! so that a body seen before (a repeated request: what a cache exists to serve) is not
+//! parsed and canonicalised again. The same bytes always parse to the same thing, so the
+//! memo can only save work, never change an answer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::Value;
+
+use crate::cache::key::canonical_json;
+use crate::error::ApiError;
+use crate::proxy::request::parse_json_object;
+
+#[derive(Debug)]
+pub struct JsonRequest {
+    /// What the cache key hashes: the body in canonical form, ignored fields left out.
+    pub canonical: Vec<u8>,
+    pub model: Option<String>,
+    pub stream: bool,
+    /// Characters of prompt text, for estimates.
+    pub input_chars: usize,
+    /// The last user message, kept only when `admin.show_prompts` is on (dashboard).
+    pub prompt: Option<String>,
+}
+
+impl JsonRequest {
+    /// Parses `body` strictly (a JSON object, no duplicate keys) and takes what the proxy
+    /// needs from it.
+    pub fn parse(
+        body: &[u8],
+        ignore_fields: &[String],
+        keep_prompt: bool,
+    ) -> Result<JsonRequest, ApiError> {
+        let v = parse_json_object(body)?;
+        Ok(JsonRequest {
+            canonical: canonical_json(&v, ignore_fields),
+            model: v.get("model").and_then(Value::as_str).map(str::to_string),
+            stream: v.get("stream").and_then(Value::as_bool).unwrap_or(false),
+            input_chars: input_chars(&v),
+            prompt: keep_prompt.then(|| last_user_text(&v)).flatten(),
+        })
+    }
+
+    /// Roughly what keeping it costs, for the memo's budget.
+    fn size(&self) -> usize {
+        const OVERHEAD: usize = 160;
+        OVERHEAD
+            + self.canonical.len()
+            + self.model.as_ref().map_or(0, String::len)
+            + self.prompt.as_ref().map_or(0, String::len)
+    }
+}
+
+/// Characters of prompt text in a request body (messages' contents, `text`, `input`).
+fn input_chars(body: &Value) -> usize {
+    fn text_len(v: &Value) -> usize {
+        match v {
+            Value::String(s) => s.chars().count(),
+            Value::Array(items) => items.iter().map(text_len).sum(),
+            Value::Object(m) => m
+                .get("text")
+                .or_else(|| m.get("content"))
+                .map_or(0, text_len),
+            _ => 0,
+        }
+    }
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map_or(0, |ms| {
+            ms.iter()
+                .map(|m| m.get("content").map_or(0, text_len))
+                .sum()
+        });
+    messages + body.get("text").map_or(0, text_len) + body.get("input").map_or(0, text_len)
+}
+
+/// The text of the last user message of a chat request (or `text`/`input`).
+fn last_user_text(body: &Value) -> Option<String> {
+    let from_messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|ms| {
+            ms.iter()
+                .rev()
+                .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+                .and_then(|m| m.get("content"))
+                .and_then(Value::as_str)
+        });
+    from_messages
+        .or_else(|| body.get("text").and_then(Value::as_str))
+        .or_else(|| body.get("input").and_then(Value::as_str))
+        .map(str::to_string)
+}
+
+type BodyHash = [u8; 32];
+
+#[derive(Default)]
+struct Generations {
+    current: HashMap<BodyHash, Arc<JsonRequest>>,
+    current_bytes: usize,
+    previous: HashMap<BodyHash, Arc<JsonRequest>>,
+}
+
+/// Parsed bodies by the blake3 hash of their bytes, within a byte budget: two generations,
+/// the older dropped whole when the newer fills half the budget (a body used in that time
+/// moves to the newer one), which approximates least-recently-used at constant cost.
+pub struct ParseMemo {
+    generations: Mutex<Generations>,
+    max_bytes: usize,
+    ignore_fields: Vec<String>,
+    keep_prompt: bool,
+}
+
+impl ParseMemo {
+    pub fn new(max_bytes: u64, ignore_fields: Vec<String>, keep_prompt: bool) -> ParseMemo {
+        ParseMemo {
+            generations: Mutex::new(Generations::default()),
+            max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            ignore_fields,
+            keep_prompt,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Generations> {
+        // Every update leaves both maps and the byte count consistent before it can panic.
+        self.generations.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The body's parse: remembered, or made now (and remembered unless the body is large).
+    /// Bad bodies are refused each time and never remembered.
+    pub fn parse(&self, body: &[u8]) -> Result<Arc<JsonRequest>, ApiError> {
+        let hash = *blake3::hash(body).as_bytes();
+        {
+            let mut g = self.lock();
+            if let Some(found) = g.current.get(&hash) {
+                return Ok(found.clone());
+            }
+            if let Some(found) = g.previous.remove(&hash) {
+                self.keep(&mut g, hash, found.clone());
+                return Ok(found);
+            }
+        }
+        let parsed = Arc::new(JsonRequest::parse(
+            body,
+            &self.ignore_fields,
+            self.keep_prompt,
+        )?);
+        if parsed.size() <= self.max_bytes / 8 {
+            self.keep(&mut self.lock(), hash, parsed.clone());
+        }
+        Ok(parsed)
+    }
+
+    fn keep(&self, g: &mut Generations, hash: BodyHash, parsed: Arc<JsonRequest>) {
+        let size = parsed.size();
+        if g.current_bytes + size > self.max_bytes / 2 {
+            g.previous = std::mem::take(&mut g.current);
+            g.current_bytes = 0;
+        }
+        g.current_bytes += size;
+        if let Some(old) = g.current.insert(hash, parsed) {
+            g.current_bytes -= old.size();
+        }
+    }
+
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        let g = self.lock();
+        g.current.len() + g.previous.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memo(max_bytes: u64) -> ParseMemo {
+        ParseMemo::new(max_bytes, vec!["user".into()], true)
+    }
+
+    #[test]
+    fn takes_what_the_proxy_needs() {
+        let r = JsonRequest::parse(
+            br#"{"model":"m","stream":true,"user":"u","messages":[{"role":"system","content":"ab"},{"role":"user","content":"cde"}]}"#,
+            &["user".into()],
+            true,
+        )
+        .unwrap();
+        assert_eq!(r.model.as_deref(), Some("m"));
+        assert!(r.stream);
+        assert_eq!(r.input_chars, 5);
+        assert_eq!(r.prompt.as_deref(), Some("cde"));
+        assert!(!String::from_utf8_lossy(&r.canonical).contains("\"u\""));
+        let quiet = JsonRequest::parse(br#"{"input":"x"}"#, &[], false).unwrap();
+        assert_eq!(
+            (quiet.prompt, quiet.input_chars, quiet.stream),
+            (None, 1, false)
+        );
+    }
+
+    #[test]
+    fn a_remembered_body_gives_the_same_parse_as_a_fresh_one() {
+        let m = memo(1 << 20);
+        let body = br#"{"b":[1,2.5e3,{"y":null,"x":"\u00e9"}],"a":true,"user":"z"}"#;
+        let first = m.parse(body).unwrap();
+        let again = m.parse(body).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the second parse comes from the memo"
+        );
+        let fresh = JsonRequest::parse(body, &["user".into()], true).unwrap();
+        assert_eq!(again.canonical, fresh.canonical);
+        assert_eq!(m.remembered(), 1);
+    }
+
+    #[test]
+    fn bad_bodies_are_refused_every_time_and_not_remembered() {
+        let m = memo(1 << 20);
+        for _ in 0..2 {
+            let e = m.parse(br#"{"a":1,"a":2}"#).unwrap_err();
+            assert_eq!(e.code(), "invalid_json");
+        }
+        assert_eq!(m.remembered(), 0);
+    }
+
+    #[test]
+    fn stays_within_budget_and_keeps_what_is_in_use() {
+        let m = memo(8 * 1024);
+        let hot = br#"{"model":"hot"}"#;
+        for i in 0..500 {
+            m.parse(hot).unwrap();
+            m.parse(format!(r#"{{"n":{i}}}"#).as_bytes()).unwrap();
+            let g = m.lock();
+            assert!(g.current_bytes <= 4 * 1024);
+        }
+        assert!(m.remembered() < 60, "old bodies go: {}", m.remembered());
+        let g = m.lock();
+        assert!(g.current.contains_key(blake3::hash(hot).as_bytes()));
+    }
+
+    #[test]
+    fn large_bodies_are_parsed_but_not_kept() {
+        let m = memo(8 * 1024);
+        let big = format!(r#"{{"input":"{}"}}"#, "x".repeat(2000));
+        assert_eq!(m.parse(big.as_bytes()).unwrap().input_chars, 2000);
+        assert_eq!(m.remembered(), 0);
+    }
+}
