@@ -13,8 +13,9 @@ use super::LedgerLine;
 
 /// The ledger file (name only) that holds a line: the UTC month of its `ts`.
 pub fn file_name_for(line: &LedgerLine) -> String {
-    let date = line.ts.to_offset(UtcOffset::UTC).date();
-    format!("{:04}-{:02}.jsonl", date.year(), u8::from(date.month()))
+    let mut name = crate::spend::line::day_string(line.ts.to_offset(UtcOffset::UTC).date());
+    name.replace_range(7.., ".jsonl");
+    name
 }
 
 fn is_ledger_name(name: &str) -> bool {

@@ -157,17 +157,45 @@ pub fn raw_number(text: &str) -> Option<Box<RawValue>> {
     RawValue::from_string(trimmed.to_string()).ok()
 }
 
-/// "YYYY-MM-DD".
+/// "YYYY-MM-DD" (years outside 0..=9999, which only a broken clock gives, are clamped).
 pub fn day_string(date: Date) -> String {
-    const FMT: &[BorrowedFormatItem<'static>] = format_description!("[year]-[month]-[day]");
-    date.format(FMT).unwrap_or_else(|_| {
-        format!(
-            "{:04}-{:02}-{:02}",
-            date.year(),
-            u8::from(date.month()),
-            date.day()
-        )
-    })
+    let mut out = String::with_capacity(24);
+    push_date(&mut out, date);
+    out
+}
+
+/// Appends "YYYY-MM-DD": written digit by digit, as it runs for every ledger line.
+fn push_date(out: &mut String, date: Date) {
+    push_digits(out, date.year().clamp(0, 9999) as u32, 4);
+    out.push('-');
+    push_digits(out, u32::from(u8::from(date.month())), 2);
+    out.push('-');
+    push_digits(out, u32::from(date.day()), 2);
+}
+
+/// Appends the last `width` decimal digits of `n`, zero-padded.
+fn push_digits(out: &mut String, n: u32, width: u32) {
+    for i in (0..width).rev() {
+        let digit = (n / 10u32.pow(i)) % 10;
+        out.push(char::from(b'0' + digit as u8));
+    }
+}
+
+/// "YYYY-MM-DDTHH:MM:SS.mmmZ" of `ts` in UTC.
+fn timestamp_string(ts: OffsetDateTime) -> String {
+    let ts = ts.to_offset(UtcOffset::UTC);
+    let mut out = String::with_capacity(24);
+    push_date(&mut out, ts.date());
+    out.push('T');
+    push_digits(&mut out, u32::from(ts.hour()), 2);
+    out.push(':');
+    push_digits(&mut out, u32::from(ts.minute()), 2);
+    out.push(':');
+    push_digits(&mut out, u32::from(ts.second()), 2);
+    out.push('.');
+    push_digits(&mut out, u32::from(ts.millisecond()), 3);
+    out.push('Z');
+    out
 }
 
 /// Parses "YYYY-MM-DD".
@@ -210,21 +238,12 @@ fn mix64(mut z: u64) -> u64 {
 /// RFC 3339 in UTC with exactly three fractional digits: "2026-11-25T04:28:45.123Z".
 /// Any RFC 3339 text is accepted when reading.
 mod ts_format {
-    use serde::{de::Error as _, ser::Error as _, Deserialize, Deserializer, Serializer};
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
     use time::format_description::well_known::Rfc3339;
-    use time::format_description::BorrowedFormatItem;
-    use time::macros::format_description;
     use time::{OffsetDateTime, UtcOffset};
 
-    const FMT: &[BorrowedFormatItem<'static>] =
-        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-
     pub fn serialize<S: Serializer>(ts: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
-        let text = ts
-            .to_offset(UtcOffset::UTC)
-            .format(FMT)
-            .map_err(S::Error::custom)?;
-        s.serialize_str(&text)
+        s.serialize_str(&super::timestamp_string(*ts))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
@@ -238,6 +257,29 @@ mod ts_format {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_and_days_format_as_the_time_crate_does() {
+        let fmt = format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        );
+        let mut nanos: i128 = 1_700_000_000_123_456_789;
+        for step in 0..2000i128 {
+            nanos += step * 7_919_000_013_337 + 999_999;
+            let ts = OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap();
+            assert_eq!(timestamp_string(ts), ts.format(fmt).unwrap());
+            let day = ts.date();
+            assert_eq!(
+                day_string(day),
+                day.format(format_description!("[year]-[month]-[day]"))
+                    .unwrap()
+            );
+        }
+        let offset = OffsetDateTime::from_unix_timestamp(0)
+            .unwrap()
+            .to_offset(UtcOffset::from_hms(5, 30, 0).unwrap());
+        assert_eq!(timestamp_string(offset), "1970-01-01T00:00:00.000Z");
+    }
 
     #[test]
     fn ids_are_distinct_hex_of_fixed_width() {

@@ -21,7 +21,7 @@ use crate::cache::store::Store;
 /// Most lines taken in one round.
 const MAX_BATCH: usize = 4096;
 /// How long a queued line may wait for a batch to join before it is written on its own.
-pub(crate) const QUEUE_FLUSH: std::time::Duration = std::time::Duration::from_millis(50);
+pub(crate) const QUEUE_FLUSH: std::time::Duration = std::time::Duration::from_millis(10);
 /// Queued lines beyond this wake the writer at once (bounds the memory they take).
 pub(crate) const QUEUE_WAKE_AT: usize = 1024;
 
@@ -157,22 +157,25 @@ impl Writer {
         let mut segments: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         for (i, (line, _)) in batch.iter().enumerate() {
             let name = ledger::file_name_for(line);
-            let mut bytes = match serde_json::to_vec(line) {
-                Ok(b) => b,
-                Err(e) => {
-                    results[i] = Err(format!("cannot encode ledger line: {e}"));
-                    continue;
-                }
+            if segments.last().is_none_or(|(n, _, _)| *n != name) {
+                segments.push((name, Vec::new(), Vec::with_capacity(512)));
+            }
+            let Some((_, idx, buf)) = segments.last_mut() else {
+                continue; // unreachable: a segment was just ensured
             };
-            bytes.push(b'\n');
-            match segments.last_mut() {
-                Some((n, idx, buf)) if *n == name => {
+            let start = buf.len();
+            match serde_json::to_writer(&mut *buf, line) {
+                Ok(()) => {
+                    buf.push(b'\n');
                     idx.push(i);
-                    buf.extend_from_slice(&bytes);
                 }
-                _ => segments.push((name, vec![i], bytes)),
+                Err(e) => {
+                    buf.truncate(start);
+                    results[i] = Err(format!("cannot encode ledger line: {e}"));
+                }
             }
         }
+        segments.retain(|(_, idx, _)| !idx.is_empty());
         let mut all_ok = results.iter().all(Result::is_ok);
         let mut durable: Vec<usize> = Vec::new();
         let mut marks: Vec<(String, u64)> = Vec::new();
