@@ -91,7 +91,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     tracing::info!(%upstream, mode, %data_dir, "listening on http://{addr}");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    chatcache::run(app, listener, shutdown).await;
+    // On a worker thread rather than this one: connections accepted there start on the
+    // same worker, with no wake-up of another thread per connection.
+    tokio::spawn(chatcache::run(app, listener, shutdown))
+        .await
+        .context("the server task failed")?;
     tracing::info!("stopped; everything recorded is on disk");
     Ok(())
 }

@@ -162,9 +162,14 @@ impl Spend {
             q.push(line);
             q.len()
         };
-        // The writer takes queued lines with the next batch or within writer::QUEUE_FLUSH;
-        // only a long queue wakes it now.
-        if queued >= writer::QUEUE_WAKE_AT && self.inner.tx.send(Msg::Wake).is_err() {
+        // The writer takes queued lines with the next batch or within writer::QUEUE_FLUSH
+        // of the first one; only a long queue makes it take them now.
+        let tell = match queued {
+            1 => Some(Msg::Queued),
+            writer::QUEUE_WAKE_AT => Some(Msg::Wake),
+            _ => None,
+        };
+        if tell.is_some_and(|m| self.inner.tx.send(m).is_err()) {
             tracing::warn!("spend ledger closed; queued lines may be lost");
         }
     }

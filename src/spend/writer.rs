@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -28,6 +29,9 @@ pub(crate) const QUEUE_WAKE_AT: usize = 1024;
 pub(crate) type Reply = oneshot::Sender<Result<(), SpendError>>;
 
 pub(crate) enum Msg {
+    /// The queue of lines nobody waits for was empty and now is not: take it within
+    /// `QUEUE_FLUSH` (so an idle writer sleeps without a timer).
+    Queued,
     /// Take the queued lines now.
     Wake,
     Line {
@@ -109,8 +113,14 @@ impl Writer {
     fn run(mut self, rx: Receiver<Msg>) {
         use std::sync::mpsc::RecvTimeoutError;
         let mut pending = Vec::new();
+        // When the queued lines must be taken; None while none are known to be queued.
+        let mut due: Option<Instant> = None;
         loop {
-            let mut msgs = match rx.recv_timeout(QUEUE_FLUSH) {
+            let first = match due {
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+            };
+            let mut msgs = match first {
                 Ok(first) => vec![first],
                 Err(RecvTimeoutError::Timeout) => Vec::new(),
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -121,11 +131,18 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.take_queued(&mut pending);
+            // Queued lines join any batch that is written anyway, or go when due.
+            let mut take = msgs.is_empty();
             for msg in msgs {
                 match msg {
-                    Msg::Line { line, reply } => pending.push((*line, reply)),
-                    Msg::Wake => {}
+                    Msg::Queued => {
+                        due.get_or_insert_with(|| Instant::now() + QUEUE_FLUSH);
+                    }
+                    Msg::Line { line, reply } => {
+                        pending.push((*line, reply));
+                        take = true;
+                    }
+                    Msg::Wake => take = true,
                     Msg::Rebuild(reply) => {
                         self.commit(&mut pending);
                         let result = rollup::rebuild(&self.store, &self.dir);
@@ -139,6 +156,10 @@ impl Writer {
                         return;
                     }
                 }
+            }
+            if take || due.is_some_and(|at| at <= Instant::now()) {
+                self.take_queued(&mut pending);
+                due = None;
             }
             self.commit(&mut pending);
         }
