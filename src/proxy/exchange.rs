@@ -22,7 +22,7 @@ use crate::error::ApiError;
 use crate::proxy::attribution::Attribution;
 use crate::proxy::json_request::JsonRequest;
 use crate::proxy::policy::{Endpoint, Policy};
-use crate::proxy::request::copy_end_to_end;
+use crate::proxy::request::{copy_end_to_end, owned};
 use crate::spend::{estimate, CostSource, LedgerLine, Outcome, Prices, Usage};
 use crate::stream::tee::{tee, TeeEnd};
 
@@ -35,6 +35,7 @@ pub struct Exchange {
     /// The parsed body, for the JSON endpoints.
     pub json: Option<Arc<JsonRequest>>,
     pub key: Option<CacheKey>,
+    /// The client's headers; after `for_upstream`, only those to forward.
     pub headers: HeaderMap,
     pub body: Bytes,
     pub policy: Policy,
@@ -126,10 +127,21 @@ impl Exchange {
         }
     }
 
-    fn upstream_request(&self, app: &App) -> Result<Request<Full<Bytes>>, ApiError> {
-        let uri = app.upstream.uri_for(&self.path_q)?;
+    /// Readies the exchange to go upstream, where it lives as long as the answer takes:
+    /// keeps only the headers to forward, and its own copies of them and of the body, so
+    /// that a long answer does not keep the client connection's read buffer alive.
+    pub fn for_upstream(mut self) -> Exchange {
         let mut headers = HeaderMap::with_capacity(self.headers.len());
         copy_end_to_end(&self.headers, &mut headers, not_forwarded);
+        self.headers = headers;
+        self.body = Bytes::copy_from_slice(&self.body);
+        self.attr.upstream_auth = self.attr.upstream_auth.as_ref().map(owned);
+        self
+    }
+
+    fn upstream_request(&self, app: &App) -> Result<Request<Full<Bytes>>, ApiError> {
+        let uri = app.upstream.uri_for(&self.path_q)?;
+        let mut headers = self.headers.clone();
         if let Some(auth) = &self.attr.upstream_auth {
             headers.insert(header::AUTHORIZATION, auth.clone());
         }

@@ -122,7 +122,7 @@ async fn proxy(
         )),
         _ => None,
     };
-    let ex = Arc::new(Exchange {
+    let ex = Exchange {
         method: parts.method.clone(),
         path_q,
         endpoint,
@@ -133,7 +133,7 @@ async fn proxy(
         policy,
         attr,
         started,
-    });
+    };
 
     let max_age = match endpoint {
         Endpoint::Models => Some(policy.max_age.map_or(app.config.cache.models_ttl, |m| {
@@ -167,6 +167,7 @@ async fn proxy(
             return Err(ApiError::LedgerUnavailable);
         }
     }
+    let ex = Arc::new(ex.for_upstream());
     let resp = match ex.key {
         Some(key) if policy.lookup => coalesce(app, &ex, key).await?,
         Some(_) if policy.store => lead(app, &ex, Leader::solo()).await?,

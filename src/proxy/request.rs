@@ -4,7 +4,7 @@
 use std::fmt;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Limited};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
@@ -129,7 +129,9 @@ const PROTECTED: &[&str] = &["authorization", "content-type", "host"];
 
 /// Copies end-to-end headers from `src` into `dst`: drops hop-by-hop ones, those the
 /// `Connection` header names (except protected ones), Content-Length (the body is
-/// re-framed), and any for which `drop` returns true.
+/// re-framed), and any for which `drop` returns true. The copies own their bytes: a
+/// parsed header value shares the connection's whole read buffer, which a copy kept for
+/// the length of a streamed answer would otherwise keep alive.
 pub fn copy_end_to_end(src: &HeaderMap, dst: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
     let named: Vec<String> = src
         .get_all(header::CONNECTION)
@@ -148,7 +150,19 @@ pub fn copy_end_to_end(src: &HeaderMap, dst: &mut HeaderMap, drop: impl Fn(&Head
         {
             continue;
         }
-        dst.append(name.clone(), value.clone());
+        dst.append(name.clone(), owned(value));
+    }
+}
+
+/// A copy of `value` in its own allocation (see `copy_end_to_end`).
+pub fn owned(value: &HeaderValue) -> HeaderValue {
+    match HeaderValue::from_bytes(value.as_bytes()) {
+        Ok(mut copy) => {
+            copy.set_sensitive(value.is_sensitive());
+            copy
+        }
+        // Bytes hyper accepted that the stricter constructor does not: share them.
+        Err(_) => value.clone(),
     }
 }
 
@@ -172,6 +186,16 @@ mod tests {
             let e = parse_json_object(bad).unwrap_err();
             assert_eq!(e.code(), "invalid_json", "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn owned_copies_keep_value_and_sensitivity() {
+        let mut v = HeaderValue::from_static("Bearer k");
+        v.set_sensitive(true);
+        let c = owned(&v);
+        assert_eq!(c, v);
+        assert!(c.is_sensitive());
+        assert!(!owned(&HeaderValue::from_static("x")).is_sensitive());
     }
 
     #[test]
