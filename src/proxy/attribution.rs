@@ -1,7 +1,7 @@
 //! Who a request is for: its project (local token, `/p/NAME` prefix, header, or
 //! `default`), the credential sent upstream and its fingerprint, and the cache partition.
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::app::App;
 use crate::config::{check_project_name, Scope};
@@ -36,8 +36,8 @@ pub fn resolve(app: &App, path: &str, headers: &HeaderMap) -> Result<Attribution
         Some((name, rest)) => (Some(name), rest),
         None => (None, path),
     };
-    let header_project = single_header(headers, "x-chatcache-project")?;
-    let namespace = single_header(headers, "x-chatcache-namespace")?;
+    let header_project = single_header(headers, &PROJECT_HEADER)?;
+    let namespace = single_header(headers, &NAMESPACE_HEADER)?;
     if let Some(ns) = &namespace {
         if ns.is_empty() || ns.len() > 128 {
             return Err(ApiError::BadRequest(
@@ -116,7 +116,10 @@ fn bearer(v: &HeaderValue) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-fn single_header(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
+const PROJECT_HEADER: HeaderName = HeaderName::from_static("x-chatcache-project");
+const NAMESPACE_HEADER: HeaderName = HeaderName::from_static("x-chatcache-namespace");
+
+fn single_header(headers: &HeaderMap, name: &HeaderName) -> Result<Option<String>, ApiError> {
     let mut all = headers.get_all(name).iter();
     let Some(first) = all.next() else {
         return Ok(None);

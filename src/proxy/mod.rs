@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{header, HeaderMap, HeaderValue, Request, Response};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
@@ -29,8 +29,8 @@ use crate::proxy::policy::{Endpoint, Policy};
 use crate::spend::{BudgetState, Outcome};
 use crate::stream::replay::replay_body;
 
-pub const OUTCOME_HEADER: &str = "x-chatcache";
-pub const BUDGET_HEADER: &str = "x-chatcache-budget-remaining";
+pub const OUTCOME_HEADER: HeaderName = HeaderName::from_static("x-chatcache");
+pub const BUDGET_HEADER: HeaderName = HeaderName::from_static("x-chatcache-budget-remaining");
 
 /// Entry point for every request the server accepts.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
