@@ -365,3 +365,55 @@ async fn tells_systemd_when_ready_and_when_stopping() {
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
     assert!(child.wait().unwrap().success());
 }
+
+/// Starts `chatcache serve` with `env` added, and returns it once it listens.
+fn serve_with_env(data_dir: &std::path::Path, env: &[(&str, &str)]) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut cmd = binary();
+    cmd.env("RUST_LOG", "info")
+        .args(["serve", "--listen", "127.0.0.1:0", "--upstream"])
+        .arg("http://127.0.0.1:9")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let listening = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("listening on http://"));
+    assert!(listening, "the daemon did not start");
+    child
+}
+
+fn environ_of(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+#[test]
+fn the_daemon_limits_malloc_arenas_unless_told_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut own = serve_with_env(&dir.path().join("a"), &[]);
+    let env = environ_of(own.id());
+    assert!(
+        env.iter().any(|v| v == "MALLOC_ARENA_MAX=2"),
+        "re-executed with the limit, same process: {env:?}"
+    );
+    own.kill().unwrap();
+    own.wait().unwrap();
+
+    let mut told = serve_with_env(&dir.path().join("b"), &[("MALLOC_ARENA_MAX", "7")]);
+    let env = environ_of(told.id());
+    assert!(env.iter().any(|v| v == "MALLOC_ARENA_MAX=7"), "{env:?}");
+    assert!(!env.iter().any(|v| v == "MALLOC_ARENA_MAX=2"));
+    told.kill().unwrap();
+    told.wait().unwrap();
+}
