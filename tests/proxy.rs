@@ -417,3 +417,24 @@ fn the_daemon_limits_malloc_arenas_unless_told_otherwise() {
     told.kill().unwrap();
     told.wait().unwrap();
 }
+
+#[test]
+fn the_ledger_writer_runs_below_request_handling() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = serve_with_env(&dir.path().join("d"), &[]);
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", daemon.id())).unwrap();
+    let mut nice_of = std::collections::HashMap::new();
+    for task in tasks {
+        let path = task.unwrap().path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap();
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap();
+        // Fields after the parenthesised name start at field 3; nice is field 19.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let nice: i32 = after.split(' ').nth(16).unwrap().parse().unwrap();
+        nice_of.insert(comm.trim().to_string(), nice);
+    }
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    assert_eq!(nice_of.get("chatcache-ledge"), Some(&10), "{nice_of:?}");
+    assert_eq!(nice_of.get("tokio-rt-worker"), Some(&0), "{nice_of:?}");
+}

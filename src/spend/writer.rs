@@ -26,6 +26,20 @@ pub(crate) const QUEUE_FLUSH: std::time::Duration = std::time::Duration::from_mi
 /// Queued lines beyond this wake the writer at once (bounds the memory they take).
 pub(crate) const QUEUE_WAKE_AT: usize = 1024;
 
+/// The writer's nice value. On a busy core a batch (the lines of `QUEUE_FLUSH`, serialized,
+/// written and synced) would otherwise hold up the requests that arrive meanwhile: it
+/// doubled the p99 of cache hits served one at a time. At nice 10 a waking request handler
+/// goes first, and the writer still gets a tenth of a saturated core, several times what a
+/// full load of hits asks of it.
+const WRITER_NICE: i32 = 10;
+
+fn yield_to_requests() {
+    let me = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(me), WRITER_NICE) {
+        tracing::debug!(error = %e, "could not lower the ledger writer's priority");
+    }
+}
+
 pub(crate) type Reply = oneshot::Sender<Result<(), SpendError>>;
 
 pub(crate) enum Msg {
@@ -100,7 +114,10 @@ impl Writer {
     pub(crate) fn spawn(self, rx: Receiver<Msg>) -> io::Result<std::thread::JoinHandle<()>> {
         std::thread::Builder::new()
             .name("chatcache-ledger".into())
-            .spawn(move || self.run(rx))
+            .spawn(move || {
+                yield_to_requests();
+                self.run(rx)
+            })
     }
 
     fn take_queued(&self, pending: &mut Vec<(LedgerLine, Option<Reply>)>) {
