@@ -113,15 +113,11 @@ async fn proxy(
         None => attr.path.clone(),
     };
     let canonical: &[u8] = json.as_ref().map_or(&[], |j| &j.canonical);
-    let key = match attr.partition(app.config.cache.scope) {
-        Some(partition) if endpoint.cacheable() => Some(cache_key(
-            parts.method.as_str(),
-            &path_q,
-            &partition,
-            canonical,
-        )),
-        _ => None,
-    };
+    let key = endpoint
+        .cacheable()
+        .then(|| attr.partition(app.config.cache.scope))
+        .flatten()
+        .map(|partition| cache_key(parts.method.as_str(), &path_q, &partition, canonical));
     let ex = Exchange {
         method: parts.method.clone(),
         path_q,
