@@ -435,6 +435,6 @@ fn the_ledger_writer_runs_below_request_handling() {
     }
     daemon.kill().unwrap();
     daemon.wait().unwrap();
-    assert_eq!(nice_of.get("chatcache-ledge"), Some(&10), "{nice_of:?}");
+    assert_eq!(nice_of.get("chatcache-ledge"), Some(&5), "{nice_of:?}");
     assert_eq!(nice_of.get("tokio-rt-worker"), Some(&0), "{nice_of:?}");
 }

@@ -28,10 +28,11 @@ pub(crate) const QUEUE_WAKE_AT: usize = 1024;
 
 /// The writer's nice value. On a busy core a batch (the lines of `QUEUE_FLUSH`, serialized,
 /// written and synced) would otherwise hold up the requests that arrive meanwhile: it
-/// doubled the p99 of cache hits served one at a time. At nice 10 a waking request handler
-/// goes first, and the writer still gets a tenth of a saturated core, several times what a
-/// full load of hits asks of it.
-const WRITER_NICE: i32 = 10;
+/// doubled the p99 of cache hits served one at a time. At nice 5 a waking request handler
+/// goes first, and the writer still gets about a quarter of a saturated core, about three
+/// times what 100k hits a second ask of it. (At nice 10 it fell behind such a load and its
+/// queue grew by tens of MB a second.)
+const WRITER_NICE: i32 = 5;
 
 fn yield_to_requests() {
     let me = rustix::thread::gettid();
