@@ -90,10 +90,14 @@ impl App {
     }
 
     /// Accounts for an answer served without upstream (hits, followers): the ledger line is
-    /// queued for the next group commit, not awaited.
-    pub fn account(&self, line: LedgerLine, prompt: Option<&str>) {
+    /// queued for the next group commit, and awaited only when the writer is behind.
+    pub async fn account(&self, line: LedgerLine, prompt: Option<&str>) {
         self.note(&line, prompt);
-        self.spend.record_nowait(line);
+        if let Some(done) = self.spend.record_nowait(line) {
+            if let Err(e) = crate::spend::durable(done).await {
+                tracing::error!(error = %e, "could not make the ledger line durable");
+            }
+        }
     }
 
     /// Accounts for an answer upstream served: resolves once its ledger line is on disk.

@@ -220,7 +220,7 @@ pub async fn drive(
                 ..Accounting::default()
             };
             let line = ex.ledger_line(ex.policy.upstream_outcome(), parts.status.as_u16(), acc);
-            app.account(line, ex.prompt());
+            app.account(line, ex.prompt()).await;
         }
         let mut out = Response::new(app.upstream.relay(body));
         *out.status_mut() = parts.status;

@@ -143,7 +143,7 @@ async fn proxy(
                 return Ok(with_budget(
                     app,
                     &ex.attr.project,
-                    serve_hit(app, &ex, entry),
+                    serve_hit(app, &ex, entry).await,
                 ));
             }
         }
@@ -216,13 +216,14 @@ async fn lookup(app: &Arc<App>, key: CacheKey, max_age: Option<Duration>) -> Opt
     }
 }
 
-fn serve_hit(app: &Arc<App>, ex: &Exchange, entry: Arc<Entry>) -> Response<Body> {
+async fn serve_hit(app: &Arc<App>, ex: &Exchange, entry: Arc<Entry>) -> Response<Body> {
     if ex.endpoint.billable() {
         let acc = exchange::Accounting::saved_from_entry(&entry.meta);
         app.account(
             ex.ledger_line(Outcome::Hit, entry.meta.status, acc),
             ex.prompt(),
-        );
+        )
+        .await;
     }
     let age = now_ms().saturating_sub(entry.meta.created_ms) / 1000;
     let body = if entry.meta.stream {
@@ -265,13 +266,13 @@ async fn follow(app: &Arc<App>, ex: &Arc<Exchange>, flight: Arc<Flight>) -> Opti
         let (app, ex, f) = (app.clone(), ex.clone(), flight.clone());
         tokio::spawn(async move {
             if f.whole().await.is_ok() {
-                record_coalesced(&app, &ex, &f, head_status(&f).await);
+                record_coalesced(&app, &ex, &f, head_status(&f).await).await;
             }
         });
         flight.stream_body()
     } else {
         let bytes = flight.whole().await.ok()?;
-        record_coalesced(app, ex, &flight, head.status.as_u16());
+        record_coalesced(app, ex, &flight, head.status.as_u16()).await;
         full(bytes)
     };
     Some(respond(head.status, &head.headers, body, "coalesced"))
@@ -281,10 +282,11 @@ async fn head_status(f: &Flight) -> u16 {
     f.head().await.map(|h| h.status.as_u16()).unwrap_or(200)
 }
 
-fn record_coalesced(app: &App, ex: &Exchange, flight: &Flight, status: u16) {
+async fn record_coalesced(app: &App, ex: &Exchange, flight: &Flight, status: u16) {
     if ex.endpoint.billable() {
         let acc = exchange::Accounting::saved(flight.cost());
-        app.account(ex.ledger_line(Outcome::Coalesced, status, acc), ex.prompt());
+        app.account(ex.ledger_line(Outcome::Coalesced, status, acc), ex.prompt())
+            .await;
     }
 }
 

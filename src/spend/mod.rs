@@ -37,6 +37,14 @@ use crate::cache::store::{Store, StoreError};
 use crate::config::ProjectConfig;
 use writer::{Msg, Shared, Writer};
 
+/// Resolves once a handed-over ledger line is durable (see `durable`).
+pub type Durable = oneshot::Receiver<Result<(), SpendError>>;
+
+/// Waits for a handed-over line: Ok once it is fsync'd.
+pub async fn durable(done: Durable) -> Result<(), SpendError> {
+    done.await.map_err(|_| SpendError::Closed)?
+}
+
 #[derive(Debug, Error)]
 pub enum SpendError {
     #[error("spend ledger I/O on {path}: {source}")]
@@ -138,30 +146,39 @@ impl Spend {
     /// then fails: the money was spent upstream either way.
     pub async fn record(&self, line: LedgerLine) -> Result<(), SpendError> {
         self.budgets().add_line(&line);
-        let (reply, done) = oneshot::channel();
-        self.inner
-            .tx
-            .send(Msg::Line {
-                line: Box::new(line),
-                reply: Some(reply),
-            })
-            .map_err(|_| SpendError::Closed)?;
-        done.await.map_err(|_| SpendError::Closed)?
+        durable(self.hand_over(line)).await
     }
 
-    /// Appends the line without waiting for the fsync (for cache hits).
-    pub fn record_nowait(&self, line: LedgerLine) {
-        self.budgets().add_line(&line);
-        let queued = {
-            let mut q = self
-                .inner
-                .shared
-                .queued
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            q.push(line);
-            q.len()
+    fn hand_over(&self, line: LedgerLine) -> Durable {
+        let (reply, done) = oneshot::channel();
+        let msg = Msg::Line {
+            line: Box::new(line),
+            reply: Some(reply),
         };
+        // A writer that is gone drops the reply with the message: `done` then says Closed.
+        let _ = self.inner.tx.send(msg);
+        done
+    }
+
+    /// Appends the line without waiting for the fsync (for cache hits). Only when
+    /// `writer::QUEUE_CAP` lines already wait is it handed over as `record` does; the
+    /// returned receiver then resolves once it is durable, and the caller should wait for
+    /// it (backpressure on a writer that falls behind).
+    pub fn record_nowait(&self, line: LedgerLine) -> Option<Durable> {
+        self.budgets().add_line(&line);
+        let mut q = self
+            .inner
+            .shared
+            .queued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if q.len() >= writer::QUEUE_CAP {
+            drop(q);
+            return Some(self.hand_over(line));
+        }
+        q.push(line);
+        let queued = q.len();
+        drop(q);
         // The writer takes queued lines with the next batch or within writer::QUEUE_FLUSH
         // of the first one; only a long queue makes it take them now.
         let tell = match queued {
@@ -172,6 +189,26 @@ impl Spend {
         if tell.is_some_and(|m| self.inner.tx.send(m).is_err()) {
             tracing::warn!("spend ledger closed; queued lines may be lost");
         }
+        None
+    }
+
+    #[cfg(test)]
+    pub(crate) fn queued_len(&self) -> usize {
+        self.inner
+            .shared
+            .queued
+            .lock()
+            .map(|q| q.len())
+            .unwrap_or(0)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn hold_writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner
+            .shared
+            .hold
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The budget state of `project` now.

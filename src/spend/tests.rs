@@ -656,3 +656,32 @@ async fn csv_and_table_rendering() {
         "control characters reach the terminal"
     );
 }
+
+#[tokio::test]
+async fn hit_lines_wait_for_the_writer_once_its_queue_is_full_and_none_is_lost() {
+    let env = env();
+    let spend = env.open();
+    let ts = datetime!(2026-11-25 04:00 UTC);
+    let hit = || line(ts, "a", None, None, Outcome::Hit, None, Some("0.001"));
+    let held = spend.hold_writer();
+    let mut pushed = 0;
+    let mut done = loop {
+        pushed += 1;
+        assert!(pushed <= 3 * writer::QUEUE_CAP, "the queue never filled");
+        if let Some(done) = spend.record_nowait(hit()) {
+            break done;
+        }
+        assert!(spend.queued_len() <= writer::QUEUE_CAP);
+    };
+    assert_eq!(spend.queued_len(), writer::QUEUE_CAP);
+    assert!(matches!(
+        done.try_recv(),
+        Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+    ));
+    drop(held);
+    durable(done).await.unwrap();
+    assert!(spend.record_nowait(hit()).is_none());
+    spend.close().await;
+    let (lines, stats) = read_all(&env.ledger()).unwrap();
+    assert_eq!((lines.len(), stats.skipped), (pushed + 1, 0));
+}

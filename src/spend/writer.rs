@@ -23,8 +23,12 @@ use crate::cache::store::Store;
 const MAX_BATCH: usize = 4096;
 /// How long a queued line may wait for a batch to join before it is written on its own.
 pub(crate) const QUEUE_FLUSH: std::time::Duration = std::time::Duration::from_millis(10);
-/// Queued lines beyond this wake the writer at once (bounds the memory they take).
+/// Queued lines beyond this wake the writer at once.
 pub(crate) const QUEUE_WAKE_AT: usize = 1024;
+/// Most lines queued at once (a few MB). Past it a writer is falling behind: further lines
+/// are handed over like a miss's and their request waits until they are durable, so the
+/// load slows to what the writer can write instead of the queue growing without bound.
+pub(crate) const QUEUE_CAP: usize = 16 * 1024;
 
 /// The writer's nice value. On a busy core a batch (the lines of `QUEUE_FLUSH`, serialized,
 /// written and synced) would otherwise hold up the requests that arrive meanwhile: it
@@ -68,6 +72,9 @@ pub(crate) struct Shared {
     /// Test hook: the next N segment writes write half their bytes, then fail.
     #[cfg(test)]
     pub fail_writes: std::sync::atomic::AtomicU32,
+    /// Test hook: while held, the writer stops before committing a batch.
+    #[cfg(test)]
+    pub hold: std::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -78,6 +85,8 @@ impl Shared {
             queued: std::sync::Mutex::new(Vec::new()),
             #[cfg(test)]
             fail_writes: std::sync::atomic::AtomicU32::new(0),
+            #[cfg(test)]
+            hold: std::sync::Mutex::new(()),
         }
     }
 }
@@ -190,6 +199,8 @@ impl Writer {
         if pending.is_empty() {
             return;
         }
+        #[cfg(test)]
+        drop(self.shared.hold.lock());
         let batch = std::mem::take(pending);
         let mut results: Vec<Result<(), String>> = vec![Ok(()); batch.len()];
         // Consecutive lines of one month file form a segment: (file, line indexes, bytes).
