@@ -685,3 +685,20 @@ async fn hit_lines_wait_for_the_writer_once_its_queue_is_full_and_none_is_lost()
     let (lines, stats) = read_all(&env.ledger()).unwrap();
     assert_eq!((lines.len(), stats.skipped), (pushed + 1, 0));
 }
+
+#[tokio::test]
+async fn a_closed_ledger_has_let_go_of_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let ts = datetime!(2026-11-25 04:00 UTC);
+    for round in 0..20 {
+        // Fails with a lock error while anything still holds the previous round's store.
+        let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let spend = Spend::open(dir.path(), store, BTreeMap::new()).unwrap();
+        let l = line(ts, "a", None, None, Outcome::Miss, Some("0.001"), None);
+        spend.record(l).await.unwrap();
+        spend.close().await;
+        drop(spend);
+        let (lines, _) = read_all(&dir.path().join("ledger")).unwrap();
+        assert_eq!(lines.len(), round + 1);
+    }
+}

@@ -179,6 +179,9 @@ impl Writer {
                     Msg::Close(reply) => {
                         self.take_queued(&mut pending);
                         self.commit(&mut pending);
+                        // Let go of the store before answering, so that whoever closed the
+                        // ledger may reopen the data dir at once (the store's lock is free).
+                        drop(self);
                         let _ = reply.send(());
                         return;
                     }
