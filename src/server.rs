@@ -3,17 +3,102 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::app::App;
+
+/// What an h2c client sends first (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client opened with the HTTP/2 preface. Looks with `peek`, so the bytes stay
+/// in the socket for the protocol chosen: hyper's HTTP/1 read buffer then starts empty and
+/// keeps its first size (a buffer handed the first bytes separately grows to twice that,
+/// for the life of the connection).
+async fn opens_with_h2_preface(stream: &TcpStream) -> io::Result<bool> {
+    let mut seen = [0u8; 24];
+    loop {
+        let n = stream.peek(&mut seen).await?;
+        if n == 0 || seen[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // Part of the preface so far: the socket stays readable, so wait a little before
+        // looking again rather than spin (rare: the preface is one small write).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// How each accepted connection is served.
+struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    /// How long a client may take to send what tells its protocol.
+    sniff_timeout: Duration,
+}
+
+impl Protocols {
+    fn new(limits: &crate::config::Limits) -> Protocols {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .keep_alive(true);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        Protocols {
+            http1,
+            http2,
+            sniff_timeout: limits.header_read_timeout,
+        }
+    }
+
+    /// Serves one connection to its end (or until the drain closes it).
+    async fn serve(&self, app: Arc<App>, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
+        let h2 =
+            match tokio::time::timeout(self.sniff_timeout, opens_with_h2_preface(&stream)).await {
+                Ok(Ok(h2)) => h2,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, %peer, "connection ended before its first request");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "connection sent nothing in time; closed");
+                    return;
+                }
+            };
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(crate::proxy::handle(app, req, peer).await) }
+        });
+        let io = TokioIo::new(stream);
+        let ended = if h2 {
+            watcher
+                .watch(self.http2.serve_connection(io, service))
+                .await
+        } else {
+            watcher
+                .watch(self.http1.serve_connection(io, service))
+                .await
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, %peer, "connection ended with an error");
+        }
+    }
+}
 
 /// Serves until `shutdown` resolves, then stops accepting and gives in-flight requests,
 /// streams and upstream exchanges `limits.shutdown_grace` to finish.
@@ -21,16 +106,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     let limits = app.config.limits.clone();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let protocols = Arc::new(Protocols::new(&limits));
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -53,19 +129,9 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(crate::proxy::handle(app, req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (app, protocols, watcher) = (app.clone(), protocols.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
-            }
+            protocols.serve(app, stream, peer, watcher).await;
             drop(permit);
         });
     }

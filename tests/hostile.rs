@@ -308,3 +308,71 @@ async fn sigterm_with_several_streams_in_flight_loses_nothing() {
     d.stop().await;
     drop(keep);
 }
+
+#[tokio::test]
+async fn first_bytes_split_across_writes_still_pick_the_right_protocol() {
+    let fake = FakeUpstream::start().await;
+    let d = Daemon::start(&fake.url()).await;
+
+    // An HTTP/1 request whose first byte comes alone (it could still be the h2 preface).
+    let body = chat("split first byte");
+    let request = format!(
+        "OST /chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = TcpStream::connect(d.addr).await.unwrap();
+    s.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(status_of(&out), 200, "{out}");
+    assert!(out.contains("chat.completion"), "{out}");
+
+    // The h2c preface in two pieces, then an empty SETTINGS frame: the server answers with
+    // its own SETTINGS frame (type 4), so it speaks HTTP/2.
+    let mut s = TcpStream::connect(d.addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    s.write_all(b".0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut frame))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame[3], 4, "expected a SETTINGS frame, got {frame:?}");
+    // This client would not answer the drain's PING, so it leaves first.
+    drop(s);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn connections_that_never_say_which_protocol_are_closed_by_the_header_timeout() {
+    let fake = FakeUpstream::start().await;
+    let d = Daemon::start_with(&fake.url(), "[limits]\nheader_read_timeout = \"1s\"\n").await;
+    let mut idle = Vec::new();
+    for opening in [&b""[..], b"P", b"PRI * HTTP/2.0\r\n"] {
+        let mut s = TcpStream::connect(d.addr).await.unwrap();
+        s.write_all(opening).await.unwrap();
+        idle.push(s);
+    }
+    let t0 = Instant::now();
+    for s in &mut idle {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "connection not closed: {read:?}"
+        );
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "closed too early"
+    );
+    d.stop().await;
+}
