@@ -260,9 +260,19 @@ impl Spend {
         &self.inner.dir
     }
 
-    /// Blocking (call from spawn_blocking in async code).
+    /// Blocking (call from spawn_blocking in async code). Counts every line durable when
+    /// it is called.
     pub fn report(&self, q: &ReportQuery) -> Result<Report, SpendError> {
+        self.fold_rollups();
         report::build(&self.inner.store, q)
+    }
+
+    /// Has the writer fold every durable line into the stored rollups. Blocking.
+    pub(crate) fn fold_rollups(&self) {
+        let (reply, done) = mpsc::channel();
+        if self.inner.tx.send(Msg::FoldRollups(reply)).is_ok() {
+            let _ = done.recv();
+        }
     }
 
     /// Clears the rollups and recomputes them from the ledger files. Blocking.

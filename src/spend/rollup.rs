@@ -185,17 +185,17 @@ fn watermark_key(file: &str) -> Vec<u8> {
 }
 
 /// Folds lines into counters, starting from what the store holds (or from nothing).
-pub(crate) struct Accum<'a> {
-    store: &'a Store,
+pub(crate) struct Accum {
+    store: Store,
     load: bool,
     groups: HashMap<Group, Counters>,
     watermarks: BTreeMap<String, u64>,
 }
 
-impl<'a> Accum<'a> {
-    pub(crate) fn new(store: &'a Store, load_existing: bool) -> Accum<'a> {
+impl Accum {
+    pub(crate) fn new(store: &Store, load_existing: bool) -> Accum {
         Accum {
-            store,
+            store: store.clone(),
             load: load_existing,
             groups: HashMap::new(),
             watermarks: BTreeMap::new(),

@@ -330,6 +330,7 @@ async fn rollups_equal_a_rebuild_from_the_ledger() {
         );
         spend.record(l).await.unwrap();
     }
+    spend.fold_rollups();
     let live = rollup::dump(&env.store);
     assert!(!live.is_empty());
     spend.rebuild().unwrap();
@@ -701,4 +702,31 @@ async fn a_closed_ledger_has_let_go_of_the_store() {
         let (lines, _) = read_all(&dir.path().join("ledger")).unwrap();
         assert_eq!(lines.len(), round + 1);
     }
+}
+
+#[tokio::test]
+async fn rollups_are_folded_in_bulk_and_reports_still_count_every_durable_line() {
+    let env = env();
+    let spend = env.open();
+    let ts = datetime!(2026-11-25 04:00 UTC);
+    for _ in 0..40 {
+        let l = line(ts, "a", None, None, Outcome::Miss, Some("0.25"), None);
+        spend.record(l).await.unwrap();
+    }
+    // Forty commits, but at most a fold or two (one per ROLLUP_EVERY).
+    assert!(spend.inner.shared.folds.load(Ordering::SeqCst) <= 2);
+    let q = ReportQuery::default();
+    let report = spend.report(&q).unwrap();
+    assert_eq!(report.total.requests, 40, "{report:?}");
+    assert!((report.total.cost - 10.0).abs() < 1e-9, "{report:?}");
+    // Left alone, the writer folds within ROLLUP_EVERY by itself.
+    let l = line(ts, "a", None, None, Outcome::Miss, Some("0.25"), None);
+    spend.record(l).await.unwrap();
+    let folds = spend.inner.shared.folds.load(Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while spend.inner.shared.folds.load(Ordering::SeqCst) == folds {
+        assert!(std::time::Instant::now() < deadline, "never folded");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    spend.close().await;
 }

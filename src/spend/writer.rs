@@ -1,7 +1,7 @@
 //! The ledger writer: one std thread fed by a channel. Each round it takes everything
 //! queued, appends the lines to their month files, `sync_data`s once per file touched
-//! (group commit), folds the durable lines into the rollups with their watermarks in one
-//! atomic batch, then answers every waiter.
+//! (group commit), and answers every waiter. Durable lines are folded into the rollups,
+//! with their watermarks, in one atomic batch at most every `ROLLUP_EVERY`.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -29,6 +29,13 @@ pub(crate) const QUEUE_WAKE_AT: usize = 1024;
 /// are handed over like a miss's and their request waits until they are durable, so the
 /// load slows to what the writer can write instead of the queue growing without bound.
 pub(crate) const QUEUE_CAP: usize = 16 * 1024;
+
+/// How long durable lines may wait before they are folded into the rollups. A fold is one
+/// atomic store batch, which the store writes out at once (two log writes and a wake-up of
+/// its I/O threads): folding every commit, up to 100 a second while hits arrive, cost more
+/// than writing the lines. A crash loses nothing: the rollups catch up from their
+/// watermark, and reports ask for a fold first.
+const ROLLUP_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The writer's nice value. On a busy core a batch (the lines of `QUEUE_FLUSH`, serialized,
 /// written and synced) would otherwise hold up the requests that arrive meanwhile: it
@@ -58,6 +65,8 @@ pub(crate) enum Msg {
         reply: Option<Reply>,
     },
     Rebuild(std::sync::mpsc::Sender<Result<(), SpendError>>),
+    /// Fold every durable line into the rollups now (before a report reads them).
+    FoldRollups(std::sync::mpsc::Sender<()>),
     Close(oneshot::Sender<()>),
 }
 
@@ -75,6 +84,9 @@ pub(crate) struct Shared {
     /// Test hook: while held, the writer stops before committing a batch.
     #[cfg(test)]
     pub hold: std::sync::Mutex<()>,
+    /// Test hook: rollup folds written to the store.
+    #[cfg(test)]
+    pub folds: AtomicU64,
 }
 
 impl Shared {
@@ -87,6 +99,8 @@ impl Shared {
             fail_writes: std::sync::atomic::AtomicU32::new(0),
             #[cfg(test)]
             hold: std::sync::Mutex::new(()),
+            #[cfg(test)]
+            folds: AtomicU64::new(0),
         }
     }
 }
@@ -107,6 +121,8 @@ pub(crate) struct Writer {
     repairs: BTreeMap<String, u64>,
     /// The last rollup apply failed: catch up from the watermarks next time.
     rollups_stale: bool,
+    /// Durable lines not yet folded into the stored rollups, and since when.
+    unfolded: Option<(Accum, Instant)>,
 }
 
 impl Writer {
@@ -118,6 +134,7 @@ impl Writer {
             current: None,
             repairs: BTreeMap::new(),
             rollups_stale: false,
+            unfolded: None,
         }
     }
 
@@ -143,7 +160,11 @@ impl Writer {
         // When the queued lines must be taken; None while none are known to be queued.
         let mut due: Option<Instant> = None;
         loop {
-            let first = match due {
+            let wake = match (due, self.fold_due()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let first = match wake {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
             };
@@ -159,7 +180,7 @@ impl Writer {
                 }
             }
             // Queued lines join any batch that is written anyway, or go when due.
-            let mut take = msgs.is_empty();
+            let mut take = false;
             for msg in msgs {
                 match msg {
                     Msg::Queued => {
@@ -172,15 +193,27 @@ impl Writer {
                     Msg::Wake => take = true,
                     Msg::Rebuild(reply) => {
                         self.commit(&mut pending);
+                        // The rebuild reads every durable line from the files.
+                        self.unfolded = None;
                         let result = rollup::rebuild(&self.store, &self.dir);
                         self.rollups_stale = result.is_err();
                         let _ = reply.send(result);
                     }
+                    Msg::FoldRollups(reply) => {
+                        self.take_queued(&mut pending);
+                        self.commit(&mut pending);
+                        self.fold_rollups();
+                        let _ = reply.send(());
+                    }
                     Msg::Close(reply) => {
                         self.take_queued(&mut pending);
                         self.commit(&mut pending);
-                        // Let go of the store before answering, so that whoever closed the
-                        // ledger may reopen the data dir at once (the store's lock is free).
+                        self.fold_rollups();
+                        // Let go of the store, its writes done, before answering: whoever
+                        // closed the ledger may then reopen the data dir at once.
+                        if let Err(e) = self.store.flush() {
+                            tracing::error!(error = %e, "could not flush the spend rollups");
+                        }
                         drop(self);
                         let _ = reply.send(());
                         return;
@@ -192,12 +225,37 @@ impl Writer {
                 due = None;
             }
             self.commit(&mut pending);
+            if self.fold_due().is_some_and(|at| at <= Instant::now()) {
+                self.fold_rollups();
+            }
         }
         self.take_queued(&mut pending);
         self.commit(&mut pending);
+        self.fold_rollups();
     }
 
-    /// Makes `pending` durable, updates the rollups, answers the waiters.
+    /// When the unfolded lines must be folded into the rollups; None if there are none.
+    fn fold_due(&self) -> Option<Instant> {
+        self.unfolded
+            .as_ref()
+            .map(|(_, since)| *since + ROLLUP_EVERY)
+    }
+
+    /// Writes the unfolded lines' counters and watermarks to the store (one atomic batch).
+    fn fold_rollups(&mut self) {
+        let Some((acc, _)) = self.unfolded.take() else {
+            return;
+        };
+        #[cfg(test)]
+        self.shared.folds.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = acc.commit(false) {
+            tracing::error!(error = %e, "cannot update spend rollups; will catch up");
+            self.rollups_stale = true;
+        }
+    }
+
+    /// Makes `pending` durable, adds the durable lines to the unfolded rollups, answers the
+    /// waiters.
     fn commit(&mut self, pending: &mut Vec<(LedgerLine, Option<Reply>)>) {
         if pending.is_empty() {
             return;
@@ -276,18 +334,16 @@ impl Writer {
             }
             return;
         }
-        let mut acc = Accum::new(&self.store, true);
-        let applied = durable
-            .iter()
-            .try_for_each(|&i| acc.add(&batch[i].0))
-            .and_then(|()| {
-                for (name, len) in marks {
-                    acc.watermark(name, *len);
-                }
-                acc.commit(false)
-            });
-        if let Err(e) = applied {
+        let (acc, _) = self
+            .unfolded
+            .get_or_insert_with(|| (Accum::new(&self.store, true), Instant::now()));
+        let added = durable.iter().try_for_each(|&i| acc.add(&batch[i].0));
+        for (name, len) in marks {
+            acc.watermark(name, *len);
+        }
+        if let Err(e) = added {
             tracing::error!(error = %e, "cannot update spend rollups; will catch up");
+            self.unfolded = None;
             self.rollups_stale = true;
         }
     }
