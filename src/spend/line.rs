@@ -118,7 +118,12 @@ impl LedgerLine {
 
     /// UTC calendar day of `ts`, "YYYY-MM-DD".
     pub fn day(&self) -> String {
-        day_string(self.ts.to_offset(UtcOffset::UTC).date())
+        day_string(self.utc_date())
+    }
+
+    /// The UTC date of `ts`.
+    pub fn utc_date(&self) -> Date {
+        self.ts.to_offset(UtcOffset::UTC).date()
     }
 
     /// `cost` as a number for sums (null or non-numeric → 0).

@@ -190,6 +190,9 @@ pub(crate) struct Accum {
     load: bool,
     groups: HashMap<Group, Counters>,
     watermarks: BTreeMap<String, u64>,
+    /// The group of the last line added, and its UTC date: runs of lines of one group (the
+    /// usual case) are added without building their group again.
+    last: Option<(Group, time::Date)>,
 }
 
 impl Accum {
@@ -199,11 +202,25 @@ impl Accum {
             load: load_existing,
             groups: HashMap::new(),
             watermarks: BTreeMap::new(),
+            last: None,
         }
     }
 
     pub(crate) fn add(&mut self, line: &LedgerLine) -> Result<(), SpendError> {
+        if let Some((group, date)) = &self.last {
+            if group.project == line.project
+                && group.model == line.model
+                && group.key == line.key
+                && *date == line.utc_date()
+            {
+                if let Some(c) = self.groups.get_mut(group) {
+                    c.add_line(line);
+                    return Ok(());
+                }
+            }
+        }
         let group = Group::of(line);
+        self.last = Some((group.clone(), line.utc_date()));
         if let Some(c) = self.groups.get_mut(&group) {
             c.add_line(line);
             return Ok(());
@@ -396,5 +413,58 @@ mod tests {
         };
         assert_eq!(Counters::decode(&c.encode()), Some(c));
         assert_eq!(Counters::decode(b"short"), None);
+    }
+
+    #[test]
+    fn runs_of_one_group_and_changes_of_any_field_are_counted_apart() {
+        use crate::spend::Outcome;
+        use time::macros::datetime;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let line = |ts, project: &str, model: Option<&str>, key: Option<&str>| {
+            let mut l = LedgerLine::new(project, "/chat/completions", Outcome::Miss, 200);
+            l.ts = ts;
+            l.model = model.map(String::from);
+            l.key = key.map(String::from);
+            l
+        };
+        let (d1, d2) = (
+            datetime!(2026-11-25 23:59:59 UTC),
+            datetime!(2026-11-26 00:00:00 UTC),
+        );
+        let lines = [
+            line(d1, "a", Some("m"), Some("k")),
+            line(d1, "a", Some("m"), Some("k")),
+            line(d2, "a", Some("m"), Some("k")),
+            line(d2, "b", Some("m"), Some("k")),
+            line(d2, "b", None, Some("k")),
+            line(d2, "b", None, None),
+            line(d2, "b", None, None),
+            line(d1, "a", Some("m"), Some("k")),
+        ];
+        let mut acc = Accum::new(&store, false);
+        for l in &lines {
+            acc.add(l).unwrap();
+        }
+        let mut counted: Vec<(String, String, Option<String>, Option<String>, u64)> = acc
+            .groups
+            .iter()
+            .map(|(g, c)| {
+                let g = g.clone();
+                (g.day, g.project, g.model, g.key, c.requests)
+            })
+            .collect();
+        counted.sort();
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            counted,
+            [
+                ("2026-11-25".into(), "a".into(), s("m"), s("k"), 3),
+                ("2026-11-26".into(), "a".into(), s("m"), s("k"), 1),
+                ("2026-11-26".into(), "b".into(), None, None, 2),
+                ("2026-11-26".into(), "b".into(), None, s("k"), 1),
+                ("2026-11-26".into(), "b".into(), s("m"), s("k"), 1),
+            ]
+        );
     }
 }
