@@ -446,24 +446,26 @@ mod tests {
         for l in &lines {
             acc.add(l).unwrap();
         }
-        let mut counted: Vec<(String, String, Option<String>, Option<String>, u64)> = acc
+        let mut counted: Vec<(Group, u64)> = acc
             .groups
             .iter()
-            .map(|(g, c)| {
-                let g = g.clone();
-                (g.day, g.project, g.model, g.key, c.requests)
-            })
+            .map(|(g, c)| (g.clone(), c.requests))
             .collect();
         counted.sort();
-        let s = |v: &str| Some(v.to_string());
+        let g = |day: &str, project: &str, model: Option<&str>, key: Option<&str>| Group {
+            day: day.into(),
+            project: project.into(),
+            model: model.map(String::from),
+            key: key.map(String::from),
+        };
         assert_eq!(
             counted,
             [
-                ("2026-11-25".into(), "a".into(), s("m"), s("k"), 3),
-                ("2026-11-26".into(), "a".into(), s("m"), s("k"), 1),
-                ("2026-11-26".into(), "b".into(), None, None, 2),
-                ("2026-11-26".into(), "b".into(), None, s("k"), 1),
-                ("2026-11-26".into(), "b".into(), s("m"), s("k"), 1),
+                (g("2026-11-25", "a", Some("m"), Some("k")), 3),
+                (g("2026-11-26", "a", Some("m"), Some("k")), 1),
+                (g("2026-11-26", "b", None, None), 2),
+                (g("2026-11-26", "b", None, Some("k")), 1),
+                (g("2026-11-26", "b", Some("m"), Some("k")), 1),
             ]
         );
     }
