@@ -218,14 +218,11 @@ async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<B
         }
         (&Method::GET, "/cache/export") => {
             let cache = app.cache.clone();
-            let out = blocking(move || {
-                let mut buf = Vec::new();
-                bundle::export(&cache, &mut buf, |_| {})
-                    .map_err(|e| ApiError::Internal(e.to_string()))?;
-                Ok(buf)
-            })
-            .await?;
-            let mut resp = Response::new(full(out));
+            let body = crate::body::written(move |out| {
+                bundle::export(&cache, out, |_| {})?;
+                Ok(())
+            });
+            let mut resp = Response::new(body);
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/x-ndjson"),

@@ -1,7 +1,11 @@
 //! The response body type every handler returns, and constructors for it.
 
+use std::io::{self, Write};
+
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use tokio::sync::mpsc;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -16,4 +20,62 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 
 pub fn empty() -> Body {
     full(Bytes::new())
+}
+
+/// Bytes a `written` body sends at a time.
+const CHUNK: usize = 64 * 1024;
+/// Chunks of a `written` body that may wait for the client (what it holds in memory).
+const CHUNKS_AHEAD: usize = 4;
+
+/// A body that `produce` writes on a blocking thread, sent while it is written, so that
+/// a large answer (a cache export) is never held whole in memory. An error from `produce`
+/// breaks the body: the client sees a failed transfer, never a short answer that looks
+/// whole. A client that leaves makes the next write fail, which stops `produce`.
+pub fn written<F>(produce: F) -> Body
+where
+    F: FnOnce(&mut ChunkWriter) -> anyhow::Result<()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(CHUNKS_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChunkWriter {
+            buf: Vec::with_capacity(CHUNK),
+            tx,
+        };
+        let result = produce(&mut out).and_then(|()| Ok(out.flush()?));
+        if let Err(e) = result {
+            let _ = out.tx.blocking_send(Err(e.into()));
+        }
+    });
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        let item: Result<Bytes, BoxError> = rx.recv().await?;
+        Some((item.map(Frame::data), rx))
+    });
+    StreamBody::new(frames).boxed()
+}
+
+/// Where a `written` body's producer writes: buffers a chunk, then waits until the client
+/// has room for it.
+pub struct ChunkWriter {
+    buf: Vec<u8>,
+    tx: mpsc::Sender<Result<Bytes, BoxError>>,
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+    }
 }

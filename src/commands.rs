@@ -47,21 +47,34 @@ impl Admin {
         body: Bytes,
         headers: HeaderMap,
     ) -> anyhow::Result<Bytes> {
-        let (status, bytes) = match self {
+        let mut out = Vec::new();
+        self.download(method, path_q, body, headers, |chunk| {
+            out.extend_from_slice(chunk);
+            Ok(())
+        })
+        .await?;
+        Ok(out.into())
+    }
+
+    /// Sends the request and hands the answer to `sink` piece by piece as it arrives (it is
+    /// never held whole). Fails with the daemon's message on an answer other than 200, and
+    /// when the answer breaks off.
+    pub async fn download(
+        &self,
+        method: Method,
+        path_q: &str,
+        body: Bytes,
+        headers: HeaderMap,
+        mut sink: impl FnMut(&[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let (status, mut answer) = match self {
             Admin::Local(app) => {
                 let mut req = Request::new(body);
                 *req.method_mut() = method;
                 *req.uri_mut() = format!("{}{path_q}", crate::admin::PREFIX).parse()?;
                 *req.headers_mut() = headers;
                 let resp = crate::admin::dispatch(app.clone(), req).await;
-                let status = resp.status();
-                let bytes = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?
-                    .to_bytes();
-                (status, bytes)
+                (resp.status(), resp.into_body())
             }
             Admin::Remote { base, token } => {
                 let client: Client<_, Full<Bytes>> =
@@ -79,12 +92,15 @@ impl Admin {
                     .request(req)
                     .await
                     .with_context(|| format!("the data dir is held by a running daemon, but it does not answer at {base}"))?;
-                let status = resp.status();
-                let bytes = resp.into_body().collect().await?.to_bytes();
-                (status, bytes)
+                (resp.status(), resp.into_body().map_err(Into::into).boxed())
             }
         };
         if status != StatusCode::OK {
+            let bytes = answer
+                .collect()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .to_bytes();
             let msg = serde_json::from_slice::<serde_json::Value>(&bytes)
                 .ok()
                 .and_then(|v| {
@@ -95,7 +111,13 @@ impl Admin {
                 .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
             bail!("{msg} ({status})");
         }
-        Ok(bytes)
+        while let Some(frame) = answer.frame().await {
+            let frame = frame.map_err(|e| anyhow::anyhow!("the answer broke off: {e}"))?;
+            if let Ok(data) = frame.into_data() {
+                sink(&data)?;
+            }
+        }
+        Ok(())
     }
 
     pub async fn close(self) {
@@ -356,24 +378,41 @@ async fn cache_with(admin: &Admin, cmd: CacheCommand) -> anyhow::Result<()> {
             println!("removed {} entries", v["removed"]);
         }
         CacheCommand::Export { file } => {
-            let b = admin
-                .call(Method::GET, "/cache/export", Bytes::new(), none())
-                .await?;
-            let mut out = std::io::BufWriter::new(
-                std::fs::File::create(&file)
-                    .with_context(|| format!("cannot create {}", file.display()))?,
-            );
-            let bar = progress(
-                b.iter().filter(|c| **c == b'\n').count() as u64,
-                "exporting",
-            );
-            for line in b.split_inclusive(|c| *c == b'\n') {
-                out.write_all(line)?;
-                bar.inc(1);
+            // Written beside its destination and moved there only once whole, so a failed
+            // export never leaves a short bundle that looks complete.
+            let dir = match file.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => std::path::Path::new("."),
+            };
+            let mut partial = tempfile::NamedTempFile::new_in(dir)
+                .with_context(|| format!("cannot write in {}", dir.display()))?;
+            let bar = progress(Progress::Entries, "exporting");
+            let mut entries = 0u64;
+            {
+                let mut out = std::io::BufWriter::new(partial.as_file_mut());
+                admin
+                    .download(
+                        Method::GET,
+                        "/cache/export",
+                        Bytes::new(),
+                        none(),
+                        |chunk| {
+                            out.write_all(chunk)?;
+                            let lines = chunk.iter().filter(|c| **c == b'\n').count() as u64;
+                            entries += lines;
+                            bar.inc(lines);
+                            Ok(())
+                        },
+                    )
+                    .await?;
+                out.flush()?;
             }
-            out.flush()?;
+            partial.as_file().sync_all()?;
+            partial
+                .persist(&file)
+                .with_context(|| format!("cannot create {}", file.display()))?;
             bar.finish_and_clear();
-            println!("exported {} entries to {}", bar.position(), file.display());
+            println!("exported {entries} entries to {}", file.display());
         }
         CacheCommand::Import {
             file,
@@ -381,8 +420,10 @@ async fn cache_with(admin: &Admin, cmd: CacheCommand) -> anyhow::Result<()> {
             namespace,
             key_env,
         } => {
-            let text =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let opened = std::fs::File::open(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let size = opened.metadata().map(|m| m.len()).unwrap_or(0);
+            let mut input = std::io::BufReader::new(opened);
             let mut headers = HeaderMap::new();
             if let Some(p) = project {
                 headers.insert("x-chatcache-project", HeaderValue::from_str(&p)?);
@@ -395,17 +436,31 @@ async fn cache_with(admin: &Admin, cmd: CacheCommand) -> anyhow::Result<()> {
                 v.set_sensitive(true);
                 headers.insert("x-chatcache-credential", v);
             }
-            let lines: Vec<&[u8]> = text.split_inclusive(|c| *c == b'\n').collect();
-            let bar = progress(lines.len() as u64, "importing");
+            let bar = progress(Progress::Bytes(size), "importing");
             let mut imported = 0u64;
-            for batch in lines.chunks(500) {
-                let body = Bytes::from(batch.concat());
+            let mut batch = Vec::new();
+            loop {
+                // Up to IMPORT_BATCH lines per request; the file is never read whole.
+                let mut lines = 0;
+                while lines < IMPORT_BATCH {
+                    let read = std::io::BufRead::read_until(&mut input, b'\n', &mut batch)
+                        .with_context(|| format!("cannot read {}", file.display()))?;
+                    if read == 0 {
+                        break;
+                    }
+                    lines += 1;
+                }
+                if batch.is_empty() {
+                    break;
+                }
+                let sent = batch.len() as u64;
+                let body = Bytes::from(std::mem::take(&mut batch));
                 let b = admin
                     .call(Method::POST, "/cache/import", body, headers.clone())
                     .await?;
                 let v: serde_json::Value = serde_json::from_slice(&b)?;
                 imported += v["entries"].as_u64().unwrap_or(0);
-                bar.inc(batch.len() as u64);
+                bar.inc(sent);
             }
             bar.finish_and_clear();
             println!("imported {imported} entries from {}", file.display());
@@ -414,14 +469,33 @@ async fn cache_with(admin: &Admin, cmd: CacheCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Lines of a bundle sent per import request.
+const IMPORT_BATCH: usize = 500;
+
+/// What a progress bar counts.
+enum Progress {
+    /// Entries, with no known total.
+    Entries,
+    /// Bytes of a file of this size.
+    Bytes(u64),
+}
+
 /// A progress bar on a terminal; hidden otherwise.
-fn progress(len: u64, what: &'static str) -> indicatif::ProgressBar {
+fn progress(counts: Progress, what: &'static str) -> indicatif::ProgressBar {
     if !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
-    let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} entries")
-    {
+    let (bar, template) = match counts {
+        Progress::Entries => (
+            indicatif::ProgressBar::new_spinner(),
+            "{msg} {spinner} {pos} entries",
+        ),
+        Progress::Bytes(size) => (
+            indicatif::ProgressBar::new(size),
+            "{msg} {bar:40} {bytes}/{total_bytes}",
+        ),
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
         bar.set_style(style);
     }
     bar.set_message(what);

@@ -369,3 +369,69 @@ async fn export_from_one_daemon_import_into_another_then_hits() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn cli_export_streams_a_bundle_bigger_than_a_chunk_and_import_reads_it_back() {
+    use std::os::unix::fs::PermissionsExt;
+    let fake = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let daemon = spawn_binary(&fake.url(), &data, &[], "warn", &dir.path().join("log"));
+    let n = 150;
+    for i in 0..n {
+        // Long prompts make each bundle line about a kilobyte: the bundle spans chunks.
+        let r = post(
+            &format!("http://{}/chat/completions", daemon.addr),
+            &chat(&format!("{i} {}", "words to pad the prompt ".repeat(30))),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let bundle = dir.path().join("team.jsonl");
+    let out = binary()
+        .args(["cache", "export"])
+        .arg(&bundle)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", &daemon.addr])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&bundle).unwrap();
+    assert!(text.len() > 128 * 1024, "bundle of {} bytes", text.len());
+    assert_eq!(text.lines().count(), n);
+    assert!(!text.contains("sk-test"), "no credential in the bundle");
+    let mode = std::fs::metadata(&bundle).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the bundle holds prompts: private");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 3, "no partial file left beside it: {left:?}");
+    drop(daemon);
+
+    // Imported in batches into a data dir no daemon holds.
+    let other = dir.path().join("other");
+    let out = binary()
+        .args(["cache", "import"])
+        .arg(&bundle)
+        .arg("--data-dir")
+        .arg(&other)
+        .env("OPENAI_API_KEY", "sk-teammate")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("imported {n} entries")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
