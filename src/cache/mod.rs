@@ -344,16 +344,20 @@ impl Cache {
 
     /// Summaries of up to `limit` entries, most recently used first.
     pub fn list(&self, limit: usize) -> StoreResult<Vec<EntrySummary>> {
-        let mut access: Vec<([u8; 32], Access)> = Vec::new();
+        // The `limit` most recently used, kept in a heap while the records stream past
+        // (a million entries must not mean a million records in memory).
+        let mut newest = std::collections::BinaryHeap::with_capacity(limit.saturating_add(1));
         self.inner.store.scan_prefix(Space::Access, b"", |k, v| {
             if let (Ok(key), Some(a)) = (<[u8; 32]>::try_from(k), Access::decode(v)) {
-                access.push((key, a));
+                newest.push(std::cmp::Reverse((a.last_ms, key, a.size, a.created_ms)));
+                if newest.len() > limit {
+                    newest.pop();
+                }
             }
             true
         })?;
-        access.sort_unstable_by_key(|(_, a)| std::cmp::Reverse(a.last_ms));
         let mut out = Vec::new();
-        for (key, a) in access.into_iter().take(limit) {
+        for std::cmp::Reverse((last_ms, key, size, created_ms)) in newest.into_sorted_vec() {
             if let Some(e) = self.show(CacheKey(key))? {
                 out.push(EntrySummary {
                     key: CacheKey(key).to_hex(),
@@ -362,9 +366,9 @@ impl Cache {
                     model: e.meta.model,
                     stream: e.meta.stream,
                     status: e.meta.status,
-                    bytes: a.size,
-                    created_ms: a.created_ms,
-                    last_used_ms: a.last_ms,
+                    bytes: size,
+                    created_ms,
+                    last_used_ms: last_ms,
                 });
             }
         }
@@ -478,6 +482,24 @@ mod tests {
         c.put(key(1), &e).unwrap();
         assert_eq!(c.stats().entries, 1, "replacing does not double count");
         assert_eq!(c.stats().bytes, e.stored_size());
+    }
+
+    #[test]
+    fn list_gives_the_most_recently_used_first_up_to_the_limit() {
+        let (_d, c) = open(1 << 30);
+        let mut e = sample(false);
+        e.meta.created_ms = now_ms();
+        for i in 0..5 {
+            c.put(key(i), &e).unwrap();
+            // Distinct use times (milliseconds).
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        let hex = |i: usize| key(i).to_hex();
+        let listed =
+            |limit| -> Vec<String> { c.list(limit).unwrap().into_iter().map(|s| s.key).collect() };
+        assert_eq!(listed(3), [hex(4), hex(3), hex(2)]);
+        assert_eq!(listed(10), [hex(4), hex(3), hex(2), hex(1), hex(0)]);
+        assert!(listed(0).is_empty());
     }
 
     #[test]
