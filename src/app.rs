@@ -92,6 +92,7 @@ impl App {
     /// Accounts for an answer served without upstream (hits, followers): the ledger line is
     /// queued for the next group commit, and awaited only when the writer is behind.
     pub async fn account(&self, line: LedgerLine, prompt: Option<&str>) {
+        let line = Arc::new(line);
         self.note(&line, prompt);
         if let Some(done) = self.spend.record_nowait(line) {
             if let Err(e) = crate::spend::durable(done).await {
@@ -106,11 +107,12 @@ impl App {
         line: LedgerLine,
         prompt: Option<&str>,
     ) -> Result<(), SpendError> {
+        let line = Arc::new(line);
         self.note(&line, prompt);
         self.spend.record(line).await
     }
 
-    fn note(&self, line: &LedgerLine, prompt: Option<&str>) {
+    fn note(&self, line: &Arc<LedgerLine>, prompt: Option<&str>) {
         self.metrics
             .spend(&line.project, line.cost_f64(), line.saved_f64());
         self.recent.push(line, prompt);

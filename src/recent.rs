@@ -2,7 +2,7 @@
 //! when `admin.show_prompts` is on, and never leaves memory.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -29,14 +29,10 @@ pub struct RecentRequest {
     pub prompt: Option<String>,
 }
 
-#[derive(Default)]
-pub struct Recent {
-    ring: Mutex<VecDeque<RecentRequest>>,
-}
-
-impl Recent {
-    pub fn push(&self, line: &LedgerLine, prompt: Option<&str>) {
-        let item = RecentRequest {
+impl RecentRequest {
+    fn of(kept: &Kept) -> RecentRequest {
+        let line = &kept.line;
+        RecentRequest {
             ts: line.ts,
             project: line.project.clone(),
             endpoint: line.endpoint.clone(),
@@ -48,6 +44,27 @@ impl Recent {
             saved: line.saved.as_ref().and_then(|c| c.get().parse().ok()),
             cost_source: line.cost_source,
             upstream_ms: line.upstream_ms,
+            prompt: kept.prompt.clone(),
+        }
+    }
+}
+
+/// A request as kept: its ledger line is shared with the ledger writer, so keeping it
+/// copies nothing; it is read into a `RecentRequest` only when listed.
+struct Kept {
+    line: Arc<LedgerLine>,
+    prompt: Option<String>,
+}
+
+#[derive(Default)]
+pub struct Recent {
+    ring: Mutex<VecDeque<Kept>>,
+}
+
+impl Recent {
+    pub fn push(&self, line: &Arc<LedgerLine>, prompt: Option<&str>) {
+        let item = Kept {
+            line: Arc::clone(line),
             prompt: prompt.map(|p| p.chars().take(PROMPT_CHARS).collect()),
         };
         // Each update is one push/pop: a poisoned lock still holds a valid ring.
@@ -63,9 +80,9 @@ impl Recent {
         let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         ring.iter()
             .rev()
-            .filter(|r| project.is_none_or(|p| r.project == p))
+            .filter(|k| project.is_none_or(|p| k.line.project == p))
             .take(limit)
-            .cloned()
+            .map(RecentRequest::of)
             .collect()
     }
 }

@@ -144,15 +144,16 @@ impl Spend {
     ///
     /// The line's cost counts toward its project's budget at once, even if the write
     /// then fails: the money was spent upstream either way.
-    pub async fn record(&self, line: LedgerLine) -> Result<(), SpendError> {
+    pub async fn record(&self, line: impl Into<Arc<LedgerLine>>) -> Result<(), SpendError> {
+        let line = line.into();
         self.budgets().add_line(&line);
         durable(self.hand_over(line)).await
     }
 
-    fn hand_over(&self, line: LedgerLine) -> Durable {
+    fn hand_over(&self, line: Arc<LedgerLine>) -> Durable {
         let (reply, done) = oneshot::channel();
         let msg = Msg::Line {
-            line: Box::new(line),
+            line,
             reply: Some(reply),
         };
         // A writer that is gone drops the reply with the message: `done` then says Closed.
@@ -164,7 +165,8 @@ impl Spend {
     /// `writer::QUEUE_CAP` lines already wait is it handed over as `record` does; the
     /// returned receiver then resolves once it is durable, and the caller should wait for
     /// it (backpressure on a writer that falls behind).
-    pub fn record_nowait(&self, line: LedgerLine) -> Option<Durable> {
+    pub fn record_nowait(&self, line: impl Into<Arc<LedgerLine>>) -> Option<Durable> {
+        let line = line.into();
         self.budgets().add_line(&line);
         let mut q = self
             .inner

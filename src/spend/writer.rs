@@ -61,7 +61,7 @@ pub(crate) enum Msg {
     /// Take the queued lines now.
     Wake,
     Line {
-        line: Box<LedgerLine>,
+        line: Arc<LedgerLine>,
         reply: Option<Reply>,
     },
     Rebuild(std::sync::mpsc::Sender<Result<(), SpendError>>),
@@ -77,7 +77,7 @@ pub(crate) struct Shared {
     pub fsyncs: AtomicU64,
     /// Lines nobody waits for (cache hits), taken by the writer with the next batch or
     /// within `QUEUE_FLUSH`, so that a hit never has to wake the writer thread.
-    pub queued: std::sync::Mutex<Vec<LedgerLine>>,
+    pub queued: std::sync::Mutex<Vec<Arc<LedgerLine>>>,
     /// Test hook: the next N segment writes write half their bytes, then fail.
     #[cfg(test)]
     pub fail_writes: std::sync::atomic::AtomicU32,
@@ -147,7 +147,7 @@ impl Writer {
             })
     }
 
-    fn take_queued(&self, pending: &mut Vec<(LedgerLine, Option<Reply>)>) {
+    fn take_queued(&self, pending: &mut Vec<(Arc<LedgerLine>, Option<Reply>)>) {
         // Only pushes and a swap happen under this lock: a poisoned one holds a valid Vec.
         let lines =
             std::mem::take(&mut *self.shared.queued.lock().unwrap_or_else(|p| p.into_inner()));
@@ -187,7 +187,7 @@ impl Writer {
                         due.get_or_insert_with(|| Instant::now() + QUEUE_FLUSH);
                     }
                     Msg::Line { line, reply } => {
-                        pending.push((*line, reply));
+                        pending.push((line, reply));
                         take = true;
                     }
                     Msg::Wake => take = true,
@@ -256,7 +256,7 @@ impl Writer {
 
     /// Makes `pending` durable, adds the durable lines to the unfolded rollups, answers the
     /// waiters.
-    fn commit(&mut self, pending: &mut Vec<(LedgerLine, Option<Reply>)>) {
+    fn commit(&mut self, pending: &mut Vec<(Arc<LedgerLine>, Option<Reply>)>) {
         if pending.is_empty() {
             return;
         }
@@ -275,7 +275,7 @@ impl Writer {
                 continue; // unreachable: a segment was just ensured
             };
             let start = buf.len();
-            match serde_json::to_writer(&mut *buf, line) {
+            match serde_json::to_writer(&mut *buf, &**line) {
                 Ok(()) => {
                     buf.push(b'\n');
                     idx.push(i);
@@ -323,7 +323,7 @@ impl Writer {
 
     fn update_rollups(
         &mut self,
-        batch: &[(LedgerLine, Option<Reply>)],
+        batch: &[(Arc<LedgerLine>, Option<Reply>)],
         durable: &[usize],
         marks: &[(String, u64)],
     ) {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chatcache::app::App;
+use chatcache::cache::store::StoreError;
 use chatcache::config::{Config, Overrides};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -58,7 +59,7 @@ impl Daemon {
         let data_dir = config.data_dir.clone();
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = App::open(config).unwrap();
+        let app = open_when_free(config).await;
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(chatcache::run(app.clone(), listener, async {
             let _ = rx.await;
@@ -405,4 +406,23 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Opens the app; on a restart in this process the store's own I/O threads may still hold
+/// its lock for a moment after the last daemon let go, so a locked store is retried briefly.
+async fn open_when_free(config: Config) -> Arc<App> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match App::open(config.clone()) {
+            Ok(app) => return app,
+            Err(e)
+                if e.downcast_ref::<StoreError>()
+                    .is_some_and(|e| matches!(e, StoreError::Locked(_)))
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("cannot open the daemon: {e:#}"),
+        }
+    }
 }
