@@ -57,7 +57,10 @@ fn json(status: StatusCode, s: impl Into<Bytes>) -> Response<Body> {
 }
 
 fn count(st: &State, path: &str) {
-    let i = PATHS.iter().position(|p| *p == path).unwrap_or(PATHS.len() - 1);
+    let i = PATHS
+        .iter()
+        .position(|p| *p == path)
+        .unwrap_or(PATHS.len() - 1);
     st.counts[i].fetch_add(1, Ordering::Relaxed);
 }
 
@@ -173,7 +176,10 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>
                 Ok(v) => v,
                 Err(_) => {
                     count(&st, "other");
-                    return Ok(json(StatusCode::BAD_REQUEST, "{\"error\":\"malformed JSON\"}"));
+                    return Ok(json(
+                        StatusCode::BAD_REQUEST,
+                        "{\"error\":\"malformed JSON\"}",
+                    ));
                 }
             };
             let model = v["model"].as_str().unwrap_or("GPT-4o").to_string();
@@ -196,7 +202,9 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 fn main() {
@@ -217,7 +225,10 @@ fn main() {
         gap_us: arg(&args, "--gap-us").map_or(1000, |s| s.parse().unwrap()),
         content,
     });
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let listener = TcpListener::bind(listen).await.expect("bind");
         eprintln!("fake-upstream listening on http://{listen}");

@@ -28,11 +28,16 @@ use tokio::net::TcpStream;
 type Sender = SendRequest<Full<Bytes>>;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 fn args_all(args: &[String], name: &str) -> Vec<String> {
-    args.windows(2).filter(|w| w[0] == name).map(|w| w[1].clone()).collect()
+    args.windows(2)
+        .filter(|w| w[0] == name)
+        .map(|w| w[1].clone())
+        .collect()
 }
 
 fn num(args: &[String], name: &str, default: u64) -> u64 {
@@ -50,7 +55,10 @@ fn parse_url(url: &str) -> Target {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    Target { host: host.to_string(), path: path.to_string() }
+    Target {
+        host: host.to_string(),
+        path: path.to_string(),
+    }
 }
 
 async fn connect(host: &str) -> Sender {
@@ -68,7 +76,9 @@ async fn connect(host: &str) -> Sender {
         }
     };
     sock.set_nodelay(true).unwrap();
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(sock)).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(sock))
+        .await
+        .unwrap();
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -100,7 +110,10 @@ async fn read_stream(
     if !resp.status().is_success() {
         return Err(format!("status {}", resp.status()));
     }
-    let cache = resp.headers().get("x-chatcache").map(|v| v.to_str().unwrap_or("").to_string());
+    let cache = resp
+        .headers()
+        .get("x-chatcache")
+        .map(|v| v.to_str().unwrap_or("").to_string());
     let mut body = resp.into_body();
     let mut buf: Vec<u8> = Vec::new();
     let mut first = 0u64;
@@ -120,8 +133,10 @@ async fn read_stream(
                     first = now;
                 }
                 if let Some(i) = ev.find("\"t\":") {
-                    let digits: String =
-                        ev[i + 4..].chars().take_while(|c| c.is_ascii_digit()).collect();
+                    let digits: String = ev[i + 4..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_digit())
+                        .collect();
                     if let Ok(t) = digits.parse::<u64>() {
                         frames.push((now, t));
                     }
@@ -170,12 +185,19 @@ async fn streams(args: &[String]) {
     let mut outcomes: Vec<std::collections::BTreeMap<String, u64>> =
         vec![Default::default(); targets.len()];
     for i in 0..n {
-        for (k, (_, t)) in targets.iter().enumerate() {
+        // Each round starts at the next target, so that every target follows every other
+        // equally often: a server whose core sat idle through the previous target's stream
+        // (the direct one touches no server core) wakes slower than one that just ran.
+        for r in 0..targets.len() {
+            let k = (i as usize + r) % targets.len();
+            let t = &targets[k].1;
             let body = stream_body(&model, &format!("{run}-{k}-{i}"), frames, gap);
             let t0 = mono_ns();
             match read_stream(&mut sends[k], post(t, &auth, body)).await {
                 Ok((first, fr, cache)) => {
-                    *outcomes[k].entry(cache.unwrap_or_else(|| "-".into())).or_default() += 1;
+                    *outcomes[k]
+                        .entry(cache.unwrap_or_else(|| "-".into()))
+                        .or_default() += 1;
                     if i < 3 {
                         continue; // warm-up
                     }
@@ -220,7 +242,13 @@ async fn concurrent_streams(args: &[String]) {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..n {
-        let (t, auth, ok, open, peak) = (t.clone(), auth.clone(), ok.clone(), open.clone(), peak.clone());
+        let (t, auth, ok, open, peak) = (
+            t.clone(),
+            auth.clone(),
+            ok.clone(),
+            open.clone(),
+            peak.clone(),
+        );
         let body = stream_body("GPT-4o", &format!("{run}-{i}"), frames, gap);
         tasks.push(tokio::spawn(async move {
             let mut s = connect(&t.host).await;
@@ -264,8 +292,14 @@ async fn fill(args: &[String]) {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..conc {
-        let (t, prefix, auth, next, errors, done) =
-            (t.clone(), prefix.clone(), auth.clone(), next.clone(), errors.clone(), done.clone());
+        let (t, prefix, auth, next, errors, done) = (
+            t.clone(),
+            prefix.clone(),
+            auth.clone(),
+            next.clone(),
+            errors.clone(),
+            done.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut s = connect(&t.host).await;
             loop {
@@ -323,7 +357,10 @@ async fn fill(args: &[String]) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     match args.get(1).map(String::as_str) {
         Some("streams") => rt.block_on(streams(&args)),
         Some("concurrent-streams") => rt.block_on(concurrent_streams(&args)),
