@@ -388,18 +388,13 @@ async fn cli_export_streams_a_bundle_bigger_than_a_chunk_and_import_reads_it_bac
         assert_eq!(r.status, StatusCode::OK);
     }
     let bundle = dir.path().join("team.jsonl");
-    let out = binary()
-        .args(["cache", "export"])
-        .arg(&bundle)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--listen", &daemon.addr])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        binary()
+            .args(["cache", "export"])
+            .arg(&bundle)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen", &daemon.addr]),
     );
     let text = std::fs::read_to_string(&bundle).unwrap();
     assert!(text.len() > 128 * 1024, "bundle of {} bytes", text.len());
@@ -416,18 +411,13 @@ async fn cli_export_streams_a_bundle_bigger_than_a_chunk_and_import_reads_it_bac
 
     // Imported in batches into a data dir no daemon holds.
     let other = dir.path().join("other");
-    let out = binary()
-        .args(["cache", "import"])
-        .arg(&bundle)
-        .arg("--data-dir")
-        .arg(&other)
-        .env("OPENAI_API_KEY", "sk-teammate")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeed(
+        binary()
+            .args(["cache", "import"])
+            .arg(&bundle)
+            .arg("--data-dir")
+            .arg(&other)
+            .env("OPENAI_API_KEY", "sk-teammate"),
     );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&format!("imported {n} entries")),

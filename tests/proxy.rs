@@ -274,16 +274,7 @@ fn bad_config_exits_64_naming_the_key() {
         &file,
     )
     .unwrap();
-    let out = binary()
-        .args(["config", "check", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(binary().args(["config", "check", "--config"]).arg(&file));
 }
 
 #[tokio::test]

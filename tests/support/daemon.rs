@@ -256,6 +256,17 @@ pub fn binary() -> std::process::Command {
     c
 }
 
+/// Runs `cmd` to its end; fails the test with its stderr unless it exits 0.
+pub fn succeed(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A daemon process of the real binary; killed if the test lets go of it still running.
 pub struct Proc {
     pub child: std::process::Child,
