@@ -185,11 +185,11 @@ async fn streams(args: &[String]) {
     let mut outcomes: Vec<std::collections::BTreeMap<String, u64>> =
         vec![Default::default(); targets.len()];
     for i in 0..n {
-        // Each round starts at the next target, so that every target follows every other
-        // equally often: a server whose core sat idle through the previous target's stream
-        // (the direct one touches no server core) wakes slower than one that just ran.
-        for r in 0..targets.len() {
-            let k = (i as usize + r) % targets.len();
+        // Each round visits the targets in a fresh order (seeded, so runs repeat), so every
+        // target follows every other equally often: a server whose core sat idle through
+        // the previous target's stream (the direct one touches no server core) wakes slower
+        // than one that just ran. A fixed order (even rotated) keeps the same neighbours.
+        for k in round_order(targets.len(), i) {
             let t = &targets[k].1;
             let body = stream_body(&model, &format!("{run}-{k}-{i}"), frames, gap);
             let t0 = mono_ns();
@@ -227,6 +227,23 @@ async fn streams(args: &[String]) {
         );
     }
     println!("{}", serde_json::Value::Object(out));
+}
+
+/// A permutation of `0..n` for round `round`: Fisher-Yates driven by splitmix64.
+fn round_order(n: usize, round: u64) -> Vec<usize> {
+    let mut state = round.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, (next() % (i as u64 + 1)) as usize);
+    }
+    order
 }
 
 async fn concurrent_streams(args: &[String]) {
