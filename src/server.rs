@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 
@@ -38,6 +39,12 @@ async fn opens_with_h2_preface(stream: &TcpStream) -> io::Result<bool> {
         // looking again rather than spin (rare: the preface is one small write).
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// A connection's part in the drain: told when it starts, waited for until it ends.
+struct Drain {
+    started: CancellationToken,
+    watcher: Watcher,
 }
 
 /// How each accepted connection is served.
@@ -66,20 +73,25 @@ impl Protocols {
         }
     }
 
-    /// Serves one connection to its end (or until the drain closes it).
-    async fn serve(&self, app: Arc<App>, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
-        let h2 =
-            match tokio::time::timeout(self.sniff_timeout, opens_with_h2_preface(&stream)).await {
-                Ok(Ok(h2)) => h2,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, %peer, "connection ended before its first request");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "connection sent nothing in time; closed");
-                    return;
-                }
-            };
+    /// Serves one connection to its end, or until the drain closes it. A connection that
+    /// has not yet said which protocol it speaks is closed as soon as the drain begins.
+    async fn serve(&self, app: Arc<App>, stream: TcpStream, peer: SocketAddr, drain: Drain) {
+        let sniffed = tokio::select! {
+            r = tokio::time::timeout(self.sniff_timeout, opens_with_h2_preface(&stream)) => r,
+            () = drain.started.cancelled() => return,
+        };
+        let h2 = match sniffed {
+            Ok(Ok(h2)) => h2,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, %peer, "connection ended before its first request");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "connection sent nothing in time; closed");
+                return;
+            }
+        };
+        let watcher = drain.watcher;
         let service = service_fn(move |req| {
             let app = app.clone();
             async move { Ok::<_, Infallible>(crate::proxy::handle(app, req, peer).await) }
@@ -107,6 +119,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let protocols = Arc::new(Protocols::new(&limits));
+    let draining = CancellationToken::new();
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -129,13 +142,18 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let (app, protocols, watcher) = (app.clone(), protocols.clone(), graceful.watcher());
+        let (app, protocols) = (app.clone(), protocols.clone());
+        let drain = Drain {
+            started: draining.clone(),
+            watcher: graceful.watcher(),
+        };
         tokio::spawn(async move {
-            protocols.serve(app, stream, peer, watcher).await;
+            protocols.serve(app, stream, peer, drain).await;
             drop(permit);
         });
     }
     drop(listener);
+    draining.cancel();
     tracing::info!(grace = ?limits.shutdown_grace, "shutting down: no new connections; draining");
     let deadline = tokio::time::Instant::now() + limits.shutdown_grace;
     if tokio::time::timeout_at(deadline, graceful.shutdown())

@@ -376,3 +376,26 @@ async fn connections_that_never_say_which_protocol_are_closed_by_the_header_time
     );
     d.stop().await;
 }
+
+#[tokio::test]
+async fn a_connection_that_has_sent_nothing_does_not_hold_up_the_drain() {
+    let fake = FakeUpstream::start().await;
+    let d = Daemon::start_with(&fake.url(), "[limits]\nheader_read_timeout = \"20s\"\n").await;
+    let mut silent = TcpStream::connect(d.addr).await.unwrap();
+    // The daemon has accepted it (a request on another connection is answered after it).
+    let r = get(&d.url("/_chatcache/health")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let t0 = Instant::now();
+    d.stop().await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "the drain waited {:?} for a silent connection",
+        t0.elapsed()
+    );
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "not closed: {read:?}"
+    );
+}
