@@ -119,6 +119,54 @@ async fn tls_upstream_with_a_private_ca() {
 }
 
 #[tokio::test]
+async fn an_upstream_that_speaks_h2_over_tls_serves_plain_and_streamed_answers_and_hits() {
+    let (fake, ca) = FakeUpstream::start_tls_h2().await;
+    let extra = format!(
+        "[upstream]\nca_file = {:?}\n",
+        ca.ca_path.display().to_string()
+    );
+    let d = Daemon::start_with(&fake.url(), &extra).await;
+    let plain = chat("over h2");
+    let r = post(&d.url("/chat/completions"), &plain).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.header("x-chatcache"), Some("miss"));
+    assert!(r.json()["choices"][0]["message"]["content"].is_string());
+
+    let streamed = chat_stream("streamed over h2");
+    let s = post(&d.url("/chat/completions"), &streamed).await;
+    assert_eq!(s.status, StatusCode::OK, "{}", s.text());
+    assert!(s.text().contains("data: "), "{}", s.text());
+    assert!(
+        s.text().contains("total_tokens_cost"),
+        "the trailing cost frame came through: {}",
+        s.text()
+    );
+
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.iter().all(|r| r.h2),
+        "the daemon spoke HTTP/2 upstream"
+    );
+    assert!(
+        seen.iter().all(|r| r
+            .headers
+            .iter()
+            .all(|(n, _)| !n.eq_ignore_ascii_case("connection"))),
+        "no connection-specific header sent over h2"
+    );
+
+    // Both were recorded: the same requests are hits, and upstream sees nothing new.
+    for (body, original) in [(&plain, &r), (&streamed, &s)] {
+        let again = post(&d.url("/chat/completions"), body).await;
+        assert_eq!(again.header("x-chatcache"), Some("hit"));
+        assert_eq!(again.body, original.body);
+    }
+    assert_eq!(fake.requests().len(), 2);
+    d.stop().await;
+}
+
+#[tokio::test]
 async fn local_errors_are_openai_shaped_and_never_reach_upstream() {
     let fake = FakeUpstream::start().await;
     let d = Daemon::start_with(&fake.url(), "[limits]\nmax_body = \"1 KiB\"\n").await;

@@ -28,6 +28,8 @@ pub struct Recorded {
     /// All header lines in order, duplicates kept, names as sent.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Whether it came over HTTP/2.
+    pub h2: bool,
 }
 
 impl Recorded {
@@ -79,6 +81,13 @@ impl FakeUpstream {
     /// HTTPS with a certificate for `localhost` and `127.0.0.1` signed by the returned CA.
     pub async fn start_tls() -> (FakeUpstream, TestCa) {
         let (ca, config) = tls::make_server();
+        let fake = Self::launch(Some(TlsAcceptor::from(config)), DEFAULT_FRAME_DELAY_MS).await;
+        (fake, ca)
+    }
+
+    /// HTTPS that prefers HTTP/2 when the client offers it in ALPN (`h2`, then `http/1.1`).
+    pub async fn start_tls_h2() -> (FakeUpstream, TestCa) {
+        let (ca, config) = tls::make_server_with_alpn(&[b"h2", b"http/1.1"]);
         let fake = Self::launch(Some(TlsAcceptor::from(config)), DEFAULT_FRAME_DELAY_MS).await;
         (fake, ca)
     }
@@ -207,7 +216,20 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
             match tls {
                 None => serve(tcp, sh).await,
                 Some(acceptor) => {
-                    if let Ok(stream) = acceptor.accept(tcp).await {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        let delay =
+                            Duration::from_millis(sh.frame_delay_ms.load(Ordering::Relaxed));
+                        let seen = move |req: &Request| {
+                            sh.requests.lock().unwrap().push(Recorded {
+                                h2: true,
+                                ..record(req)
+                            })
+                        };
+                        super::h2::serve(stream, delay, Arc::new(seen)).await;
+                    } else {
                         serve(stream, sh).await;
                     }
                 }
@@ -286,5 +308,6 @@ fn record(req: &Request) -> Recorded {
         path: req.target.clone(),
         headers: req.headers.clone(),
         body: req.body.clone(),
+        h2: false,
     }
 }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod daemon;
 pub mod fake_upstream;
 pub mod faults;
+pub mod h2;
 pub mod http1;
 pub mod respond;
 pub mod tls;

@@ -56,6 +56,11 @@ impl TestCa {
 
 /// A fresh CA and a server config whose certificate covers `localhost` and `127.0.0.1`.
 pub fn make_server() -> (TestCa, Arc<rustls::ServerConfig>) {
+    make_server_with_alpn(&[b"http/1.1"])
+}
+
+/// As `make_server`, offering these ALPN protocols, in order of preference.
+pub fn make_server_with_alpn(alpn: &[&[u8]]) -> (TestCa, Arc<rustls::ServerConfig>) {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("no SANs");
     ca_params
         .distinguished_name
@@ -88,7 +93,7 @@ pub fn make_server() -> (TestCa, Arc<rustls::ServerConfig>) {
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
         )
         .expect("server cert and key match");
-    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
 
     let dir = tempfile::tempdir().expect("temp dir");
     let ca_path = dir.path().join("ca.pem");
