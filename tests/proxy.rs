@@ -97,14 +97,19 @@ async fn streamed_answer_is_byte_identical_and_arrives_before_upstream_finishes(
     d.stop().await;
 }
 
-#[tokio::test]
-async fn tls_upstream_with_a_private_ca() {
-    let (fake, ca) = FakeUpstream::start_tls().await;
+/// A daemon in front of a TLS fake upstream whose private CA it is told to trust.
+async fn start_trusting(fake: &FakeUpstream, ca: &support::TestCa) -> Daemon {
     let extra = format!(
         "[upstream]\nca_file = {:?}\n",
         ca.ca_path.display().to_string()
     );
-    let d = Daemon::start_with(&fake.url(), &extra).await;
+    Daemon::start_with(&fake.url(), &extra).await
+}
+
+#[tokio::test]
+async fn tls_upstream_with_a_private_ca() {
+    let (fake, ca) = FakeUpstream::start_tls().await;
+    let d = start_trusting(&fake, &ca).await;
     let r = post(&d.url("/chat/completions"), &chat("over TLS")).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert!(r.json()["choices"][0]["message"]["content"].is_string());
@@ -121,11 +126,7 @@ async fn tls_upstream_with_a_private_ca() {
 #[tokio::test]
 async fn an_upstream_that_speaks_h2_over_tls_serves_plain_and_streamed_answers_and_hits() {
     let (fake, ca) = FakeUpstream::start_tls_h2().await;
-    let extra = format!(
-        "[upstream]\nca_file = {:?}\n",
-        ca.ca_path.display().to_string()
-    );
-    let d = Daemon::start_with(&fake.url(), &extra).await;
+    let d = start_trusting(&fake, &ca).await;
     let plain = chat("over h2");
     let r = post(&d.url("/chat/completions"), &plain).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
