@@ -35,7 +35,7 @@ pub(crate) const QUEUE_CAP: usize = 16 * 1024;
 /// its I/O threads): folding every commit, up to 100 a second while hits arrive, cost more
 /// than writing the lines. A crash loses nothing: the rollups catch up from their
 /// watermark, and reports ask for a fold first.
-const ROLLUP_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+pub(crate) const ROLLUP_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The writer's nice value. On a busy core a batch (the lines of `QUEUE_FLUSH`, serialized,
 /// written and synced) would otherwise hold up the requests that arrive meanwhile: it
