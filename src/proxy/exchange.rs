@@ -211,19 +211,24 @@ pub async fn drive(
     app.metrics.first_byte(ttfb);
     let ttfb_ms = ttfb.as_millis() as u64;
     let (parts, body) = resp.into_parts();
+    let status = parts.status;
     let headers = response_headers(&parts.headers);
-    if !parts.status.is_success() {
+    // The received head's values are views into the upstream connection's read buffer:
+    // kept for the length of the answer, they would pin that buffer while hyper reads the
+    // body into a new one.
+    drop(parts);
+    if !status.is_success() {
         if ex.endpoint.billable() {
             let acc = Accounting {
                 upstream_ms: Some(ttfb_ms),
                 ttfb_ms: Some(ttfb_ms),
                 ..Accounting::default()
             };
-            let line = ex.ledger_line(ex.policy.upstream_outcome(), parts.status.as_u16(), acc);
+            let line = ex.ledger_line(ex.policy.upstream_outcome(), status.as_u16(), acc);
             app.account(line, ex.prompt()).await;
         }
         let mut out = Response::new(app.upstream.relay(body));
-        *out.status_mut() = parts.status;
+        *out.status_mut() = status;
         *out.headers_mut() = headers;
         let _ = first.send(First::Direct(out));
         return;
@@ -231,7 +236,7 @@ pub async fn drive(
     note_accepted(&app, &ex);
     let sse = crate::stream::is_event_stream(&headers);
     let head = Head {
-        status: parts.status,
+        status,
         headers,
         stream: sse,
     };
