@@ -56,8 +56,11 @@ impl Fingerprinter {
 
     /// `fp-` and 128 bits of keyed blake3 of the credential, in hex.
     pub fn fingerprint(&self, credential: &[u8]) -> String {
-        let h = blake3::keyed_hash(&self.secret, credential);
-        format!("fp-{}", &h.to_hex()[..32])
+        let hex = blake3::keyed_hash(&self.secret, credential).to_hex();
+        let mut out = String::with_capacity(35);
+        out.push_str("fp-");
+        out.push_str(&hex[..32]);
+        out
     }
 }
 

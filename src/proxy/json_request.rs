@@ -4,12 +4,14 @@
 //! parsed and canonicalised again. The same bytes always parse to the same thing, so the
 //! memo can only save work, never change an answer.
 
-use std::collections::HashMap;
+// Keys are blake3 hashes; foldhash (seeded per process, so still not steerable from
+// outside) hashes them for a fraction of what the default SipHash costs on every hit.
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::Value;
 
-use crate::cache::key::canonical_json;
+use crate::cache::key::{cache_key, canonical_json, CacheKey};
 use crate::error::ApiError;
 use crate::proxy::request::parse_json_object;
 
@@ -23,6 +25,17 @@ pub struct JsonRequest {
     pub input_chars: usize,
     /// The last user message, kept only when `admin.show_prompts` is on (dashboard).
     pub prompt: Option<String>,
+    /// The last key made from this body, with what else went into it: a repeated request
+    /// (a hit) usually asks for the same key again.
+    last_key: Mutex<Option<KeyedAs>>,
+}
+
+#[derive(Debug)]
+struct KeyedAs {
+    method: String,
+    path: String,
+    partition: String,
+    key: CacheKey,
 }
 
 impl JsonRequest {
@@ -40,13 +53,36 @@ impl JsonRequest {
             stream: v.get("stream").and_then(Value::as_bool).unwrap_or(false),
             input_chars: input_chars(&v),
             prompt: keep_prompt.then(|| last_user_text(&v)).flatten(),
+            last_key: Mutex::new(None),
         })
+    }
+
+    /// `cache_key` of this body with the other parts; remembers the last one made.
+    pub fn key(&self, method: &str, path: &str, partition: &str) -> CacheKey {
+        // A panic cannot leave the slot half-written: it is replaced whole.
+        let mut last = self.last_key.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = last.as_ref() {
+            if k.method == method && k.path == path && k.partition == partition {
+                return k.key;
+            }
+        }
+        let key = cache_key(method, path, partition, &self.canonical);
+        *last = Some(KeyedAs {
+            method: method.to_string(),
+            path: path.to_string(),
+            partition: partition.to_string(),
+            key,
+        });
+        key
     }
 
     /// Roughly what keeping it costs, for the memo's budget.
     fn size(&self) -> usize {
         const OVERHEAD: usize = 160;
+        // The remembered key's parts: method, path and partition, each short.
+        const KEY_SLOT: usize = 160;
         OVERHEAD
+            + KEY_SLOT
             + self.canonical.len()
             + self.model.as_ref().map_or(0, String::len)
             + self.prompt.as_ref().map_or(0, String::len)
@@ -176,6 +212,30 @@ impl ParseMemo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_remembered_key_is_always_the_key_of_what_is_asked() {
+        let j = JsonRequest::parse(br#"{"model":"m","messages":[]}"#, &[], false).unwrap();
+        let asks = [
+            ("POST", "/chat/completions", "fp-a"),
+            ("POST", "/chat/completions", "fp-a"),
+            ("POST", "/chat/completions", "fp-b"),
+            ("POST", "/tokens", "fp-b"),
+            ("GET", "/tokens", "fp-b"),
+            ("POST", "/chat/completions", "fp-a"),
+        ];
+        for (method, path, partition) in asks {
+            assert_eq!(
+                j.key(method, path, partition),
+                cache_key(method, path, partition, &j.canonical),
+                "{method} {path} {partition}"
+            );
+        }
+        assert_ne!(
+            j.key("POST", "/chat/completions", "fp-a"),
+            j.key("POST", "/chat/completions", "fp-b")
+        );
+    }
 
     fn memo(max_bytes: u64) -> ParseMemo {
         ParseMemo::new(max_bytes, vec!["user".into()], true)

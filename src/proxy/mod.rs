@@ -112,12 +112,14 @@ async fn proxy(
         Some(q) => format!("{}?{q}", attr.path),
         None => attr.path.clone(),
     };
-    let canonical: &[u8] = json.as_ref().map_or(&[], |j| &j.canonical);
     let key = endpoint
         .cacheable()
         .then(|| attr.partition(app.config.cache.scope))
         .flatten()
-        .map(|partition| cache_key(parts.method.as_str(), &path_q, &partition, canonical));
+        .map(|partition| match &json {
+            Some(j) => j.key(parts.method.as_str(), &path_q, &partition),
+            None => cache_key(parts.method.as_str(), &path_q, &partition, &[]),
+        });
     let ex = Exchange {
         method: parts.method.clone(),
         path_q,

@@ -51,6 +51,17 @@ pub enum CostSource {
     Unknown,
 }
 
+impl CostSource {
+    /// The ledger text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CostSource::Upstream => "upstream",
+            CostSource::Estimated => "estimated",
+            CostSource::Unknown => "unknown",
+        }
+    }
+}
+
 /// One ledger line. Serialized fields appear in declaration order. The money fields hold
 /// the JSON number text exactly as received (never re-formatted through `f64`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,6 +146,88 @@ impl LedgerLine {
     pub fn saved_f64(&self) -> f64 {
         number_f64(self.saved.as_deref())
     }
+}
+
+impl LedgerLine {
+    /// Appends the line as JSON, byte for byte what its `Serialize` derive gives (a test
+    /// holds the two together). Written out by hand because it runs for every request:
+    /// the field names are constant text, and only the few free-text strings are checked
+    /// for characters to escape.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"ts\":\"");
+        out.extend_from_slice(timestamp_string(self.ts).as_bytes());
+        out.extend_from_slice(b"\",\"id\":");
+        json_str(out, &self.id);
+        out.extend_from_slice(b",\"project\":");
+        json_str(out, &self.project);
+        out.extend_from_slice(b",\"key\":");
+        json_opt_str(out, self.key.as_deref());
+        out.extend_from_slice(b",\"endpoint\":");
+        json_str(out, &self.endpoint);
+        out.extend_from_slice(b",\"model\":");
+        json_opt_str(out, self.model.as_deref());
+        out.extend_from_slice(b",\"stream\":");
+        json_bool(out, self.stream);
+        out.extend_from_slice(b",\"outcome\":");
+        json_str(out, self.outcome.as_str());
+        out.extend_from_slice(b",\"status\":");
+        json_uint(out, Some(u64::from(self.status)));
+        out.extend_from_slice(b",\"input_tokens\":");
+        json_uint(out, self.input_tokens);
+        out.extend_from_slice(b",\"output_tokens\":");
+        json_uint(out, self.output_tokens);
+        out.extend_from_slice(b",\"input_cost\":");
+        json_raw(out, self.input_cost.as_deref());
+        out.extend_from_slice(b",\"output_cost\":");
+        json_raw(out, self.output_cost.as_deref());
+        out.extend_from_slice(b",\"cost\":");
+        json_raw(out, self.cost.as_deref());
+        out.extend_from_slice(b",\"saved\":");
+        json_raw(out, self.saved.as_deref());
+        out.extend_from_slice(b",\"cost_source\":");
+        json_str(out, self.cost_source.as_str());
+        out.extend_from_slice(b",\"upstream_ms\":");
+        json_uint(out, self.upstream_ms);
+        out.extend_from_slice(b",\"ttfb_ms\":");
+        json_uint(out, self.ttfb_ms);
+        out.extend_from_slice(b",\"incomplete\":");
+        json_bool(out, self.incomplete);
+        out.push(b'}');
+    }
+}
+
+/// A JSON string: as it is when nothing in it needs escaping, else through serde_json.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else if serde_json::to_writer(&mut *out, s).is_err() {
+        // Writing a str into a Vec cannot fail; keep the line valid JSON regardless.
+        out.extend_from_slice(b"null");
+    }
+}
+
+fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn json_uint(out: &mut Vec<u8>, n: Option<u64>) {
+    match n {
+        Some(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn json_raw(out: &mut Vec<u8>, raw: Option<&RawValue>) {
+    out.extend_from_slice(raw.map_or("null", RawValue::get).as_bytes());
+}
+
+fn json_bool(out: &mut Vec<u8>, b: bool) {
+    out.extend_from_slice(if b { b"true" } else { b"false" });
 }
 
 /// The value of a raw JSON number, 0 for null or anything that is not a finite number.
@@ -230,7 +323,15 @@ pub fn new_id() -> String {
         u64::from_le_bytes(bytes)
     });
     let n = start.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed));
-    format!("{:016x}", mix64(n))
+    hex16(mix64(n))
+}
+
+/// `{:016x}` without the formatting machinery (this runs for every ledger line).
+fn hex16(v: u64) -> String {
+    (0..16)
+        .rev()
+        .map(|nibble| char::from(b"0123456789abcdef"[((v >> (nibble * 4)) & 0xf) as usize]))
+        .collect()
 }
 
 /// SplitMix64's finaliser: a bijection on u64, so distinct inputs give distinct ids.
@@ -262,6 +363,78 @@ mod ts_format {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn outcome_of(i: u8) -> Outcome {
+        [
+            Outcome::Hit,
+            Outcome::Miss,
+            Outcome::Coalesced,
+            Outcome::Refresh,
+            Outcome::Bypass,
+        ][usize::from(i % 5)]
+    }
+
+    fn source_of(i: u8) -> CostSource {
+        [
+            CostSource::Upstream,
+            CostSource::Estimated,
+            CostSource::Unknown,
+        ][usize::from(i % 3)]
+    }
+
+    fn raw_of(n: Option<f64>) -> Option<Box<RawValue>> {
+        n.map(|v| serde_json::value::to_raw_value(&v).unwrap())
+    }
+
+    proptest! {
+        #[test]
+        fn the_hand_written_line_is_byte_for_byte_the_derived_one(
+            nanos in 0i128..4_000_000_000_000_000_000,
+            project in any::<String>(),
+            key in proptest::option::of("[ -~]{0,40}"),
+            endpoint in any::<String>(),
+            model in proptest::option::of(any::<String>()),
+            flags in any::<(bool, bool, u8, u8)>(),
+            status in any::<u16>(),
+            tokens in any::<(Option<u64>, Option<u64>, Option<u64>, Option<u64>)>(),
+            costs in any::<(Option<f64>, Option<f64>, Option<f64>, Option<f64>)>(),
+        ) {
+            let mut line = LedgerLine::new(&project, &endpoint, outcome_of(flags.2), status);
+            line.ts = OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap();
+            line.key = key;
+            line.model = model;
+            line.stream = flags.0;
+            line.incomplete = flags.1;
+            line.cost_source = source_of(flags.3);
+            (line.input_tokens, line.output_tokens, line.upstream_ms, line.ttfb_ms) = tokens;
+            line.input_cost = raw_of(costs.0);
+            line.output_cost = raw_of(costs.1);
+            line.cost = raw_of(costs.2);
+            line.saved = raw_of(costs.3);
+            let mut ours = Vec::new();
+            line.write_json(&mut ours);
+            prop_assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                serde_json::to_string(&line).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn strings_that_need_escaping_are_escaped() {
+        let mut line = LedgerLine::new("a\"b\\c\n\u{1}é", "/x", Outcome::Hit, 200);
+        line.model = Some("\t".into());
+        let mut ours = Vec::new();
+        line.write_json(&mut ours);
+        assert_eq!(
+            String::from_utf8(ours).unwrap(),
+            serde_json::to_string(&line).unwrap()
+        );
+        let back: LedgerLine =
+            serde_json::from_str(&serde_json::to_string(&line).unwrap()).unwrap();
+        assert_eq!(back.project, line.project);
+    }
 
     #[test]
     fn timestamps_and_days_format_as_the_time_crate_does() {
@@ -284,6 +457,13 @@ mod tests {
             .unwrap()
             .to_offset(UtcOffset::from_hms(5, 30, 0).unwrap());
         assert_eq!(timestamp_string(offset), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn hex16_writes_what_the_formatter_would() {
+        for v in [0, 1, 0xf, 0x10, 0xdead_beef, u64::MAX, 1 << 63, mix64(42)] {
+            assert_eq!(hex16(v), format!("{v:016x}"));
+        }
     }
 
     #[test]

@@ -274,17 +274,9 @@ impl Writer {
             let Some((_, idx, buf)) = segments.last_mut() else {
                 continue; // unreachable: a segment was just ensured
             };
-            let start = buf.len();
-            match serde_json::to_writer(&mut *buf, &**line) {
-                Ok(()) => {
-                    buf.push(b'\n');
-                    idx.push(i);
-                }
-                Err(e) => {
-                    buf.truncate(start);
-                    results[i] = Err(format!("cannot encode ledger line: {e}"));
-                }
-            }
+            line.write_json(buf);
+            buf.push(b'\n');
+            idx.push(i);
         }
         segments.retain(|(_, idx, _)| !idx.is_empty());
         let mut all_ok = results.iter().all(Result::is_ok);
