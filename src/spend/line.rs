@@ -328,10 +328,12 @@ pub fn new_id() -> String {
 
 /// `{:016x}` without the formatting machinery (this runs for every ledger line).
 fn hex16(v: u64) -> String {
-    (0..16)
-        .rev()
-        .map(|nibble| char::from(b"0123456789abcdef"[((v >> (nibble * 4)) & 0xf) as usize]))
-        .collect()
+    let mut digits = [0u8; 16];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = b"0123456789abcdef"[((v >> ((15 - i) * 4)) & 0xf) as usize];
+    }
+    // Hex digits are ASCII, so this never falls back.
+    String::from_utf8(digits.to_vec()).unwrap_or_default()
 }
 
 /// SplitMix64's finaliser: a bijection on u64, so distinct inputs give distinct ids.

@@ -9,7 +9,10 @@
 //! version. Sums are added line by line in ledger order, so live rollups and a rebuild
 //! agree bit for bit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// foldhash (seeded per process) rather than SipHash: every ledger line looks its group up.
+use foldhash::HashMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -200,7 +203,7 @@ impl Accum {
         Accum {
             store: store.clone(),
             load: load_existing,
-            groups: HashMap::new(),
+            groups: HashMap::default(),
             watermarks: BTreeMap::new(),
             last: None,
         }
