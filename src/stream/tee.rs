@@ -78,15 +78,17 @@ pub async fn tee(
         t.first_byte_ms.get_or_insert(ms);
         t.chunk_times
             .push((data.len() as u32, ms.min(u64::from(u32::MAX)) as u32));
+        // A piece handed over by hyper is a view into its whole read buffer; kept as it is,
+        // every recorded piece would pin one such buffer until the answer is dropped.
+        flight.push(bytes::Bytes::copy_from_slice(&data));
         if sse {
+            // The readers send the piece on first; what it means is looked into after.
+            tokio::task::yield_now().await;
             parser.push(&data, &mut events);
             for ev in events.drain(..) {
                 note_event(&ev, &mut t, &mut saw_end_marker, &mut in_band_error);
             }
         }
-        // A piece handed over by hyper is a view into its whole read buffer; kept as it is,
-        // every recorded piece would pin one such buffer until the answer is dropped.
-        flight.push(bytes::Bytes::copy_from_slice(&data));
     }
     if sse {
         if let Some(ev) = parser.finish() {
