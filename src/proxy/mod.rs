@@ -35,7 +35,9 @@ pub const BUDGET_HEADER: HeaderName = HeaderName::from_static("x-chatcache-budge
 /// Entry point for every request the server accepts.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     if crate::admin::is_admin_path(req.uri().path()) {
-        return crate::admin::route(app, req, peer).await;
+        // Boxed, as is the way upstream below: a hit's future stays small (it is moved
+        // several times per request) and does not carry the state of paths it never takes.
+        return Box::pin(crate::admin::route(app, req, peer)).await;
     }
     let started = Instant::now();
     let _in_flight = app.metrics.track_request();
@@ -153,6 +155,12 @@ async fn proxy(
     if policy.offline {
         return Err(ApiError::CacheMiss);
     }
+    Box::pin(upstream(app, ex)).await
+}
+
+/// Answers a request the cache did not: checks budget and ledger, then fetches.
+async fn upstream(app: &Arc<App>, ex: Exchange) -> Result<Response<Body>, ApiError> {
+    let (endpoint, policy) = (ex.endpoint, ex.policy);
     if endpoint.billable() {
         if let BudgetState::Exhausted { budget, spent } = app.spend.budget(&ex.attr.project) {
             return Err(ApiError::BudgetExceeded {
