@@ -24,8 +24,8 @@ fn line(i: usize, day: time::Date) -> LedgerLine {
         200,
     );
     l.ts = day.midnight().assume_utc() + Duration::from_secs((i % 86_400) as u64);
-    l.model = Some(["GPT-4 Turbo", "Claude 3.5 Sonnet", "Deepseek Chat"][i % 3].to_string());
-    l.key = Some(format!("fp-{:032x}", i % 40));
+    l.model = Some(["GPT-4 Turbo", "Claude 3.5 Sonnet", "Deepseek Chat"][i % 3].into());
+    l.key = Some(format!("fp-{:032x}", i % 40).into());
     l.set_usage(
         Usage {
             input_tokens: Some(100 + (i % 50) as u64),

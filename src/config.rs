@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -194,7 +195,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub projects: BTreeMap<String, ProjectConfig>,
     /// Local client tokens: blake3 hex of the token → project.
-    pub tokens: BTreeMap<String, String>,
+    pub tokens: BTreeMap<String, Arc<str>>,
 }
 
 #[derive(Debug, Clone)]
@@ -452,7 +453,7 @@ fn validate(
                 t.project
             )));
         }
-        tokens.insert(hash.to_ascii_lowercase(), t.project);
+        tokens.insert(hash.to_ascii_lowercase(), Arc::from(t.project));
     }
     Ok(Config {
         source,

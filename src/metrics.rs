@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -24,7 +25,7 @@ struct RequestLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProjectLabels {
-    project: String,
+    project: Arc<str>,
 }
 
 pub struct Metrics {
@@ -175,9 +176,9 @@ impl Metrics {
         self.upstream_seconds.observe(d.as_secs_f64());
     }
 
-    pub fn spend(&self, project: &str, cost: f64, saved: f64) {
+    pub fn spend(&self, project: &Arc<str>, cost: f64, saved: f64) {
         let labels = ProjectLabels {
-            project: project.to_string(),
+            project: project.clone(),
         };
         if cost > 0.0 {
             self.cost.get_or_create(&labels).inc_by(cost);

@@ -34,9 +34,9 @@ impl RecentRequest {
         let line = &kept.line;
         RecentRequest {
             ts: line.ts,
-            project: line.project.clone(),
-            endpoint: line.endpoint.clone(),
-            model: line.model.clone(),
+            project: line.project.to_string(),
+            endpoint: line.endpoint.to_string(),
+            model: line.model.as_deref().map(str::to_string),
             stream: line.stream,
             outcome: line.outcome,
             status: line.status,
@@ -80,7 +80,7 @@ impl Recent {
         let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         ring.iter()
             .rev()
-            .filter(|k| project.is_none_or(|p| k.line.project == p))
+            .filter(|k| project.is_none_or(|p| &*k.line.project == p))
             .take(limit)
             .map(RecentRequest::of)
             .collect()

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 const SECRET_FILE: &str = "fingerprint.key";
 
@@ -55,12 +56,13 @@ impl Fingerprinter {
     }
 
     /// `fp-` and 128 bits of keyed blake3 of the credential, in hex.
-    pub fn fingerprint(&self, credential: &[u8]) -> String {
+    pub fn fingerprint(&self, credential: &[u8]) -> Arc<str> {
         let hex = blake3::keyed_hash(&self.secret, credential).to_hex();
-        let mut out = String::with_capacity(35);
-        out.push_str("fp-");
-        out.push_str(&hex[..32]);
-        out
+        let mut text = [0u8; 35];
+        text[..3].copy_from_slice(b"fp-");
+        text[3..].copy_from_slice(&hex.as_bytes()[..32]);
+        // "fp-" and hex digits are ASCII, so always UTF-8; the fallback is never taken.
+        Arc::from(std::str::from_utf8(&text).unwrap_or("fp-"))
     }
 }
 

@@ -6,7 +6,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::spend::CostSource;
+use crate::spend::{CostSource, Money};
 
 const MAGIC: &[u8; 4] = b"CCE1";
 const HEADER_LEN: usize = 4 + 32 + 4;
@@ -32,7 +32,7 @@ pub struct EntryMeta {
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
     /// The cost of producing this answer, as upstream wrote it (or estimated).
-    pub cost: Option<Box<RawValue>>,
+    pub cost: Option<Money>,
     pub cost_source: CostSource,
 }
 
@@ -155,7 +155,7 @@ pub(crate) mod tests {
                 model: Some("m".into()),
                 input_tokens: Some(3),
                 output_tokens: Some(4),
-                cost: Some(RawValue::from_string("0.000114".into()).unwrap()),
+                cost: Some(RawValue::from_string("0.000114".into()).unwrap().into()),
                 cost_source: CostSource::Upstream,
             },
             Bytes::from_static(b"data: x\n\n\n\n"),

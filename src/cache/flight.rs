@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::spend::Money;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
-use serde_json::value::RawValue;
 use tokio::sync::watch;
 
 use crate::body::Body;
@@ -40,7 +40,7 @@ struct State {
     chunks: Vec<Bytes>,
     end: Option<End>,
     /// What the answer cost upstream (its cost text), for followers' `saved`.
-    cost: Option<Box<RawValue>>,
+    cost: Option<Money>,
 }
 
 pub struct Flight {
@@ -76,11 +76,11 @@ impl Flight {
         self.bump();
     }
 
-    pub fn set_cost(&self, cost: Option<Box<RawValue>>) {
+    pub fn set_cost(&self, cost: Option<Money>) {
         self.lock().cost = cost;
     }
 
-    pub fn cost(&self) -> Option<Box<RawValue>> {
+    pub fn cost(&self) -> Option<Money> {
         self.lock().cost.clone()
     }
 

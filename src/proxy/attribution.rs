@@ -1,6 +1,8 @@
 //! Who a request is for: its project (local token, `/p/NAME` prefix, header, or
 //! `default`), the credential sent upstream and its fingerprint, and the cache partition.
 
+use std::sync::{Arc, OnceLock};
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::app::App;
@@ -12,13 +14,11 @@ pub const DEFAULT_PROJECT: &str = "default";
 
 #[derive(Debug, Clone)]
 pub struct Attribution {
-    pub project: String,
-    /// The path to forward and key: the request path without any `/p/NAME` prefix.
-    pub path: String,
+    pub project: Arc<str>,
     /// The Authorization value to send upstream, if any.
     pub upstream_auth: Option<HeaderValue>,
     /// Keyed fingerprint of the upstream credential.
-    pub fingerprint: Option<String>,
+    pub fingerprint: Option<Arc<str>>,
     pub namespace: Option<String>,
 }
 
@@ -31,11 +31,13 @@ pub fn split_project_prefix(path: &str) -> Option<(&str, &str)> {
     }
 }
 
+/// The path to forward and key: the request path without any `/p/NAME` prefix.
+pub fn forwarded_path(path: &str) -> &str {
+    split_project_prefix(path).map_or(path, |(_, rest)| rest)
+}
+
 pub fn resolve(app: &App, path: &str, headers: &HeaderMap) -> Result<Attribution, ApiError> {
-    let (prefix_project, path) = match split_project_prefix(path) {
-        Some((name, rest)) => (Some(name), rest),
-        None => (None, path),
-    };
+    let prefix_project = split_project_prefix(path).map(|(name, _)| name);
     let header_project = single_header(headers, &PROJECT_HEADER)?;
     let namespace = single_header(headers, &NAMESPACE_HEADER)?;
     if let Some(ns) = &namespace {
@@ -79,17 +81,15 @@ pub fn resolve(app: &App, path: &str, headers: &HeaderMap) -> Result<Attribution
 
     let project = match (token_project, prefix_project, header_project) {
         (Some(t), _, _) => t,
-        (None, Some(p), _) => p.to_string(),
-        (None, None, Some(h)) => h,
-        (None, None, None) => DEFAULT_PROJECT.to_string(),
+        (None, Some(p), _) => checked_project(p)?,
+        (None, None, Some(h)) => checked_project(h)?,
+        (None, None, None) => default_project(),
     };
-    check_project_name(&project).map_err(|e| ApiError::BadRequest(e.0))?;
     Ok(Attribution {
         project,
-        path: path.to_string(),
         upstream_auth,
         fingerprint,
-        namespace,
+        namespace: namespace.map(str::to_string),
     })
 }
 
@@ -99,7 +99,7 @@ impl Attribution {
     pub fn partition(&self, scope: Scope) -> Option<String> {
         let fp = self.fingerprint.as_ref()?;
         let base = match scope {
-            Scope::Key => fp.clone(),
+            Scope::Key => fp.to_string(),
             Scope::Project => format!("project:{}", self.project),
             Scope::Shared => "shared".to_string(),
         };
@@ -119,7 +119,21 @@ fn bearer(v: &HeaderValue) -> Option<&str> {
 const PROJECT_HEADER: HeaderName = HeaderName::from_static("x-chatcache-project");
 const NAMESPACE_HEADER: HeaderName = HeaderName::from_static("x-chatcache-namespace");
 
-fn single_header(headers: &HeaderMap, name: &HeaderName) -> Result<Option<String>, ApiError> {
+/// A project name from the request, once checked (names from the config were checked at load).
+fn checked_project(name: &str) -> Result<Arc<str>, ApiError> {
+    check_project_name(name).map_err(|e| ApiError::BadRequest(e.0))?;
+    Ok(Arc::from(name))
+}
+
+fn default_project() -> Arc<str> {
+    static DEFAULT: OnceLock<Arc<str>> = OnceLock::new();
+    DEFAULT.get_or_init(|| Arc::from(DEFAULT_PROJECT)).clone()
+}
+
+fn single_header<'h>(
+    headers: &'h HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'h str>, ApiError> {
     let mut all = headers.get_all(name).iter();
     let Some(first) = all.next() else {
         return Ok(None);
@@ -129,7 +143,7 @@ fn single_header(headers: &HeaderMap, name: &HeaderName) -> Result<Option<String
     }
     first
         .to_str()
-        .map(|s| Some(s.trim().to_string()))
+        .map(|s| Some(s.trim()))
         .map_err(|_| ApiError::BadRequest(format!("{name} is not text")))
 }
 

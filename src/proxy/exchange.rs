@@ -2,6 +2,7 @@
 //! into its recording, and the bookkeeping when it ends (ledger line made durable, cache
 //! entry stored, followers released) — in that order, before any client sees the end.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,7 +24,7 @@ use crate::proxy::attribution::Attribution;
 use crate::proxy::json_request::JsonRequest;
 use crate::proxy::policy::{Endpoint, Policy};
 use crate::proxy::request::{copy_end_to_end, owned};
-use crate::spend::{estimate, CostSource, LedgerLine, Outcome, Prices, Usage};
+use crate::spend::{estimate, CostSource, LedgerLine, Money, Outcome, Prices, Usage};
 use crate::stream::tee::{tee, TeeEnd};
 
 /// Everything about a client request that the exchange needs, owned.
@@ -58,7 +59,7 @@ pub enum First {
 pub struct Accounting {
     pub usage: Usage,
     pub source: Option<CostSource>,
-    pub saved: Option<Box<RawValue>>,
+    pub saved: Option<Money>,
     pub upstream_ms: Option<u64>,
     pub ttfb_ms: Option<u64>,
     pub incomplete: bool,
@@ -74,7 +75,7 @@ impl Accounting {
         a
     }
 
-    pub fn saved(cost: Option<Box<RawValue>>) -> Accounting {
+    pub fn saved(cost: Option<Money>) -> Accounting {
         Accounting {
             usage: Usage {
                 input_cost: Some(crate::spend::zero()),
@@ -109,8 +110,8 @@ impl Exchange {
             id: crate::spend::new_id(),
             project: self.attr.project.clone(),
             key: self.attr.fingerprint.clone(),
-            endpoint: self.endpoint.as_str().to_string(),
-            model: self.model().map(str::to_string),
+            endpoint: Cow::Borrowed(self.endpoint.as_str()),
+            model: self.json.as_ref().and_then(|j| j.model.clone()),
             stream: self.json.as_ref().is_some_and(|j| j.stream),
             outcome,
             status,

@@ -19,7 +19,7 @@ use crate::proxy::request::parse_json_object;
 pub struct JsonRequest {
     /// What the cache key hashes: the body in canonical form, ignored fields left out.
     pub canonical: Vec<u8>,
-    pub model: Option<String>,
+    pub model: Option<Arc<str>>,
     pub stream: bool,
     /// Characters of prompt text, for estimates.
     pub input_chars: usize,
@@ -49,7 +49,7 @@ impl JsonRequest {
         let v = parse_json_object(body)?;
         Ok(JsonRequest {
             canonical: canonical_json(&v, ignore_fields),
-            model: v.get("model").and_then(Value::as_str).map(str::to_string),
+            model: v.get("model").and_then(Value::as_str).map(Arc::from),
             stream: v.get("stream").and_then(Value::as_bool).unwrap_or(false),
             input_chars: input_chars(&v),
             prompt: keep_prompt.then(|| last_user_text(&v)).flatten(),
@@ -84,7 +84,7 @@ impl JsonRequest {
         OVERHEAD
             + KEY_SLOT
             + self.canonical.len()
-            + self.model.as_ref().map_or(0, String::len)
+            + self.model.as_ref().map_or(0, |m| m.len())
             + self.prompt.as_ref().map_or(0, String::len)
     }
 }

@@ -98,7 +98,7 @@ impl Budgets {
     /// Counts a recorded line. A line of a later period starts that period; a line of an
     /// earlier period is ignored.
     pub fn add_line(&mut self, line: &LedgerLine) {
-        let Some(t) = self.projects.get_mut(&line.project) else {
+        let Some(t) = self.projects.get_mut(&*line.project) else {
             return;
         };
         let cost = line.cost_f64();

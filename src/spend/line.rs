@@ -1,8 +1,9 @@
 //! The ledger line: one JSON object per answered request, its field order, timestamp
 //! format, outcome and cost-source enums, and exact (verbatim) JSON numbers for money.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -69,20 +70,22 @@ pub struct LedgerLine {
     #[serde(with = "ts_format")]
     pub ts: OffsetDateTime,
     pub id: String,
-    pub project: String,
+    // Shared with the request that made the line (and `endpoint` is a constant), so a line
+    // costs no copies of them.
+    pub project: Arc<str>,
     /// Keyed fingerprint of the credential (never the credential itself).
-    pub key: Option<String>,
-    pub endpoint: String,
-    pub model: Option<String>,
+    pub key: Option<Arc<str>>,
+    pub endpoint: Cow<'static, str>,
+    pub model: Option<Arc<str>>,
     pub stream: bool,
     pub outcome: Outcome,
     pub status: u16,
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
-    pub input_cost: Option<Box<RawValue>>,
-    pub output_cost: Option<Box<RawValue>>,
-    pub cost: Option<Box<RawValue>>,
-    pub saved: Option<Box<RawValue>>,
+    pub input_cost: Option<Money>,
+    pub output_cost: Option<Money>,
+    pub cost: Option<Money>,
+    pub saved: Option<Money>,
     pub cost_source: CostSource,
     pub upstream_ms: Option<u64>,
     pub ttfb_ms: Option<u64>,
@@ -97,9 +100,9 @@ impl LedgerLine {
         LedgerLine {
             ts: OffsetDateTime::now_utc(),
             id: new_id(),
-            project: project.to_string(),
+            project: Arc::from(project),
             key: None,
-            endpoint: endpoint.to_string(),
+            endpoint: Cow::Owned(endpoint.to_string()),
             model: None,
             stream: false,
             outcome,
@@ -237,22 +240,30 @@ pub fn number_f64(raw: Option<&RawValue>) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// An amount of money: the JSON number text exactly as upstream sent it. Shared, not
+/// copied: a cache entry, every line that replays it and the metrics hold one text.
+pub type Money = Arc<RawValue>;
+
 /// The JSON number `0`.
-pub fn zero() -> Box<RawValue> {
-    static ZERO: OnceLock<Box<RawValue>> = OnceLock::new();
+pub fn zero() -> Money {
+    static ZERO: OnceLock<Money> = OnceLock::new();
     ZERO.get_or_init(|| {
         // Serializing an integer to JSON cannot fail; the fallback is never taken.
-        serde_json::value::to_raw_value(&0u8).unwrap_or_else(|_| RawValue::NULL.to_owned())
+        serde_json::value::to_raw_value(&0u8)
+            .unwrap_or_else(|_| RawValue::NULL.to_owned())
+            .into()
     })
     .clone()
 }
 
 /// `text` as a raw JSON number if it is one valid JSON number (surrounding whitespace
 /// is dropped, nothing else is changed).
-pub fn raw_number(text: &str) -> Option<Box<RawValue>> {
+pub fn raw_number(text: &str) -> Option<Money> {
     let trimmed = text.trim();
     serde_json::from_str::<serde_json::Number>(trimmed).ok()?;
-    RawValue::from_string(trimmed.to_string()).ok()
+    RawValue::from_string(trimmed.to_string())
+        .ok()
+        .map(Money::from)
 }
 
 /// "YYYY-MM-DD" (years outside 0..=9999, which only a broken clock gives, are clamped).
@@ -385,8 +396,8 @@ mod tests {
         ][usize::from(i % 3)]
     }
 
-    fn raw_of(n: Option<f64>) -> Option<Box<RawValue>> {
-        n.map(|v| serde_json::value::to_raw_value(&v).unwrap())
+    fn raw_of(n: Option<f64>) -> Option<Money> {
+        n.map(|v| serde_json::value::to_raw_value(&v).unwrap().into())
     }
 
     proptest! {
@@ -404,8 +415,8 @@ mod tests {
         ) {
             let mut line = LedgerLine::new(&project, &endpoint, outcome_of(flags.2), status);
             line.ts = OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap();
-            line.key = key;
-            line.model = model;
+            line.key = key.map(Arc::from);
+            line.model = model.map(Arc::from);
             line.stream = flags.0;
             line.incomplete = flags.1;
             line.cost_source = source_of(flags.3);

@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 
 pub use budget::{BudgetState, Budgets};
 pub use ledger::{read_all, ReadStats};
-pub use line::{new_id, raw_number, zero, CostSource, LedgerLine, Outcome};
+pub use line::{new_id, raw_number, zero, CostSource, LedgerLine, Money, Outcome};
 pub use report::{render_csv, render_json, render_table, Dim, Report, ReportQuery, Row};
 pub use rollup::Counters;
 pub use usage::{estimate, Prices, Usage};

@@ -120,9 +120,9 @@ impl Group {
         }
         Group {
             day,
-            project: line.project.clone(),
-            model: line.model.clone(),
-            key: line.key.clone(),
+            project: line.project.to_string(),
+            model: line.model.as_deref().map(str::to_string),
+            key: line.key.as_deref().map(str::to_string),
         }
     }
 
@@ -211,9 +211,9 @@ impl Accum {
 
     pub(crate) fn add(&mut self, line: &LedgerLine) -> Result<(), SpendError> {
         if let Some((group, date)) = &self.last {
-            if group.project == line.project
-                && group.model == line.model
-                && group.key == line.key
+            if *group.project == *line.project
+                && group.model.as_deref() == line.model.as_deref()
+                && group.key.as_deref() == line.key.as_deref()
                 && *date == line.utc_date()
             {
                 if let Some(c) = self.groups.get_mut(group) {
@@ -427,8 +427,8 @@ mod tests {
         let line = |ts, project: &str, model: Option<&str>, key: Option<&str>| {
             let mut l = LedgerLine::new(project, "/chat/completions", Outcome::Miss, 200);
             l.ts = ts;
-            l.model = model.map(String::from);
-            l.key = key.map(String::from);
+            l.model = model.map(std::sync::Arc::from);
+            l.key = key.map(std::sync::Arc::from);
             l
         };
         let (d1, d2) = (

@@ -49,8 +49,8 @@ fn line(
 ) -> LedgerLine {
     let mut l = LedgerLine::new(project, "/chat/completions", outcome, 200);
     l.ts = ts;
-    l.model = model.map(String::from);
-    l.key = key.map(String::from);
+    l.model = model.map(Arc::from);
+    l.key = key.map(Arc::from);
     l.cost = cost.and_then(raw_number);
     l.saved = saved.and_then(raw_number);
     l.cost_source = if cost.is_some() {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::line::raw_number;
+use super::line::{raw_number, Money};
 use super::CostSource;
 
 /// Tokens and money for one answer. Money fields are JSON number text, kept verbatim.
@@ -14,9 +14,9 @@ use super::CostSource;
 pub struct Usage {
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
-    pub input_cost: Option<Box<RawValue>>,
-    pub output_cost: Option<Box<RawValue>>,
-    pub cost: Option<Box<RawValue>>,
+    pub input_cost: Option<Money>,
+    pub output_cost: Option<Money>,
+    pub cost: Option<Money>,
 }
 
 #[derive(Deserialize)]
@@ -85,7 +85,7 @@ fn token_count(raw: &RawValue) -> Option<u64> {
     (v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v <= 9.0e15).then_some(v as u64)
 }
 
-fn money(raw: &RawValue) -> Option<Box<RawValue>> {
+fn money(raw: &RawValue) -> Option<Money> {
     let text = raw.get();
     if text.starts_with('"') {
         let inner: String = serde_json::from_str(text).ok()?;
@@ -181,11 +181,11 @@ fn round12(v: f64) -> f64 {
     (v * 1e12).round() / 1e12
 }
 
-fn money_from_f64(v: f64) -> Option<Box<RawValue>> {
+fn money_from_f64(v: f64) -> Option<Money> {
     if !v.is_finite() {
         return None;
     }
-    serde_json::value::to_raw_value(&v).ok()
+    serde_json::value::to_raw_value(&v).ok().map(Money::from)
 }
 
 #[cfg(test)]
