@@ -158,7 +158,7 @@ impl LedgerLine {
     /// for characters to escape.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"ts\":\"");
-        out.extend_from_slice(timestamp_string(self.ts).as_bytes());
+        push_timestamp(out, self.ts);
         out.extend_from_slice(b"\",\"id\":");
         json_str(out, &self.id);
         out.extend_from_slice(b",\"project\":");
@@ -268,43 +268,54 @@ pub fn raw_number(text: &str) -> Option<Money> {
 
 /// "YYYY-MM-DD" (years outside 0..=9999, which only a broken clock gives, are clamped).
 pub fn day_string(date: Date) -> String {
-    let mut out = String::with_capacity(24);
+    let mut out = Vec::with_capacity(10);
     push_date(&mut out, date);
-    out
+    ascii_string(out)
 }
 
 /// Appends "YYYY-MM-DD": written digit by digit, as it runs for every ledger line.
-fn push_date(out: &mut String, date: Date) {
+fn push_date(out: &mut Vec<u8>, date: Date) {
     push_digits(out, date.year().clamp(0, 9999) as u32, 4);
-    out.push('-');
+    out.push(b'-');
     push_digits(out, u32::from(u8::from(date.month())), 2);
-    out.push('-');
+    out.push(b'-');
     push_digits(out, u32::from(date.day()), 2);
 }
 
 /// Appends the last `width` decimal digits of `n`, zero-padded.
-fn push_digits(out: &mut String, n: u32, width: u32) {
+fn push_digits(out: &mut Vec<u8>, n: u32, width: u32) {
     for i in (0..width).rev() {
         let digit = (n / 10u32.pow(i)) % 10;
-        out.push(char::from(b'0' + digit as u8));
+        out.push(b'0' + digit as u8);
     }
+}
+
+/// Appends "YYYY-MM-DDTHH:MM:SS.mmmZ" of `ts` in UTC.
+fn push_timestamp(out: &mut Vec<u8>, ts: OffsetDateTime) {
+    let ts = ts.to_offset(UtcOffset::UTC);
+    push_date(out, ts.date());
+    out.push(b'T');
+    push_digits(out, u32::from(ts.hour()), 2);
+    out.push(b':');
+    push_digits(out, u32::from(ts.minute()), 2);
+    out.push(b':');
+    push_digits(out, u32::from(ts.second()), 2);
+    out.push(b'.');
+    push_digits(out, u32::from(ts.millisecond()), 3);
+    out.push(b'Z');
 }
 
 /// "YYYY-MM-DDTHH:MM:SS.mmmZ" of `ts` in UTC.
 fn timestamp_string(ts: OffsetDateTime) -> String {
-    let ts = ts.to_offset(UtcOffset::UTC);
-    let mut out = String::with_capacity(24);
-    push_date(&mut out, ts.date());
-    out.push('T');
-    push_digits(&mut out, u32::from(ts.hour()), 2);
-    out.push(':');
-    push_digits(&mut out, u32::from(ts.minute()), 2);
-    out.push(':');
-    push_digits(&mut out, u32::from(ts.second()), 2);
-    out.push('.');
-    push_digits(&mut out, u32::from(ts.millisecond()), 3);
-    out.push('Z');
-    out
+    let mut out = Vec::with_capacity(24);
+    push_timestamp(&mut out, ts);
+    ascii_string(out)
+}
+
+/// Digits and punctuation written above are ASCII, so always UTF-8: the fallback (an empty
+/// string) is never taken.
+fn ascii_string(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_default()
 }
 
 /// Parses "YYYY-MM-DD".

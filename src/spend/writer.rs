@@ -265,11 +265,19 @@ impl Writer {
         let batch = std::mem::take(pending);
         let mut results: Vec<Result<(), String>> = vec![Ok(()); batch.len()];
         // Consecutive lines of one month file form a segment: (file, line indexes, bytes).
+        // A line's month is compared first; a file name is made once per segment.
         let mut segments: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut month = None;
         for (i, (line, _)) in batch.iter().enumerate() {
-            let name = ledger::file_name_for(line);
-            if segments.last().is_none_or(|(n, _, _)| *n != name) {
-                segments.push((name, Vec::new(), Vec::with_capacity(512)));
+            let date = line.utc_date();
+            let this_month = Some((date.year(), date.month()));
+            if segments.is_empty() || month != this_month {
+                month = this_month;
+                segments.push((
+                    ledger::file_name_for(line),
+                    Vec::new(),
+                    Vec::with_capacity(512),
+                ));
             }
             let Some((_, idx, buf)) = segments.last_mut() else {
                 continue; // unreachable: a segment was just ensured
