@@ -4,8 +4,9 @@
 //! parsed and canonicalised again. The same bytes always parse to the same thing, so the
 //! memo can only save work, never change an answer.
 
-// Keys are blake3 hashes; foldhash (seeded per process, so still not steerable from
-// outside) hashes them for a fraction of what the default SipHash costs on every hit.
+// Keys are the bodies themselves, compared in full when found, so two bodies never share
+// a parse; foldhash (seeded per process, so not steerable from outside) hashes them for a
+// fraction of what a cryptographic hash or the default SipHash costs on every hit.
 use foldhash::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -131,16 +132,17 @@ fn last_user_text(body: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
-type BodyHash = [u8; 32];
+/// A remembered body: its own copy (one in a connection's read buffer would pin that).
+type Body = Box<[u8]>;
 
 #[derive(Default)]
 struct Generations {
-    current: HashMap<BodyHash, Arc<JsonRequest>>,
+    current: HashMap<Body, Arc<JsonRequest>>,
     current_bytes: usize,
-    previous: HashMap<BodyHash, Arc<JsonRequest>>,
+    previous: HashMap<Body, Arc<JsonRequest>>,
 }
 
-/// Parsed bodies by the blake3 hash of their bytes, within a byte budget: two generations,
+/// Parsed bodies by their bytes, within a byte budget: two generations,
 /// the older dropped whole when the newer fills half the budget (a body used in that time
 /// moves to the newer one), which approximates least-recently-used at constant cost.
 pub struct ParseMemo {
@@ -168,14 +170,13 @@ impl ParseMemo {
     /// The body's parse: remembered, or made now (and remembered unless the body is large).
     /// Bad bodies are refused each time and never remembered.
     pub fn parse(&self, body: &[u8]) -> Result<Arc<JsonRequest>, ApiError> {
-        let hash = *blake3::hash(body).as_bytes();
         {
             let mut g = self.lock();
-            if let Some(found) = g.current.get(&hash) {
+            if let Some(found) = g.current.get(body) {
                 return Ok(found.clone());
             }
-            if let Some(found) = g.previous.remove(&hash) {
-                self.keep(&mut g, hash, found.clone());
+            if let Some((body, found)) = g.previous.remove_entry(body) {
+                self.keep(&mut g, body, found.clone());
                 return Ok(found);
             }
         }
@@ -184,21 +185,22 @@ impl ParseMemo {
             &self.ignore_fields,
             self.keep_prompt,
         )?);
-        if parsed.size() <= self.max_bytes / 8 {
-            self.keep(&mut self.lock(), hash, parsed.clone());
+        if body.len() + parsed.size() <= self.max_bytes / 8 {
+            self.keep(&mut self.lock(), body.into(), parsed.clone());
         }
         Ok(parsed)
     }
 
-    fn keep(&self, g: &mut Generations, hash: BodyHash, parsed: Arc<JsonRequest>) {
-        let size = parsed.size();
+    fn keep(&self, g: &mut Generations, body: Body, parsed: Arc<JsonRequest>) {
+        let size = body.len() + parsed.size();
         if g.current_bytes + size > self.max_bytes / 2 {
             g.previous = std::mem::take(&mut g.current);
             g.current_bytes = 0;
         }
         g.current_bytes += size;
-        if let Some(old) = g.current.insert(hash, parsed) {
-            g.current_bytes -= old.size();
+        let len = body.len();
+        if let Some(old) = g.current.insert(body, parsed) {
+            g.current_bytes -= len + old.size();
         }
     }
 
@@ -277,6 +279,17 @@ mod tests {
     }
 
     #[test]
+    fn bodies_that_differ_anywhere_get_their_own_parse() {
+        let m = memo(1 << 20);
+        let a = m.parse(br#"{"model":"m","n":1}"#).unwrap();
+        let b = m.parse(br#"{"model":"m","n":2}"#).unwrap();
+        assert_ne!(a.canonical, b.canonical);
+        let a_again = m.parse(br#"{"model":"m","n":1}"#).unwrap();
+        assert!(Arc::ptr_eq(&a, &a_again));
+        assert_eq!(m.remembered(), 2);
+    }
+
+    #[test]
     fn bad_bodies_are_refused_every_time_and_not_remembered() {
         let m = memo(1 << 20);
         for _ in 0..2 {
@@ -298,7 +311,7 @@ mod tests {
         }
         assert!(m.remembered() < 60, "old bodies go: {}", m.remembered());
         let g = m.lock();
-        assert!(g.current.contains_key(blake3::hash(hot).as_bytes()));
+        assert!(g.current.contains_key(&hot[..]));
     }
 
     #[test]
