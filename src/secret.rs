@@ -3,13 +3,24 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use subtle::ConstantTimeEq;
 
 const SECRET_FILE: &str = "fingerprint.key";
 
 #[derive(Clone)]
 pub struct Fingerprinter {
     secret: [u8; 32],
+    /// The credential fingerprinted last, with its fingerprint: requests mostly repeat one
+    /// (always, when the daemon holds the key). In memory only, as the requests carrying
+    /// it are, and compared in constant time.
+    last: Arc<Mutex<Option<Seen>>>,
+}
+
+struct Seen {
+    credential: Box<[u8]>,
+    fingerprint: Arc<str>,
 }
 
 impl std::fmt::Debug for Fingerprinter {
@@ -27,7 +38,7 @@ impl Fingerprinter {
                 let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
                     anyhow::anyhow!("{} is damaged (not 32 bytes); remove it to make a new one (fingerprints in old ledger lines will then no longer match)", path.display())
                 })?;
-                Ok(Fingerprinter { secret })
+                Ok(Fingerprinter::with_secret(secret))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut secret = [0u8; 32];
@@ -44,19 +55,37 @@ impl Fingerprinter {
                 let mut f = opts.open(&path)?;
                 f.write_all(&secret)?;
                 f.sync_all()?;
-                Ok(Fingerprinter { secret })
+                Ok(Fingerprinter::with_secret(secret))
             }
             Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
         }
     }
 
-    #[cfg(test)]
-    pub fn with_secret(secret: [u8; 32]) -> Fingerprinter {
-        Fingerprinter { secret }
+    fn with_secret(secret: [u8; 32]) -> Fingerprinter {
+        Fingerprinter {
+            secret,
+            last: Arc::default(),
+        }
     }
 
     /// `fp-` and 128 bits of keyed blake3 of the credential, in hex.
     pub fn fingerprint(&self, credential: &[u8]) -> Arc<str> {
+        // The slot is replaced whole, so a panic cannot leave it half-written.
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(seen) = last.as_ref() {
+            if bool::from(seen.credential.as_ref().ct_eq(credential)) {
+                return seen.fingerprint.clone();
+            }
+        }
+        let fingerprint = self.compute(credential);
+        *last = Some(Seen {
+            credential: credential.into(),
+            fingerprint: fingerprint.clone(),
+        });
+        fingerprint
+    }
+
+    fn compute(&self, credential: &[u8]) -> Arc<str> {
         let hex = blake3::keyed_hash(&self.secret, credential).to_hex();
         let mut text = [0u8; 35];
         text[..3].copy_from_slice(b"fp-");
@@ -92,6 +121,26 @@ mod tests {
         assert!(!a
             .fingerprint(b"Bearer k")
             .contains(&blake3::hash(b"Bearer k").to_hex()[..8]));
+    }
+
+    #[test]
+    fn the_remembered_fingerprint_is_always_the_credentials_own() {
+        let f = Fingerprinter::with_secret([3; 32]);
+        let asks: [&[u8]; 7] = [
+            b"Bearer k",
+            b"Bearer k",
+            b"Bearer kk",
+            b"Bearer k",
+            b"Bearer j",
+            b"",
+            b"Bearer j",
+        ];
+        for credential in asks {
+            assert_eq!(f.fingerprint(credential), f.compute(credential));
+        }
+        let clone = f.clone();
+        assert_eq!(clone.fingerprint(b"Bearer x"), f.compute(b"Bearer x"));
+        assert_eq!(f.fingerprint(b"Bearer k"), f.compute(b"Bearer k"));
     }
 
     #[test]

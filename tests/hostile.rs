@@ -352,6 +352,51 @@ async fn first_bytes_split_across_writes_still_pick_the_right_protocol() {
 }
 
 #[tokio::test]
+async fn a_body_that_comes_in_pieces_is_read_whole() {
+    let fake = FakeUpstream::start().await;
+    let d = Daemon::start(&fake.url()).await;
+    let body = chat("a body in pieces");
+    let whole = post(&d.url("/chat/completions"), &body).await;
+    assert_eq!(whole.header("x-chatcache"), Some("miss"));
+
+    let (a, b) = body.split_at(body.len() / 2);
+    let sized = format!("Content-Length: {}\r\n\r\n", body.len());
+    let chunked = "Transfer-Encoding: chunked\r\n\r\n".to_string();
+    for (framing, pieces) in [
+        (sized, vec![a.to_string(), b.to_string()]),
+        (
+            chunked,
+            vec![
+                format!("{:x}\r\n{a}\r\n", a.len()),
+                format!("{:x}\r\n{b}\r\n0\r\n\r\n", b.len()),
+            ],
+        ),
+    ] {
+        let head = format!(
+            "POST /chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: {KEY}\r\nContent-Type: application/json\r\nConnection: close\r\n{framing}"
+        );
+        let mut s = TcpStream::connect(d.addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        for piece in pieces {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            s.write_all(piece.as_bytes()).await.unwrap();
+        }
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert_eq!(status_of(&out), 200, "{out}");
+        assert!(
+            out.to_ascii_lowercase().contains("x-chatcache: hit"),
+            "the whole body is the one stored: {out}"
+        );
+    }
+    d.stop().await;
+}
+
+#[tokio::test]
 async fn connections_that_never_say_which_protocol_are_closed_by_the_header_timeout() {
     let fake = FakeUpstream::start().await;
     let d = Daemon::start_with(&fake.url(), "[limits]\nheader_read_timeout = \"1s\"\n").await;

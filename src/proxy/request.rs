@@ -5,6 +5,7 @@ use std::fmt;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
@@ -26,15 +27,28 @@ pub async fn read_body(
         return Err(ApiError::BodyTooLarge { limit });
     }
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    match Limited::new(body, limit_usize).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::BodyTooLarge { limit })
+    let unreadable = |e: Box<dyn std::error::Error + Send + Sync>| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            ApiError::BodyTooLarge { limit }
+        } else {
+            ApiError::BadRequest("the request body could not be read".into())
         }
-        Err(_) => Err(ApiError::BadRequest(
-            "the request body could not be read".into(),
-        )),
+    };
+    let mut body = Limited::new(body, limit_usize);
+    // Most bodies arrive whole, in one piece: taken as they are, with nothing to collect.
+    let first = match body.frame().await {
+        None => return Ok(Bytes::new()),
+        Some(frame) => frame.map_err(unreadable)?,
+    };
+    let first = first.into_data().unwrap_or_default();
+    if body.is_end_stream() {
+        return Ok(first);
     }
+    let rest = body.collect().await.map_err(unreadable)?.to_bytes();
+    let mut whole = bytes::BytesMut::with_capacity(first.len() + rest.len());
+    whole.extend_from_slice(&first);
+    whole.extend_from_slice(&rest);
+    Ok(whole.freeze())
 }
 
 /// Parses a JSON endpoint's body: valid UTF-8 JSON, an object, no duplicate keys.
