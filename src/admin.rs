@@ -233,9 +233,12 @@ async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<B
             let (parts, body) = req.into_parts();
             let attr =
                 crate::proxy::attribution::resolve(&app, "/", &import_headers(&parts.headers))?;
-            let partition = attr.partition(app.config.cache.scope).ok_or_else(|| {
-                ApiError::BadRequest("import needs the credential whose cache partition to fill (x-chatcache-credential)".into())
-            })?;
+            let partition = attr
+                .partition(app.config.cache.scope)
+                .ok_or_else(|| {
+                    ApiError::BadRequest("import needs the credential whose cache partition to fill (x-chatcache-credential)".into())
+                })?
+                .into_owned();
             let cache = app.cache.clone();
             let ignore = app.config.cache.ignore_fields.clone();
             let count: BundleCount = blocking(move || {

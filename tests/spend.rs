@@ -285,3 +285,32 @@ async fn kill_9_loses_no_line_and_rollups_agree_and_no_key_on_disk() {
     let files = assert_no_secret_in_files(dir.path(), &needles);
     assert!(files.len() > 5, "scanned the data dir and the logs");
 }
+
+#[tokio::test]
+async fn an_answer_without_cost_fields_is_estimated_from_its_text() {
+    let fake = FakeUpstream::start().await;
+    let d = Daemon::start(&fake.url()).await;
+    // Prices come from /models.
+    assert_eq!(get(&d.url("/models")).await.status, StatusCode::OK);
+    let r = post_with(
+        &d.url("/chat/completions"),
+        &chat("estimate me from what you say"),
+        &[("authorization", KEY), ("x-fake-fault", "no-cost")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let answer = r.json();
+    assert!(answer.get("total_tokens_cost").is_none(), "{answer}");
+    let said = answer["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .chars()
+        .count();
+    let dir = d.data_dir.clone();
+    let _keep = d.stop().await;
+    let lines = ledger_lines(&dir);
+    let miss = lines.iter().find(|l| l["outcome"] == "miss").unwrap();
+    assert_eq!(miss["cost_source"], "estimated", "{miss}");
+    assert_eq!(miss["output_tokens"], said.div_ceil(4) as u64, "{miss}");
+    assert!(miss["cost"].as_f64().unwrap() > 0.0, "{miss}");
+}

@@ -1,6 +1,7 @@
 //! Who a request is for: its project (local token, `/p/NAME` prefix, header, or
 //! `default`), the credential sent upstream and its fingerprint, and the cache partition.
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -96,15 +97,15 @@ pub fn resolve(app: &App, path: &str, headers: &HeaderMap) -> Result<Attribution
 impl Attribution {
     /// The cache partition this request reads and writes, or None when it may neither
     /// (no credential: nobody to vouch that upstream would have answered it).
-    pub fn partition(&self, scope: Scope) -> Option<String> {
+    pub fn partition(&self, scope: Scope) -> Option<Cow<'_, str>> {
         let fp = self.fingerprint.as_ref()?;
         let base = match scope {
-            Scope::Key => fp.to_string(),
-            Scope::Project => format!("project:{}", self.project),
-            Scope::Shared => "shared".to_string(),
+            Scope::Key => Cow::Borrowed(&**fp),
+            Scope::Project => Cow::Owned(format!("project:{}", self.project)),
+            Scope::Shared => Cow::Borrowed("shared"),
         };
         Some(match &self.namespace {
-            Some(ns) => format!("{base}|ns:{ns}"),
+            Some(ns) => Cow::Owned(format!("{base}|ns:{ns}")),
             None => base,
         })
     }

@@ -254,15 +254,13 @@ pub async fn drive(
     .await;
     let body = leader.flight.snapshot();
     let mut end = t.end;
-    let parsed: Option<Value> = if sse {
-        None
-    } else {
-        serde_json::from_slice(&body).ok()
-    };
+    // Checked without building a tree: the cost fields are read on their own, and the
+    // answer's text is looked into only when the cost has to be estimated.
+    let is_json = sse || serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok();
     if !sse
         && matches!(end, TeeEnd::Clean)
         && (ex.endpoint.cacheable() || ex.endpoint.billable())
-        && parsed.is_none()
+        && !is_json
     {
         end = TeeEnd::Broken(ApiError::UpstreamBroken(
             "upstream answered with a body that is not JSON".into(),
@@ -274,7 +272,6 @@ pub async fn drive(
         prices.as_deref(),
         sse,
         t.cost_frame.as_deref(),
-        parsed.as_ref(),
         &body,
         t.output_chars,
     );
@@ -348,7 +345,6 @@ fn account(
     prices: Option<&Prices>,
     sse: bool,
     cost_frame: Option<&str>,
-    parsed: Option<&Value>,
     body: &[u8],
     stream_output_chars: usize,
 ) -> (Usage, CostSource) {
@@ -365,7 +361,9 @@ fn account(
     let output_chars = if sse {
         stream_output_chars
     } else {
-        parsed
+        serde_json::from_slice::<Value>(body)
+            .ok()
+            .as_ref()
             .and_then(|v| v.get("choices"))
             .and_then(Value::as_array)
             .map_or(0, |cs| {

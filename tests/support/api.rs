@@ -252,14 +252,18 @@ impl ChatAnswer {
     }
 
     /// Body of a non-streaming completion.
-    pub fn completion_json(&self) -> String {
-        format!(
-            r#"{{"id": "{}", "object": "chat.completion", "created": {CREATED}, "model": {}, "choices": [{{"index": 0, "message": {{"role": "assistant", "content": {}}}, "finish_reason": "stop"}}], {}}}"#,
+    pub fn completion_json(&self, with_cost: bool) -> String {
+        let choices = format!(
+            r#""id": "{}", "object": "chat.completion", "created": {CREATED}, "model": {}, "choices": [{{"index": 0, "message": {{"role": "assistant", "content": {}}}, "finish_reason": "stop"}}]"#,
             self.id,
             quote(&self.model),
             quote(&self.text()),
-            self.costs.fields_json()
-        )
+        );
+        if with_cost {
+            format!("{{{choices}, {}}}", self.costs.fields_json())
+        } else {
+            format!("{{{choices}}}")
+        }
     }
 
     /// Complete SSE frames (`data: …\n\n`): one chunk per word, the cost frame, `[DONE]`.

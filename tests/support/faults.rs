@@ -22,7 +22,7 @@ pub enum Fault {
     Gap(u64),
     /// `done`: append `data: [DONE]\n\n` to the stream.
     Done,
-    /// `no-cost`: stream without the trailing cost frame.
+    /// `no-cost`: an answer without its cost fields (a stream without its cost frame).
     NoCost,
     /// `short-body`: Content-Length larger than the body, then close.
     ShortBody,

@@ -116,7 +116,7 @@ fn chat(req: &Request, f: &FaultSet) -> Reply {
             ],
             body: Body::Frames(a.stream_frames(!f.no_cost, f.done)),
         },
-        Ok(a) => json(200, a.completion_json()),
+        Ok(a) => json(200, a.completion_json(!f.no_cost)),
     }
 }
 
