@@ -309,6 +309,23 @@ async fn sigterm_with_several_streams_in_flight_loses_nothing() {
     drop(keep);
 }
 
+/// Writes `pieces` on one connection, 30 ms apart, and reads the answer to its end.
+async fn send_in_pieces(addr: std::net::SocketAddr, pieces: &[&[u8]]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    for (i, piece) in pieces.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        s.write_all(piece).await.unwrap();
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[tokio::test]
 async fn first_bytes_split_across_writes_still_pick_the_right_protocol() {
     let fake = FakeUpstream::start().await;
@@ -320,16 +337,7 @@ async fn first_bytes_split_across_writes_still_pick_the_right_protocol() {
         "OST /chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let mut s = TcpStream::connect(d.addr).await.unwrap();
-    s.write_all(b"P").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let out = String::from_utf8_lossy(&out);
+    let out = send_in_pieces(d.addr, &[b"P", request.as_bytes()]).await;
     assert_eq!(status_of(&out), 200, "{out}");
     assert!(out.contains("chat.completion"), "{out}");
 
@@ -375,18 +383,9 @@ async fn a_body_that_comes_in_pieces_is_read_whole() {
         let head = format!(
             "POST /chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: {KEY}\r\nContent-Type: application/json\r\nConnection: close\r\n{framing}"
         );
-        let mut s = TcpStream::connect(d.addr).await.unwrap();
-        s.write_all(head.as_bytes()).await.unwrap();
-        for piece in pieces {
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            s.write_all(piece.as_bytes()).await.unwrap();
-        }
-        let mut out = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-            .await
-            .unwrap()
-            .unwrap();
-        let out = String::from_utf8_lossy(&out);
+        let mut all = vec![head.as_bytes()];
+        all.extend(pieces.iter().map(|p| p.as_bytes()));
+        let out = send_in_pieces(d.addr, &all).await;
         assert_eq!(status_of(&out), 200, "{out}");
         assert!(
             out.to_ascii_lowercase().contains("x-chatcache: hit"),
