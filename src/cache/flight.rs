@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::spend::Money;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
 use tokio::sync::watch;
@@ -13,6 +12,7 @@ use tokio::sync::watch;
 use crate::body::Body;
 use crate::cache::key::CacheKey;
 use crate::error::ApiError;
+use crate::spend::Money;
 
 /// The response head of an answer in flight.
 #[derive(Debug, Clone)]

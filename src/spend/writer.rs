@@ -271,7 +271,7 @@ impl Writer {
         for (i, (line, _)) in batch.iter().enumerate() {
             let date = line.utc_date();
             let this_month = Some((date.year(), date.month()));
-            if segments.is_empty() || month != this_month {
+            if month != this_month {
                 month = this_month;
                 segments.push((
                     ledger::file_name_for(line),
