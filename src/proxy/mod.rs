@@ -56,7 +56,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         status = tracing::field::Empty,
         cache = tracing::field::Empty
     );
-    let mut resp = match proxy(&app, req, started).instrument(span.clone()).await {
+    let mut resp = match proxy(&app, req, endpoint, started)
+        .instrument(span.clone())
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             if let ApiError::Internal(detail) = &e {
@@ -98,12 +101,12 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
 async fn proxy(
     app: &Arc<App>,
     req: Request<Incoming>,
+    endpoint: Endpoint,
     started: Instant,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
     let attr = attribution::resolve(app, parts.uri.path(), &parts.headers)?;
     let path = attribution::forwarded_path(parts.uri.path());
-    let endpoint = Endpoint::of(&parts.method, path);
     let body = request::read_body(body, &parts.headers, app.config.limits.max_body).await?;
     let json = if endpoint.takes_json() {
         Some(app.parsed.parse(&body)?)
