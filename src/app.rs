@@ -39,16 +39,18 @@ pub struct App {
 
 impl App {
     pub fn open(config: Config) -> anyhow::Result<Arc<App>> {
-        // cache.memory is shared: three quarters for the store's page cache, an eighth for
-        // the in-memory tier of recently served answers, an eighth for remembered parses.
-        let hot_bytes = config.cache.memory / 8;
-        let parse_bytes = config.cache.memory / 8;
+        // cache.memory is shared: half for the in-memory tier of recently served answers, a
+        // quarter for the store's page cache (access records and rollups, not answers), a
+        // quarter for remembered parses. Stored answers are read through the OS page cache.
+        let hot_bytes = config.cache.memory / 2;
+        let parse_bytes = config.cache.memory / 4;
         let (store, fingerprints) = open_data_dir(
             &config.data_dir,
             config.cache.memory - hot_bytes - parse_bytes,
         )?;
         let cache = Cache::open(
             store.clone(),
+            &config.data_dir.join("answers"),
             config.cache.max_bytes,
             config.cache.max_age,
             hot_bytes,

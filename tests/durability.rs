@@ -308,19 +308,9 @@ async fn crash_cycles(cycles: usize) {
         );
     }
     let d = Daemon::start_in(&data, &fake.url(), "").await;
-    let mut damaged = 0;
-    let mut intact = 0;
-    d.app
-        .cache
-        .store()
-        .scan_prefix(chatcache::cache::store::Space::Entries, b"", |_, v| {
-            match chatcache::cache::entry::Entry::decode(v) {
-                Ok(_) => intact += 1,
-                Err(_) => damaged += 1,
-            }
-            true
-        })
-        .unwrap();
+    let mut intact = 0u64;
+    d.app.cache.for_each(|_, _| intact += 1).unwrap();
+    let damaged = d.app.cache.stats().entries - intact;
     assert_eq!(
         damaged, 0,
         "{damaged} stored entries fail their checksum ({intact} intact)"

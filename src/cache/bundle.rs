@@ -113,11 +113,10 @@ mod tests {
 
     fn cache() -> (tempfile::TempDir, Cache) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
-        (
-            dir,
-            Cache::open(store, 1 << 30, Duration::from_secs(3600), 1 << 20).unwrap(),
-        )
+        let store = Store::open(&dir.path().join("store"), 1 << 20).unwrap();
+        let answers = dir.path().join("answers");
+        let cache = Cache::open(store, &answers, 1 << 30, Duration::from_secs(3600), 1 << 20);
+        (dir, cache.unwrap())
     }
 
     #[test]

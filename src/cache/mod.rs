@@ -1,28 +1,35 @@
 //! The answer cache: lookups with checksum and age checks, stores, approximate LRU
 //! eviction under `cache.max_bytes`, and the operations behind `chatcache cache …`.
-//! Every call here is blocking (it reaches the store): async callers use `spawn_blocking`.
+//! Entries live in the answer files, found through the in-memory index; each has an
+//! access record in the store (its place and times) from which the index is rebuilt at
+//! start. Calls that read or write entries block: async callers use `spawn_blocking`.
 
+pub mod answers;
 pub mod bundle;
 pub mod entry;
 pub mod flight;
 pub mod hot;
+pub mod index;
 pub mod key;
-pub mod presence;
 pub mod store;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::cache::entry::Entry;
+use crate::cache::answers::{Answers, Place, SEGMENT_BYTES};
+use crate::cache::entry::{DecodeError, Entry};
 use crate::cache::hot::Hot;
+use crate::cache::index::{Index, Slot};
 use crate::cache::key::CacheKey;
-use crate::cache::presence::Presence;
-use crate::cache::store::{Space, Store, StoreResult};
+use crate::cache::store::{Space, Store, StoreError, StoreResult};
 
-/// A hit is not written back to the access record more often than this.
+/// A hit is not noted in the index more often than this (the in-memory tier's rule).
 const TOUCH_EVERY_MS: u64 = 60_000;
 
 pub fn now_ms() -> u64 {
@@ -32,32 +39,52 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Size and times of one entry, kept apart from the entry so eviction never reads bodies.
+fn secs(ms: u64) -> u32 {
+    u32::try_from(ms / 1000).unwrap_or(u32::MAX)
+}
+
+/// An entry's access record in the store: its times and its place in the answer files.
 #[derive(Debug, Clone, Copy)]
 struct Access {
-    size: u64,
     created_ms: u64,
     last_ms: u64,
+    place: Place,
 }
 
 impl Access {
-    fn encode(self) -> [u8; 24] {
-        let mut out = [0u8; 24];
-        out[..8].copy_from_slice(&self.size.to_le_bytes());
-        out[8..16].copy_from_slice(&self.created_ms.to_le_bytes());
-        out[16..].copy_from_slice(&self.last_ms.to_le_bytes());
+    const LEN: usize = 16 + Place::ENCODED_LEN;
+    /// Earlier versions' record (size, created, last), whose entry is in `Space::Entries`.
+    const EARLIER_LEN: usize = 24;
+
+    fn encode(self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[..8].copy_from_slice(&self.created_ms.to_le_bytes());
+        out[8..16].copy_from_slice(&self.last_ms.to_le_bytes());
+        out[16..].copy_from_slice(&self.place.encode());
         out
     }
 
     fn decode(b: &[u8]) -> Option<Access> {
+        if b.len() != Self::LEN {
+            return None;
+        }
         let word = |i: usize| -> Option<u64> {
             Some(u64::from_le_bytes(b.get(i..i + 8)?.try_into().ok()?))
         };
         Some(Access {
-            size: word(0)?,
-            created_ms: word(8)?,
-            last_ms: word(16)?,
+            created_ms: word(0)?,
+            last_ms: word(8)?,
+            place: Place::decode(&b[16..])?,
         })
+    }
+
+    fn slot(self) -> Slot {
+        Slot {
+            place: self.place,
+            created_s: secs(self.created_ms),
+            last_s: secs(self.last_ms),
+            dirty: false,
+        }
     }
 }
 
@@ -91,6 +118,7 @@ pub struct EntrySummary {
     pub status: u16,
     pub bytes: u64,
     pub created_ms: u64,
+    /// To the second.
     pub last_used_ms: u64,
 }
 
@@ -107,62 +135,131 @@ pub struct Cache {
     inner: Arc<Inner>,
 }
 
+/// What readers need: the index and the open segments with their sizes.
+#[derive(Default)]
+struct State {
+    index: Index,
+    segments: BTreeMap<u32, (Arc<File>, u64)>,
+}
+
+/// The segment being appended to. Its lock is taken first, by every change: changes
+/// happen one at a time, while lookups only take the state's lock for a moment.
+struct Writer {
+    segment: u32,
+    file: Arc<File>,
+    size: u64,
+}
+
 struct Inner {
     store: Store,
+    answers: Answers,
+    state: Mutex<State>,
+    writer: Mutex<Writer>,
     hot: Hot,
-    present: Presence,
     max_bytes: u64,
     max_age: Duration,
-    total: AtomicU64,
-    count: AtomicU64,
     evicting: AtomicBool,
     evictions: AtomicU64,
     corrupt: AtomicU64,
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every change leaves the state consistent before anything in it can panic.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Cache {
-    /// Wraps the store, counting what it holds (a walk over the small access records).
-    /// `hot_bytes` bounds the in-memory tier of recently served entries.
+    /// Opens the cache over `store` and the answer files in `answers_dir`, rebuilding the
+    /// index from the access records. Entries of earlier versions, kept in the store
+    /// itself, are moved to the answer files. `hot_bytes` bounds the in-memory tier of
+    /// recently served entries.
     pub fn open(
         store: Store,
+        answers_dir: &Path,
         max_bytes: u64,
         max_age: Duration,
         hot_bytes: u64,
     ) -> StoreResult<Cache> {
-        let (mut total, mut count) = (0u64, 0u64);
-        let present = Presence::default();
+        let (answers, found) = Answers::open(answers_dir)?;
+        let mut state = State::default();
+        let mut earlier = Vec::new();
         store.scan_prefix(Space::Access, b"", |k, v| {
-            if let (Some(a), Ok(key)) = (Access::decode(v), <[u8; 32]>::try_from(k)) {
-                total += a.size;
-                count += 1;
-                present.insert(&CacheKey(key));
+            if let Ok(key) = <[u8; 32]>::try_from(k) {
+                match Access::decode(v) {
+                    Some(a) => {
+                        state.index.insert(&CacheKey(key), a.slot());
+                    }
+                    None if v.len() == Access::EARLIER_LEN => earlier.push(CacheKey(key)),
+                    None => {}
+                }
             }
             true
         })?;
-        Ok(Cache {
+        for &(segment, size) in &found {
+            if state.index.live(segment) == 0 {
+                answers.delete(segment)?;
+            } else {
+                let file = Arc::new(answers.open_segment(segment)?);
+                state.segments.insert(segment, (file, size));
+            }
+        }
+        // Appends always go to a new segment: a segment cut short by a crash is only read.
+        let segment = found.last().map_or(0, |(s, _)| s.wrapping_add(1));
+        let file = Arc::new(answers.create(segment)?);
+        state.segments.insert(segment, (file.clone(), 0));
+        let cache = Cache {
             inner: Arc::new(Inner {
                 store,
+                answers,
+                state: Mutex::new(state),
+                writer: Mutex::new(Writer {
+                    segment,
+                    file,
+                    size: 0,
+                }),
                 hot: Hot::new(hot_bytes),
-                present,
                 max_bytes,
                 max_age,
-                total: AtomicU64::new(total),
-                count: AtomicU64::new(count),
                 evicting: AtomicBool::new(false),
                 evictions: AtomicU64::new(0),
                 corrupt: AtomicU64::new(0),
             }),
-        })
+        };
+        let mut w = cache.writer();
+        cache.move_earlier_entries(&mut w, earlier)?;
+        let all: Vec<u32> = found.iter().map(|(s, _)| *s).collect();
+        cache.settle(&mut w, all)?;
+        drop(w);
+        Ok(cache)
     }
 
-    pub fn store(&self) -> &Store {
-        &self.inner.store
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.inner.state)
     }
 
-    /// The entry under `key` if it is intact and younger than both `cache.max_age` and
-    /// `max_age`. A damaged entry is removed and never returned.
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        lock(&self.inner.writer)
+    }
+
+    fn move_earlier_entries(&self, w: &mut Writer, keys: Vec<CacheKey>) -> StoreResult<()> {
+        let s = &self.inner.store;
+        for key in keys {
+            if let Some(bytes) = s.get(Space::Entries, &key.0)? {
+                if let Ok(entry) = Entry::decode(&bytes) {
+                    self.append(w, key, &bytes, entry.meta.created_ms, now_ms())?;
+                } else {
+                    s.remove(Space::Access, &key.0)?;
+                }
+                s.remove(Space::Entries, &key.0)?;
+            } else {
+                s.remove(Space::Access, &key.0)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The entry under `key` from the in-memory tier, if it is there and young enough;
-    /// never blocks. The flag says its access record may be due a refresh (`touch`).
+    /// never blocks. The flag says its use is due to be noted (`touch`).
     pub fn get_hot(&self, key: CacheKey, max_age: Option<Duration>) -> Option<(Arc<Entry>, bool)> {
         let now = now_ms();
         let (entry, due) = self.inner.hot.get(&key, now, TOUCH_EVERY_MS)?;
@@ -173,18 +270,41 @@ impl Cache {
         Some((entry, due))
     }
 
+    /// The stored entry under `key`: `None` when there is none, an error when its record
+    /// is damaged or cut short.
+    fn load(&self, key: CacheKey) -> StoreResult<Option<Result<Entry, DecodeError>>> {
+        let (slot, file) = {
+            let state = self.state();
+            let Some(slot) = state.index.get(&key) else {
+                return Ok(None);
+            };
+            let file = state
+                .segments
+                .get(&slot.place.segment)
+                .map(|(f, _)| f.clone());
+            (slot, file)
+        };
+        let record = match file {
+            Some(f) => answers::read(&f, slot.place)?,
+            None => None,
+        };
+        Ok(Some(match record {
+            Some((stored_key, bytes)) if stored_key == key => Entry::decode(&bytes),
+            _ => Err(DecodeError::Truncated),
+        }))
+    }
+
+    /// The entry under `key` if it is intact and younger than both `cache.max_age` and
+    /// `max_age`. A damaged entry is removed and never returned.
     pub fn get(
         &self,
         key: CacheKey,
         max_age: Option<Duration>,
     ) -> StoreResult<(Lookup, Option<Arc<Entry>>)> {
-        let s = &self.inner.store;
-        let Some(bytes) = s.get(Space::Entries, &key.0)? else {
-            return Ok((Lookup::Missing, None));
-        };
-        let entry = match Entry::decode(&bytes) {
-            Ok(e) => e,
-            Err(e) => {
+        let entry = match self.load(key)? {
+            None => return Ok((Lookup::Missing, None)),
+            Some(Ok(entry)) => entry,
+            Some(Err(e)) => {
                 tracing::warn!(key = %key, error = %e, "dropping a damaged cache entry");
                 self.inner.corrupt.fetch_add(1, Ordering::Relaxed);
                 self.remove(key)?;
@@ -200,88 +320,186 @@ impl Cache {
         if max_age.is_some_and(|m| age > m) {
             return Ok((Lookup::Stale, None));
         }
-        self.touch(key)?;
+        self.touch(key);
         let entry = Arc::new(entry);
         self.inner.hot.insert(key, entry.clone(), now);
         Ok((Lookup::Fresh, Some(entry)))
     }
 
-    /// Refreshes the entry's last-use time in the store (at most once a minute).
-    pub fn touch(&self, key: CacheKey) -> StoreResult<()> {
-        let now = now_ms();
-        let s = &self.inner.store;
-        if let Some(mut a) = s
-            .get(Space::Access, &key.0)?
-            .and_then(|v| Access::decode(&v))
-        {
-            if now.saturating_sub(a.last_ms) >= TOUCH_EVERY_MS {
-                a.last_ms = now;
-                s.put(Space::Access, &key.0, &a.encode())?;
-            }
-        }
-        Ok(())
+    /// Notes a use of the entry, in memory: its access record gets it at `flush`.
+    pub fn touch(&self, key: CacheKey) {
+        self.state().index.touch(&key, secs(now_ms()));
+    }
+
+    /// False when `key` is certainly not stored (no file is read to know).
+    pub fn may_contain(&self, key: CacheKey) -> bool {
+        self.state().index.contains(&key)
     }
 
     /// Stores `entry` under `key`, replacing any older one, then evicts if over the limit.
-    /// False when `key` was certainly never stored (no store call needed to know).
-    pub fn may_contain(&self, key: CacheKey) -> bool {
-        self.inner.present.may_contain(&key)
-    }
-
     pub fn put(&self, key: CacheKey, entry: &Entry) -> StoreResult<()> {
-        self.inner.hot.remove(&key);
-        self.inner.present.insert(&key);
-        let s = &self.inner.store;
-        let size = entry.stored_size();
-        let access = Access {
-            size,
-            created_ms: entry.meta.created_ms,
-            last_ms: now_ms(),
-        };
-        let old = s
-            .get(Space::Access, &key.0)?
-            .and_then(|v| Access::decode(&v));
-        // Access record first, entry second (and the reverse on removal): sled replays its
-        // one log in order, so a crash between the two can leave a record without an entry
-        // (a miss, and evicted like any other) but never an entry that lookups and
-        // eviction cannot see.
-        s.put(Space::Access, &key.0, &access.encode())?;
-        s.put(Space::Entries, &key.0, &entry.encode())?;
-        match old {
-            Some(o) => {
-                self.inner
-                    .total
-                    .fetch_sub(o.size.min(self.bytes()), Ordering::Relaxed);
-            }
-            None => {
-                self.inner.count.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.inner.total.fetch_add(size, Ordering::Relaxed);
+        self.write(key, &entry.encode(), entry.meta.created_ms)?;
         if self.bytes() > self.inner.max_bytes {
             self.evict()?;
         }
         Ok(())
     }
 
-    pub fn remove(&self, key: CacheKey) -> StoreResult<bool> {
+    fn write(&self, key: CacheKey, bytes: &[u8], created_ms: u64) -> StoreResult<()> {
         self.inner.hot.remove(&key);
-        let s = &self.inner.store;
-        let had_entry = s.remove(Space::Entries, &key.0)?.is_some();
-        let old = s
-            .remove(Space::Access, &key.0)?
-            .and_then(|v| Access::decode(&v));
-        if let Some(o) = old {
-            self.inner
-                .total
-                .fetch_sub(o.size.min(self.bytes()), Ordering::Relaxed);
-            self.inner.count.fetch_sub(1, Ordering::Relaxed);
+        let mut w = self.writer();
+        if let Some(old) = self.append(&mut w, key, bytes, created_ms, now_ms())? {
+            self.settle(&mut w, [old.place.segment])?;
         }
-        Ok(had_entry || old.is_some())
+        Ok(())
+    }
+
+    /// Appends the record, then points the access record and the index at it: a crash in
+    /// between leaves only unreferenced bytes. Returns the slot it replaces.
+    fn append(
+        &self,
+        w: &mut Writer,
+        key: CacheKey,
+        bytes: &[u8],
+        created_ms: u64,
+        last_ms: u64,
+    ) -> StoreResult<Option<Slot>> {
+        let too_large = || StoreError::TooLarge(bytes.len());
+        let len = u32::try_from(bytes.len()).map_err(|_| too_large())?;
+        let record_len = Place {
+            segment: 0,
+            offset: 0,
+            len,
+        }
+        .record_len();
+        if w.size > 0 && w.size + record_len > SEGMENT_BYTES {
+            self.roll(w)?;
+        }
+        let offset = u32::try_from(w.size).map_err(|_| too_large())?;
+        answers::write(&w.file, w.size, &key, bytes)?;
+        w.size += record_len;
+        let access = Access {
+            created_ms,
+            last_ms,
+            place: Place {
+                segment: w.segment,
+                offset,
+                len,
+            },
+        };
+        self.inner
+            .store
+            .put(Space::Access, &key.0, &access.encode())?;
+        let mut state = self.state();
+        if let Some((_, size)) = state.segments.get_mut(&w.segment) {
+            *size = w.size;
+        }
+        Ok(state.index.insert(&key, access.slot()))
+    }
+
+    /// Closes the segment being appended to (its data synced) and starts the next one.
+    fn roll(&self, w: &mut Writer) -> StoreResult<()> {
+        w.file.sync_data()?;
+        let segment = w.segment.wrapping_add(1);
+        let file = Arc::new(self.inner.answers.create(segment)?);
+        self.state().segments.insert(segment, (file.clone(), 0));
+        *w = Writer {
+            segment,
+            file,
+            size: 0,
+        };
+        Ok(())
+    }
+
+    /// After removals from `segments`: deletes each that holds nothing live any more and
+    /// rewrites each that is less than half live, so the files stay under twice what they
+    /// hold.
+    fn settle(&self, w: &mut Writer, segments: impl IntoIterator<Item = u32>) -> StoreResult<()> {
+        for segment in segments {
+            if segment == w.segment {
+                continue;
+            }
+            let (live, size) = {
+                let mut state = self.state();
+                let live = state.index.live(segment);
+                (live, state.segments.get(&segment).map(|(_, s)| *s))
+            };
+            let Some(size) = size else { continue };
+            if live == 0 {
+                self.state().segments.remove(&segment);
+                self.inner.answers.delete(segment)?;
+            } else if live * 2 < size {
+                self.compact(w, segment)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the live records of `segment` to the end of the answer files and deletes it.
+    fn compact(&self, w: &mut Writer, segment: u32) -> StoreResult<()> {
+        let (file, mut slots) = {
+            let state = self.state();
+            let Some((file, _)) = state.segments.get(&segment) else {
+                return Ok(());
+            };
+            let slots: Vec<(CacheKey, Slot)> = state
+                .index
+                .iter()
+                .filter(|(_, s)| s.place.segment == segment)
+                .collect();
+            (file.clone(), slots)
+        };
+        slots.sort_unstable_by_key(|(_, s)| s.place.offset);
+        for (key, slot) in slots {
+            match answers::read(&file, slot.place)? {
+                Some((stored, bytes)) if stored == key => {
+                    let created_ms = u64::from(slot.created_s) * 1000;
+                    let last_ms = u64::from(slot.last_s) * 1000;
+                    self.append(w, key, &bytes, created_ms, last_ms)?;
+                }
+                // Unreadable: the next lookup finds it damaged and drops it.
+                _ => {}
+            }
+        }
+        if self.state().index.live(segment) == 0 {
+            self.state().segments.remove(&segment);
+            self.inner.answers.delete(segment)?;
+        }
+        Ok(())
+    }
+
+    pub fn remove(&self, key: CacheKey) -> StoreResult<bool> {
+        let mut w = self.writer();
+        let (had, segment) = self.forget(key)?;
+        self.settle(&mut w, segment)?;
+        Ok(had)
+    }
+
+    /// Drops `key` from the store and the index (the writer's lock held): whether it was
+    /// there, and the segment its record was in.
+    fn forget(&self, key: CacheKey) -> StoreResult<(bool, Option<u32>)> {
+        self.inner.hot.remove(&key);
+        let had_record = self.inner.store.remove(Space::Access, &key.0)?.is_some();
+        let old = self.state().index.remove(&key);
+        Ok((had_record || old.is_some(), old.map(|o| o.place.segment)))
+    }
+
+    /// Removes every key in `keys`, then settles the segments they were in.
+    fn forget_all(&self, keys: impl IntoIterator<Item = CacheKey>) -> StoreResult<u64> {
+        let mut w = self.writer();
+        let mut touched = BTreeSet::new();
+        let mut removed = 0;
+        for key in keys {
+            let (had, segment) = self.forget(key)?;
+            removed += u64::from(had);
+            touched.extend(segment);
+        }
+        self.settle(&mut w, touched)?;
+        Ok(removed)
     }
 
     fn bytes(&self) -> u64 {
-        self.inner.total.load(Ordering::Relaxed)
+        self.state().index.bytes()
     }
 
     /// Removes expired entries, then the least recently used until the cache is at 90% of
@@ -296,34 +514,36 @@ impl Cache {
     }
 
     fn evict_now(&self) -> StoreResult<u64> {
-        let now = now_ms();
-        let max_age_ms = self.inner.max_age.as_millis() as u64;
-        let mut all: Vec<(u64, [u8; 32], u64)> = Vec::new();
-        let mut expired: Vec<[u8; 32]> = Vec::new();
-        self.inner.store.scan_prefix(Space::Access, b"", |k, v| {
-            if let (Ok(key), Some(a)) = (<[u8; 32]>::try_from(k), Access::decode(v)) {
-                if now.saturating_sub(a.created_ms) > max_age_ms {
-                    expired.push(key);
-                } else {
-                    all.push((a.last_ms, key, a.size));
-                }
-            }
-            true
-        })?;
-        let mut removed = 0;
-        for key in expired {
-            removed += u64::from(self.remove(CacheKey(key))?);
-        }
+        let now_s = secs(now_ms());
+        let max_age_s = u32::try_from(self.inner.max_age.as_secs()).unwrap_or(u32::MAX);
         let target = self.inner.max_bytes / 10 * 9;
-        if self.bytes() > self.inner.max_bytes {
-            all.sort_unstable_by_key(|(last, _, _)| *last);
-            for (_, key, _) in all {
-                if self.bytes() <= target {
-                    break;
+        let mut doomed = Vec::new();
+        {
+            let state = self.state();
+            let mut bytes = state.index.bytes();
+            let mut by_use = Vec::new();
+            for (key, slot) in state.index.iter() {
+                let len = slot.place.record_len();
+                if now_s.saturating_sub(slot.created_s) > max_age_s {
+                    doomed.push(key);
+                    bytes = bytes.saturating_sub(len);
+                } else {
+                    // Equal times go in the order they were written.
+                    by_use.push((slot.last_s, slot.place.segment, slot.place.offset, key, len));
                 }
-                removed += u64::from(self.remove(CacheKey(key))?);
+            }
+            if bytes > self.inner.max_bytes {
+                by_use.sort_unstable();
+                for (_, _, _, key, len) in by_use {
+                    if bytes <= target {
+                        break;
+                    }
+                    bytes = bytes.saturating_sub(len);
+                    doomed.push(key);
+                }
             }
         }
+        let removed = self.forget_all(doomed)?;
         self.inner.evictions.fetch_add(removed, Ordering::Relaxed);
         if removed > 0 {
             tracing::info!(removed, bytes = self.bytes(), "evicted cache entries");
@@ -332,11 +552,16 @@ impl Cache {
     }
 
     pub fn stats(&self) -> CacheStats {
+        let (entries, bytes, files) = {
+            let state = self.state();
+            let files: u64 = state.segments.values().map(|(_, s)| *s).sum();
+            (state.index.len() as u64, state.index.bytes(), files)
+        };
         CacheStats {
-            entries: self.inner.count.load(Ordering::Relaxed),
-            bytes: self.bytes(),
+            entries,
+            bytes,
             max_bytes: self.inner.max_bytes,
-            on_disk_bytes: self.inner.store.size_on_disk(),
+            on_disk_bytes: self.inner.store.size_on_disk() + files,
             evictions: self.inner.evictions.load(Ordering::Relaxed),
             dropped_corrupt: self.inner.corrupt.load(Ordering::Relaxed),
         }
@@ -344,54 +569,49 @@ impl Cache {
 
     /// Summaries of up to `limit` entries, most recently used first.
     pub fn list(&self, limit: usize) -> StoreResult<Vec<EntrySummary>> {
-        // The `limit` most recently used, kept in a heap while the records stream past
-        // (a million entries must not mean a million records in memory).
-        let mut newest = std::collections::BinaryHeap::with_capacity(limit.saturating_add(1));
-        self.inner.store.scan_prefix(Space::Access, b"", |k, v| {
-            if let (Ok(key), Some(a)) = (<[u8; 32]>::try_from(k), Access::decode(v)) {
-                newest.push(std::cmp::Reverse((a.last_ms, key, a.size, a.created_ms)));
-                if newest.len() > limit {
-                    newest.pop();
+        let newest = {
+            let state = self.state();
+            // The `limit` most recently used, kept in a heap while the slots stream past
+            // (a million entries must not mean a million summaries in memory).
+            let mut heap = std::collections::BinaryHeap::with_capacity(limit.saturating_add(1));
+            for (key, slot) in state.index.iter() {
+                let p = slot.place;
+                let entry = (slot.last_s, p.segment, p.offset, key, p.record_len());
+                heap.push(std::cmp::Reverse(entry));
+                if heap.len() > limit {
+                    heap.pop();
                 }
             }
-            true
-        })?;
+            heap.into_sorted_vec()
+        };
         let mut out = Vec::new();
-        for std::cmp::Reverse((last_ms, key, size, created_ms)) in newest.into_sorted_vec() {
-            if let Some(e) = self.show(CacheKey(key))? {
+        for std::cmp::Reverse((last_s, _, _, key, bytes)) in newest {
+            if let Some(Ok(e)) = self.load(key)? {
                 out.push(EntrySummary {
-                    key: CacheKey(key).to_hex(),
+                    key: key.to_hex(),
+                    bytes,
+                    created_ms: e.meta.created_ms,
+                    last_used_ms: u64::from(last_s) * 1000,
                     method: e.meta.method,
                     path: e.meta.path,
                     model: e.meta.model,
                     stream: e.meta.stream,
                     status: e.meta.status,
-                    bytes: size,
-                    created_ms,
-                    last_used_ms: last_ms,
                 });
             }
         }
         Ok(out)
     }
 
-    /// The intact entry under `key`, without touching its access time.
+    /// The intact entry under `key`, without noting a use.
     pub fn show(&self, key: CacheKey) -> StoreResult<Option<Entry>> {
-        Ok(self
-            .inner
-            .store
-            .get(Space::Entries, &key.0)?
-            .and_then(|b| Entry::decode(&b).ok()))
+        Ok(self.load(key)?.and_then(Result::ok))
     }
 
     pub fn purge(&self, what: &Purge) -> StoreResult<u64> {
         let now = now_ms();
-        let mut doomed: Vec<[u8; 32]> = Vec::new();
-        self.inner.store.scan_prefix(Space::Entries, b"", |k, v| {
-            let Ok(key) = <[u8; 32]>::try_from(k) else {
-                return true;
-            };
-            let entry = Entry::decode(v).ok();
+        let mut doomed = Vec::new();
+        self.for_each_stored(|key, entry| {
             let old_enough = what.older_than.is_none_or(|d| {
                 entry
                     .as_ref()
@@ -406,23 +626,42 @@ impl Cache {
             if what.all || (filtered && old_enough && model_matches) {
                 doomed.push(key);
             }
-            true
         })?;
-        let mut n = 0;
-        for key in doomed {
-            n += u64::from(self.remove(CacheKey(key))?);
-        }
-        Ok(n)
+        self.forget_all(doomed)
     }
 
     /// Visits every intact entry.
     pub fn for_each(&self, mut visit: impl FnMut(CacheKey, Entry)) -> StoreResult<()> {
-        self.inner.store.scan_prefix(Space::Entries, b"", |k, v| {
-            if let (Ok(key), Ok(e)) = (<[u8; 32]>::try_from(k), Entry::decode(v)) {
-                visit(CacheKey(key), e);
+        self.for_each_stored(|key, entry| {
+            if let Some(e) = entry {
+                visit(key, e);
             }
-            true
         })
+    }
+
+    /// Visits every indexed key with its entry (`None` when damaged), in file order.
+    fn for_each_stored(&self, mut visit: impl FnMut(CacheKey, Option<Entry>)) -> StoreResult<()> {
+        let (mut slots, files) = {
+            let state = self.state();
+            let slots: Vec<(CacheKey, Slot)> = state.index.iter().collect();
+            let files: BTreeMap<u32, Arc<File>> = (state.segments.iter())
+                .map(|(s, (f, _))| (*s, f.clone()))
+                .collect();
+            (slots, files)
+        };
+        slots.sort_unstable_by_key(|(_, s)| (s.place.segment, s.place.offset));
+        for (key, slot) in slots {
+            let record = match files.get(&slot.place.segment) {
+                Some(file) => answers::read(file, slot.place)?,
+                None => None,
+            };
+            let entry = match record {
+                Some((stored, bytes)) if stored == key => Entry::decode(&bytes).ok(),
+                _ => None,
+            };
+            visit(key, entry);
+        }
+        Ok(())
     }
 
     /// Records that upstream accepted the credential with this fingerprint (for `shared`).
@@ -439,15 +678,29 @@ impl Cache {
         Ok(self.inner.store.get(Space::Meta, key.as_bytes())?.is_some())
     }
 
+    /// Writes the noted uses to the access records and makes everything written durable.
     pub fn flush(&self) -> StoreResult<()> {
+        let w = self.writer();
+        let dirty: Vec<(CacheKey, Slot)> =
+            self.state().index.iter().filter(|(_, s)| s.dirty).collect();
+        for (key, slot) in dirty {
+            let access = Access {
+                created_ms: u64::from(slot.created_s) * 1000,
+                last_ms: u64::from(slot.last_s) * 1000,
+                place: slot.place,
+            };
+            self.inner
+                .store
+                .put(Space::Access, &key.0, &access.encode())?;
+            self.state().index.mark_saved(&key);
+        }
+        w.file.sync_data()?;
         self.inner.store.flush()
     }
 
-    /// Test hook: the raw stored bytes of an entry, to damage them.
+    /// Test hook: stores raw bytes as the entry under `key`, to damage it.
     pub fn raw_put(&self, key: CacheKey, bytes: &[u8]) -> StoreResult<()> {
-        self.inner.hot.remove(&key);
-        self.inner.present.insert(&key);
-        self.inner.store.put(Space::Entries, &key.0, bytes)
+        self.write(key, bytes, now_ms())
     }
 }
 
@@ -459,9 +712,21 @@ mod tests {
 
     fn open(max_bytes: u64) -> (tempfile::TempDir, Cache) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
-        let cache = Cache::open(store, max_bytes, Duration::from_secs(3600), 1 << 20).unwrap();
+        let store = Store::open(&dir.path().join("store"), 1 << 20).unwrap();
+        let answers = dir.path().join("answers");
+        let cache = Cache::open(
+            store,
+            &answers,
+            max_bytes,
+            Duration::from_secs(3600),
+            1 << 20,
+        );
+        let cache = cache.unwrap();
         (dir, cache)
+    }
+
+    fn record_len(e: &Entry) -> u64 {
+        32 + e.encode().len() as u64
     }
 
     fn key(i: usize) -> CacheKey {
@@ -481,7 +746,7 @@ mod tests {
         assert_eq!(c.stats().entries, 1);
         c.put(key(1), &e).unwrap();
         assert_eq!(c.stats().entries, 1, "replacing does not double count");
-        assert_eq!(c.stats().bytes, e.stored_size());
+        assert_eq!(c.stats().bytes, record_len(&e));
     }
 
     #[test]
@@ -542,7 +807,7 @@ mod tests {
 
     #[test]
     fn eviction_keeps_under_limit_and_drops_least_recent() {
-        let per = sample(false).stored_size();
+        let per = record_len(&sample(false));
         let (_d, c) = open(per * 10);
         let mut e = sample(false);
         e.meta.created_ms = now_ms();

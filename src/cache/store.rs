@@ -1,5 +1,5 @@
 //! The storage seam: the only file that names sled. Everything persisted outside the
-//! ledger files (cache entries, their access metadata, spend rollups, daemon secrets) goes
+//! ledger and answer files (where each cache entry is, spend rollups, daemon secrets) goes
 //! through the small key-value API here, grouped in named spaces.
 
 use std::path::{Path, PathBuf};
@@ -9,9 +9,10 @@ use thiserror::Error;
 /// The separate key spaces the daemon keeps. Each maps to one sled tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Space {
-    /// Cache key → encoded cache entry.
+    /// Cache key → encoded cache entry, where earlier versions kept entries; the cache
+    /// moves them to its answer files when it opens.
     Entries,
-    /// Cache key → access record (size, created, last access) for eviction.
+    /// Cache key → access record: the entry's place in the answer files and its times.
     Access,
     /// Spend rollup key → aggregate, plus the ledger watermark.
     Rollups,
@@ -43,6 +44,10 @@ pub enum StoreError {
     Locked(PathBuf),
     #[error("storage error: {0}")]
     Sled(String),
+    #[error("answer file error: {0}")]
+    Files(#[from] std::io::Error),
+    #[error("an entry of {0} bytes is too large to store")]
+    TooLarge(usize),
 }
 
 impl From<sled::Error> for StoreError {

@@ -207,8 +207,7 @@ async fn may_hit(app: &Arc<App>, attr: &Attribution) -> bool {
 async fn lookup(app: &Arc<App>, key: CacheKey, max_age: Option<Duration>) -> Option<Arc<Entry>> {
     if let Some((entry, touch)) = app.cache.get_hot(key, max_age) {
         if touch {
-            let cache = app.cache.clone();
-            tokio::task::spawn_blocking(move || cache.touch(key));
+            app.cache.touch(key);
         }
         return Some(entry);
     }
