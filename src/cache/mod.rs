@@ -859,4 +859,155 @@ mod tests {
         );
         assert_eq!(c.stats().entries, 0);
     }
+
+    fn reopen(dir: &tempfile::TempDir, max_bytes: u64) -> Cache {
+        let store = Store::open(&dir.path().join("store"), 1 << 20).unwrap();
+        let answers = dir.path().join("answers");
+        Cache::open(
+            store,
+            &answers,
+            max_bytes,
+            Duration::from_secs(3600),
+            1 << 20,
+        )
+        .unwrap()
+    }
+
+    fn answer_files(dir: &tempfile::TempDir) -> Vec<(String, u64)> {
+        let mut files: Vec<(String, u64)> = std::fs::read_dir(dir.path().join("answers"))
+            .unwrap()
+            .map(|f| f.unwrap())
+            .map(|f| {
+                (
+                    f.file_name().into_string().unwrap(),
+                    f.metadata().unwrap().len(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// An entry of about 1 MiB: sixteen fill a segment.
+    fn large(i: usize) -> Entry {
+        let mut e = sample(false);
+        e.meta.created_ms = now_ms();
+        e.body = bytes::Bytes::from(vec![b'a' + (i % 26) as u8; 1 << 20]);
+        e
+    }
+
+    #[test]
+    fn removals_shrink_the_answer_files_and_what_is_left_still_reads() {
+        let (dir, c) = open(1 << 40);
+        for i in 0..40 {
+            c.put(key(i), &large(i)).unwrap();
+        }
+        assert!(answer_files(&dir).len() >= 3, "{:?}", answer_files(&dir));
+        // Most of the first segments go: they are deleted or rewritten, never kept at
+        // more than twice what they hold.
+        for i in (0..36).filter(|i| i % 8 != 0) {
+            assert!(c.remove(key(i)).unwrap());
+        }
+        let on_disk: u64 = answer_files(&dir).iter().map(|(_, len)| len).sum();
+        let live = c.stats().bytes;
+        assert!(
+            on_disk <= 2 * live + SEGMENT_BYTES,
+            "{on_disk} bytes of files for {live} live: {:?}",
+            answer_files(&dir)
+        );
+        assert!(!answer_files(&dir)
+            .iter()
+            .any(|(name, _)| name == "00000000.seg"));
+        let kept: Vec<usize> = (0..40).filter(|i| *i >= 36 || i % 8 == 0).collect();
+        for &i in &kept {
+            let (l, e) = c.get(key(i), None).unwrap();
+            assert_eq!(l, Lookup::Fresh, "entry {i} after compaction");
+            assert_eq!(e.unwrap().body, large(i).body);
+        }
+        assert_eq!(c.stats().entries, kept.len() as u64);
+        drop(c);
+        let c = reopen(&dir, 1 << 40);
+        assert_eq!(c.stats().entries, kept.len() as u64);
+        for &i in &kept {
+            assert_eq!(c.show(key(i)).unwrap().unwrap().body, large(i).body);
+        }
+    }
+
+    #[test]
+    fn a_reopened_cache_finds_its_entries_and_the_noted_uses() {
+        let (dir, c) = open(1 << 30);
+        let mut e = sample(false);
+        e.meta.created_ms = now_ms();
+        for i in 0..3 {
+            c.put(key(i), &e).unwrap();
+        }
+        // Entry 0, the oldest, is used in a later second than the others were written.
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(c.get(key(0), None).unwrap().0, Lookup::Fresh);
+        c.flush().unwrap();
+        drop(c);
+        let c = reopen(&dir, 1 << 30);
+        assert_eq!(c.stats().entries, 3);
+        assert_eq!(c.get(key(2), None).unwrap().0, Lookup::Fresh);
+        let first = c.list(1).unwrap().remove(0).key;
+        assert!(first == key(0).to_hex() || first == key(2).to_hex());
+        assert_eq!(
+            c.list(3).unwrap()[2].key,
+            key(1).to_hex(),
+            "never used since"
+        );
+        // Each open appends to a segment of its own.
+        assert_eq!(answer_files(&dir).len(), 2);
+    }
+
+    #[test]
+    fn a_record_cut_short_is_dropped_as_damaged() {
+        let (dir, c) = open(1 << 30);
+        let mut e = sample(false);
+        e.meta.created_ms = now_ms();
+        c.put(key(1), &e).unwrap();
+        c.put(key(2), &e).unwrap();
+        drop(c);
+        let (name, len) = answer_files(&dir).remove(0);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("answers").join(name))
+            .unwrap();
+        file.set_len(len - 3).unwrap();
+        let c = reopen(&dir, 1 << 30);
+        assert_eq!(c.get(key(1), None).unwrap().0, Lookup::Fresh);
+        assert_eq!(c.get(key(2), None).unwrap().0, Lookup::Corrupt);
+        assert_eq!(c.get(key(2), None).unwrap().0, Lookup::Missing);
+        assert_eq!(c.stats().entries, 1);
+    }
+
+    #[test]
+    fn entries_stored_by_earlier_versions_move_to_the_answer_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = sample(false);
+        e.meta.created_ms = now_ms();
+        {
+            let store = Store::open(&dir.path().join("store"), 1 << 20).unwrap();
+            let earlier = |size: u64| {
+                let mut r = size.to_le_bytes().to_vec();
+                r.extend_from_slice(&e.meta.created_ms.to_le_bytes());
+                r.extend_from_slice(&e.meta.created_ms.to_le_bytes());
+                r
+            };
+            store.put(Space::Entries, &key(1).0, &e.encode()).unwrap();
+            store.put(Space::Access, &key(1).0, &earlier(600)).unwrap();
+            // An access record whose entry never made it.
+            store.put(Space::Access, &key(2).0, &earlier(600)).unwrap();
+        }
+        let c = reopen(&dir, 1 << 30);
+        assert_eq!(c.stats().entries, 1);
+        let (l, got) = c.get(key(1), None).unwrap();
+        assert_eq!(l, Lookup::Fresh);
+        assert_eq!(got.unwrap().body, e.body);
+        assert_eq!(c.get(key(2), None).unwrap().0, Lookup::Missing);
+        drop(c);
+        let store = Store::open(&dir.path().join("store"), 1 << 20).unwrap();
+        assert_eq!(store.count(Space::Entries), 0);
+        assert_eq!(store.count(Space::Access), 1);
+    }
 }
