@@ -3,7 +3,8 @@
 
 // Keys are blake3 hashes; foldhash (seeded per process, so still not steerable from
 // outside) hashes them for a fraction of what the default SipHash costs on every hit.
-use foldhash::HashMap;
+use foldhash::fast::RandomState;
+use lru::LruCache;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::cache::entry::Entry;
@@ -12,17 +13,15 @@ use crate::cache::key::CacheKey;
 struct Slot {
     entry: Arc<Entry>,
     size: u64,
-    /// Logical clock of the last use, for least-recently-used eviction.
-    used: u64,
-    /// When the store's access record was last asked to refresh (ms since the epoch).
+    /// When the entry's use was last noted in the index (ms since the epoch).
     touched_ms: u64,
 }
 
-#[derive(Default)]
 struct Inner {
-    map: HashMap<CacheKey, Slot>,
+    /// In order of use: an insert over budget drops the least recently used, one by one,
+    /// so no single request pays for clearing a batch.
+    map: LruCache<CacheKey, Slot, RandomState>,
     bytes: u64,
-    clock: u64,
 }
 
 pub struct Hot {
@@ -33,7 +32,10 @@ pub struct Hot {
 impl Hot {
     pub fn new(max_bytes: u64) -> Hot {
         Hot {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                map: LruCache::unbounded_with_hasher(RandomState::default()),
+                bytes: 0,
+            }),
             max_bytes,
         }
     }
@@ -43,8 +45,7 @@ impl Hot {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The entry, and whether its access record in the store is due a refresh (once per
-    /// `touch_every_ms`; the caller does it off the async worker).
+    /// The entry, and whether its use is due to be noted (once per `touch_every_ms`).
     pub fn get(
         &self,
         key: &CacheKey,
@@ -52,10 +53,7 @@ impl Hot {
         touch_every_ms: u64,
     ) -> Option<(Arc<Entry>, bool)> {
         let mut inner = self.lock();
-        inner.clock += 1;
-        let tick = inner.clock;
         let slot = inner.map.get_mut(key)?;
-        slot.used = tick;
         let due = now_ms.saturating_sub(slot.touched_ms) >= touch_every_ms;
         if due {
             slot.touched_ms = now_ms;
@@ -64,44 +62,34 @@ impl Hot {
     }
 
     /// Keeps `entry`; entries over an eighth of the budget are not kept at all. When over
-    /// budget, the least recently used quarter of the entries goes.
+    /// budget, the least recently used go until it fits.
     pub fn insert(&self, key: CacheKey, entry: Arc<Entry>, now_ms: u64) {
         let size = entry.stored_size();
         let mut inner = self.lock();
-        if let Some(old) = inner.map.remove(&key) {
+        if let Some(old) = inner.map.pop(&key) {
             inner.bytes -= old.size;
         }
         if size > self.max_bytes / 8 {
             return;
         }
-        inner.clock += 1;
-        let used = inner.clock;
-        inner.map.insert(
-            key,
-            Slot {
-                entry,
-                size,
-                used,
-                touched_ms: now_ms,
-            },
-        );
+        let slot = Slot {
+            entry,
+            size,
+            touched_ms: now_ms,
+        };
+        inner.map.put(key, slot);
         inner.bytes += size;
-        if inner.bytes > self.max_bytes {
-            let mut by_use: Vec<(u64, CacheKey)> =
-                inner.map.iter().map(|(k, s)| (s.used, *k)).collect();
-            by_use.sort_unstable();
-            let drop_n = (by_use.len() / 4).max(1);
-            for (_, k) in by_use.into_iter().take(drop_n) {
-                if let Some(old) = inner.map.remove(&k) {
-                    inner.bytes -= old.size;
-                }
-            }
+        while inner.bytes > self.max_bytes {
+            let Some((_, old)) = inner.map.pop_lru() else {
+                break;
+            };
+            inner.bytes -= old.size;
         }
     }
 
     pub fn remove(&self, key: &CacheKey) {
         let mut inner = self.lock();
-        if let Some(old) = inner.map.remove(key) {
+        if let Some(old) = inner.map.pop(key) {
             inner.bytes -= old.size;
         }
     }

@@ -7,7 +7,8 @@
 // Keys are the bodies themselves, compared in full when found, so two bodies never share
 // a parse; foldhash (seeded per process, so not steerable from outside) hashes them for a
 // fraction of what a cryptographic hash or the default SipHash costs on every hit.
-use foldhash::HashMap;
+use foldhash::fast::RandomState;
+use lru::LruCache;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::Value;
@@ -135,18 +136,16 @@ fn last_user_text(body: &Value) -> Option<String> {
 /// A remembered body: its own copy (one in a connection's read buffer would pin that).
 type Body = Box<[u8]>;
 
-#[derive(Default)]
-struct Generations {
-    current: HashMap<Body, Arc<JsonRequest>>,
-    current_bytes: usize,
-    previous: HashMap<Body, Arc<JsonRequest>>,
+struct Remembered {
+    /// In order of use: a new body over budget drops the least recently used, one by one,
+    /// so no single request pays for clearing a batch.
+    parses: LruCache<Body, Arc<JsonRequest>, RandomState>,
+    bytes: usize,
 }
 
-/// Parsed bodies by their bytes, within a byte budget: two generations,
-/// the older dropped whole when the newer fills half the budget (a body used in that time
-/// moves to the newer one), which approximates least-recently-used at constant cost.
+/// Parsed bodies by their bytes, within a byte budget, least recently used dropped first.
 pub struct ParseMemo {
-    generations: Mutex<Generations>,
+    remembered: Mutex<Remembered>,
     max_bytes: usize,
     ignore_fields: Vec<String>,
     keep_prompt: bool,
@@ -155,59 +154,52 @@ pub struct ParseMemo {
 impl ParseMemo {
     pub fn new(max_bytes: u64, ignore_fields: Vec<String>, keep_prompt: bool) -> ParseMemo {
         ParseMemo {
-            generations: Mutex::new(Generations::default()),
+            remembered: Mutex::new(Remembered {
+                parses: LruCache::unbounded_with_hasher(RandomState::default()),
+                bytes: 0,
+            }),
             max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
             ignore_fields,
             keep_prompt,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Generations> {
-        // Every update leaves both maps and the byte count consistent before it can panic.
-        self.generations.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Remembered> {
+        // Every update leaves the map and the byte count consistent before it can panic.
+        self.remembered.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The body's parse: remembered, or made now (and remembered unless the body is large).
     /// Bad bodies are refused each time and never remembered.
     pub fn parse(&self, body: &[u8]) -> Result<Arc<JsonRequest>, ApiError> {
-        {
-            let mut g = self.lock();
-            if let Some(found) = g.current.get(body) {
-                return Ok(found.clone());
-            }
-            if let Some((body, found)) = g.previous.remove_entry(body) {
-                self.keep(&mut g, body, found.clone());
-                return Ok(found);
-            }
+        if let Some(found) = self.lock().parses.get(body) {
+            return Ok(found.clone());
         }
         let parsed = Arc::new(JsonRequest::parse(
             body,
             &self.ignore_fields,
             self.keep_prompt,
         )?);
-        if body.len() + parsed.size() <= self.max_bytes / 8 {
-            self.keep(&mut self.lock(), body.into(), parsed.clone());
+        let size = body.len() + parsed.size();
+        if size <= self.max_bytes / 8 {
+            let mut r = self.lock();
+            if let Some(old) = r.parses.put(body.into(), parsed.clone()) {
+                r.bytes -= body.len() + old.size();
+            }
+            r.bytes += size;
+            while r.bytes > self.max_bytes {
+                let Some((body, old)) = r.parses.pop_lru() else {
+                    break;
+                };
+                r.bytes -= body.len() + old.size();
+            }
         }
         Ok(parsed)
     }
 
-    fn keep(&self, g: &mut Generations, body: Body, parsed: Arc<JsonRequest>) {
-        let size = body.len() + parsed.size();
-        if g.current_bytes + size > self.max_bytes / 2 {
-            g.previous = std::mem::take(&mut g.current);
-            g.current_bytes = 0;
-        }
-        g.current_bytes += size;
-        let len = body.len();
-        if let Some(old) = g.current.insert(body, parsed) {
-            g.current_bytes -= len + old.size();
-        }
-    }
-
     #[cfg(test)]
     fn remembered(&self) -> usize {
-        let g = self.lock();
-        g.current.len() + g.previous.len()
+        self.lock().parses.len()
     }
 }
 
@@ -306,12 +298,10 @@ mod tests {
         for i in 0..500 {
             m.parse(hot).unwrap();
             m.parse(format!(r#"{{"n":{i}}}"#).as_bytes()).unwrap();
-            let g = m.lock();
-            assert!(g.current_bytes <= 4 * 1024);
+            assert!(m.lock().bytes <= 8 * 1024);
         }
-        assert!(m.remembered() < 60, "old bodies go: {}", m.remembered());
-        let g = m.lock();
-        assert!(g.current.contains_key(&hot[..]));
+        assert!(m.remembered() < 120, "old bodies go: {}", m.remembered());
+        assert!(m.lock().parses.contains(&hot[..]));
     }
 
     #[test]
