@@ -88,6 +88,14 @@ impl Access {
     }
 }
 
+/// An entry's age against `cache.max_age` (past it: `Expired`, to be removed) and against
+/// what the caller accepts (past that: `TooOld`).
+enum Age {
+    Fresh,
+    TooOld,
+    Expired,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
     Fresh,
@@ -263,16 +271,19 @@ impl Cache {
     pub fn get_hot(&self, key: CacheKey, max_age: Option<Duration>) -> Option<(Arc<Entry>, bool)> {
         let now = now_ms();
         let (entry, due) = self.inner.hot.get(&key, now, TOUCH_EVERY_MS)?;
-        let age = Duration::from_millis(now.saturating_sub(entry.meta.created_ms));
-        if age > self.inner.max_age || max_age.is_some_and(|m| age > m) {
-            return None;
+        match self.age(&entry, now, max_age) {
+            Age::Fresh => Some((entry, due)),
+            Age::TooOld | Age::Expired => None,
         }
-        Some((entry, due))
     }
 
-    /// The stored entry under `key`: `None` when there is none, an error when its record
-    /// is damaged or cut short.
-    fn load(&self, key: CacheKey) -> StoreResult<Option<Result<Entry, DecodeError>>> {
+    /// The stored entry under `key`, its record read with `read`: `None` when there is
+    /// none, an error when its record is damaged or cut short.
+    fn load_with(
+        &self,
+        key: CacheKey,
+        read: fn(&File, Place) -> std::io::Result<answers::Record>,
+    ) -> StoreResult<Option<Result<Entry, DecodeError>>> {
         let (slot, file) = {
             let state = self.state();
             let Some(slot) = state.index.get(&key) else {
@@ -285,13 +296,30 @@ impl Cache {
             (slot, file)
         };
         let record = match file {
-            Some(f) => answers::read(&f, slot.place)?,
+            Some(f) => read(&f, slot.place)?,
             None => None,
         };
         Ok(Some(match record {
             Some((stored_key, bytes)) if stored_key == key => Entry::decode(&bytes),
             _ => Err(DecodeError::Truncated),
         }))
+    }
+
+    fn load(&self, key: CacheKey) -> StoreResult<Option<Result<Entry, DecodeError>>> {
+        self.load_with(key, answers::read)
+    }
+
+    /// The entry under `key` if it can be had without blocking (its record is in the OS
+    /// page cache), is intact, and is young enough. Anything else, `get` decides.
+    pub fn get_now(&self, key: CacheKey, max_age: Option<Duration>) -> Option<Arc<Entry>> {
+        let Ok(Some(Ok(entry))) = self.load_with(key, answers::read_now) else {
+            return None;
+        };
+        let now = now_ms();
+        match self.age(&entry, now, max_age) {
+            Age::Fresh => Some(self.serve(key, entry, now)),
+            Age::TooOld | Age::Expired => None,
+        }
     }
 
     /// The entry under `key` if it is intact and younger than both `cache.max_age` and
@@ -312,18 +340,33 @@ impl Cache {
             }
         };
         let now = now_ms();
+        match self.age(&entry, now, max_age) {
+            Age::Fresh => Ok((Lookup::Fresh, Some(self.serve(key, entry, now)))),
+            Age::TooOld => Ok((Lookup::Stale, None)),
+            Age::Expired => {
+                self.remove(key)?;
+                Ok((Lookup::Stale, None))
+            }
+        }
+    }
+
+    fn age(&self, entry: &Entry, now: u64, max_age: Option<Duration>) -> Age {
         let age = Duration::from_millis(now.saturating_sub(entry.meta.created_ms));
         if age > self.inner.max_age {
-            self.remove(key)?;
-            return Ok((Lookup::Stale, None));
+            Age::Expired
+        } else if max_age.is_some_and(|m| age > m) {
+            Age::TooOld
+        } else {
+            Age::Fresh
         }
-        if max_age.is_some_and(|m| age > m) {
-            return Ok((Lookup::Stale, None));
-        }
+    }
+
+    /// Hands out a fresh stored entry: its use noted, kept in the in-memory tier.
+    fn serve(&self, key: CacheKey, entry: Entry, now: u64) -> Arc<Entry> {
         self.touch(key);
         let entry = Arc::new(entry);
         self.inner.hot.insert(key, entry.clone(), now);
-        Ok((Lookup::Fresh, Some(entry)))
+        entry
     }
 
     /// Notes a use of the entry, in memory: its access record gets it at `flush`.

@@ -214,6 +214,9 @@ async fn lookup(app: &Arc<App>, key: CacheKey, max_age: Option<Duration>) -> Opt
     if !app.cache.may_contain(key) {
         return None;
     }
+    if let Some(entry) = app.cache.get_now(key, max_age) {
+        return Some(entry);
+    }
     let cache = app.cache.clone();
     match tokio::task::spawn_blocking(move || cache.get(key, max_age)).await {
         Ok(Ok((Lookup::Fresh, entry))) => entry,
