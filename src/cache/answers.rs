@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::cache::key::CacheKey;
@@ -59,7 +59,10 @@ pub struct Answers {
 impl Answers {
     /// Opens (creating, owner-only) the directory and lists its segments with their sizes.
     pub fn open(dir: &Path) -> io::Result<(Answers, Vec<(u32, u64)>)> {
-        std::fs::create_dir_all(dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
         let mut found = Vec::new();
         for item in std::fs::read_dir(dir)? {
             let item = item?;
@@ -160,6 +163,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (answers, found) = Answers::open(&dir.path().join("a")).unwrap();
         assert!(found.is_empty());
+        let mode = std::fs::metadata(dir.path().join("a"))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o700
+        );
         let file = answers.create(7).unwrap();
         let (k1, k2) = (CacheKey([1; 32]), CacheKey([2; 32]));
         write(&file, 0, &k1, b"first").unwrap();
