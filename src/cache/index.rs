@@ -74,9 +74,12 @@ impl Index {
         }
     }
 
-    pub fn mark_saved(&mut self, key: &CacheKey) {
+    /// Notes that the use at `last_s` is in the access record (a later one stays dirty).
+    pub fn mark_saved(&mut self, key: &CacheKey, last_s: u32) {
         if let Some(slot) = self.map.get_mut(key) {
-            slot.dirty = false;
+            if slot.last_s == last_s {
+                slot.dirty = false;
+            }
         }
     }
 
@@ -141,7 +144,12 @@ mod tests {
         index.touch(&a, 9);
         let touched = index.get(&a).unwrap();
         assert_eq!((touched.last_s, touched.dirty), (9, true));
-        index.mark_saved(&a);
+        index.mark_saved(&a, 8);
+        assert!(
+            index.get(&a).unwrap().dirty,
+            "a later use is still to be saved"
+        );
+        index.mark_saved(&a, 9);
         assert!(!index.get(&a).unwrap().dirty);
         assert!(!index.contains(&b));
     }

@@ -27,7 +27,7 @@ use crate::cache::entry::{DecodeError, Entry};
 use crate::cache::hot::Hot;
 use crate::cache::index::{Index, Slot};
 use crate::cache::key::CacheKey;
-use crate::cache::store::{Space, Store, StoreError, StoreResult};
+use crate::cache::store::{Op, Space, Store, StoreError, StoreResult};
 
 /// A hit is not noted in the index more often than this (the in-memory tier's rule).
 const TOUCH_EVERY_MS: u64 = 60_000;
@@ -722,20 +722,26 @@ impl Cache {
     }
 
     /// Writes the noted uses to the access records and makes everything written durable.
+    /// The records are written in key order, so each of the store's pages is read once.
     pub fn flush(&self) -> StoreResult<()> {
         let w = self.writer();
-        let dirty: Vec<(CacheKey, Slot)> =
+        let mut dirty: Vec<(CacheKey, Slot)> =
             self.state().index.iter().filter(|(_, s)| s.dirty).collect();
-        for (key, slot) in dirty {
-            let access = Access {
-                created_ms: u64::from(slot.created_s) * 1000,
-                last_ms: u64::from(slot.last_s) * 1000,
-                place: slot.place,
-            };
-            self.inner
-                .store
-                .put(Space::Access, &key.0, &access.encode())?;
-            self.state().index.mark_saved(&key);
+        dirty.sort_unstable_by_key(|(key, _)| *key);
+        for chunk in dirty.chunks(4096) {
+            let ops = chunk.iter().map(|(key, slot)| {
+                let access = Access {
+                    created_ms: u64::from(slot.created_s) * 1000,
+                    last_ms: u64::from(slot.last_s) * 1000,
+                    place: slot.place,
+                };
+                Op::Put(key.0.to_vec(), access.encode().to_vec())
+            });
+            self.inner.store.apply(Space::Access, ops.collect())?;
+            let mut state = self.state();
+            for (key, slot) in chunk {
+                state.index.mark_saved(key, slot.last_s);
+            }
         }
         w.file.sync_data()?;
         self.inner.store.flush()
