@@ -88,16 +88,17 @@ impl Answers {
 
     /// A new, empty segment to append to.
     pub fn create(&self, segment: u32) -> io::Result<File> {
-        OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(self.path(segment))
+            .open(self.path(segment))?;
+        read_at_random(file)
     }
 
     pub fn open_segment(&self, segment: u32) -> io::Result<File> {
-        File::open(self.path(segment))
+        read_at_random(File::open(self.path(segment))?)
     }
 
     /// Deletes a segment; a reader holding it open can still finish its read.
@@ -107,6 +108,13 @@ impl Answers {
             _ => Ok(()),
         }
     }
+}
+
+/// Tells the kernel that records are read at random: no read-ahead around each one, which
+/// would read pages nobody asked for and leave markers that make `read_now` give up.
+fn read_at_random(file: File) -> io::Result<File> {
+    rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Random)?;
+    Ok(file)
 }
 
 /// Writes the record for `entry` under `key` at `offset` of `file`; the caller owns the
