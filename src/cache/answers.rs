@@ -94,11 +94,11 @@ impl Answers {
             .create_new(true)
             .mode(0o600)
             .open(self.path(segment))?;
-        read_at_random(file)
+        Ok(read_at_random(file))
     }
 
     pub fn open_segment(&self, segment: u32) -> io::Result<File> {
-        read_at_random(File::open(self.path(segment))?)
+        Ok(read_at_random(File::open(self.path(segment))?))
     }
 
     /// Deletes a segment; a reader holding it open can still finish its read.
@@ -111,10 +111,13 @@ impl Answers {
 }
 
 /// Tells the kernel that records are read at random: no read-ahead around each one, which
-/// would read pages nobody asked for and leave markers that make `read_now` give up.
-fn read_at_random(file: File) -> io::Result<File> {
-    rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Random)?;
-    Ok(file)
+/// would read pages nobody asked for and leave markers that make `read_now` give up. Only
+/// a hint: a file system that does not take it reads the same bytes.
+fn read_at_random(file: File) -> File {
+    if let Err(e) = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Random) {
+        tracing::debug!(error = %e, "the answer files take no read-ahead hint");
+    }
+    file
 }
 
 /// Writes the record for `entry` under `key` at `offset` of `file`; the caller owns the
