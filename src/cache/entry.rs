@@ -132,8 +132,11 @@ impl Entry {
             .collect()
     }
 
-    pub fn stored_size(&self) -> u64 {
-        (HEADER_LEN + self.body.len() + 512) as u64
+    /// About what the entry takes in memory: its body, its request, its stream timings,
+    /// and an allowance for the small fields and headers.
+    pub fn memory_size(&self) -> u64 {
+        let timings = self.meta.chunks.len() * std::mem::size_of::<(u32, u32)>();
+        (self.body.len() + self.meta.request.get().len() + timings + 512) as u64
     }
 }
 
@@ -160,6 +163,21 @@ pub(crate) mod tests {
             },
             Bytes::from_static(b"data: x\n\n\n\n"),
         )
+    }
+
+    #[test]
+    fn memory_size_counts_the_request_and_the_timings() {
+        let small = sample(true);
+        let mut large = sample(true);
+        let prompt = "x".repeat(10_000);
+        large.meta.request = RawValue::from_string(format!(r#"{{"p":"{prompt}"}}"#)).unwrap();
+        large.meta.chunks = vec![(1, 0); 1000];
+        let request_growth = large.meta.request.get().len() - small.meta.request.get().len();
+        assert!(request_growth > 9_000);
+        assert_eq!(
+            large.memory_size() - small.memory_size(),
+            (request_growth + 8 * (1000 - 2)) as u64
+        );
     }
 
     #[test]

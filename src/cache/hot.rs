@@ -64,7 +64,7 @@ impl Hot {
     /// Keeps `entry`; entries over an eighth of the budget are not kept at all. When over
     /// budget, the least recently used go until it fits.
     pub fn insert(&self, key: CacheKey, entry: Arc<Entry>, now_ms: u64) {
-        let size = entry.stored_size();
+        let size = entry.memory_size();
         let mut inner = self.lock();
         if let Some(old) = inner.map.pop(&key) {
             inner.bytes -= old.size;
@@ -106,7 +106,7 @@ mod tests {
 
     #[test]
     fn stays_within_budget_and_keeps_the_recently_used() {
-        let one = sample(false).stored_size();
+        let one = sample(false).memory_size();
         let hot = Hot::new(one * 8);
         for i in 0..12u8 {
             hot.insert(CacheKey([i; 32]), Arc::new(sample(false)), 0);
