@@ -28,7 +28,7 @@ impl Place {
 
     /// Bytes the record takes in its segment file.
     pub fn record_len(self) -> u64 {
-        KEY_LEN as u64 + u64::from(self.len)
+        record_len(self.len)
     }
 
     pub fn encode(self) -> [u8; Self::ENCODED_LEN] {
@@ -49,6 +49,11 @@ impl Place {
             len: word(8)?,
         })
     }
+}
+
+/// Bytes a record for an entry of `len` bytes takes in its segment file.
+pub fn record_len(len: u32) -> u64 {
+    KEY_LEN as u64 + u64::from(len)
 }
 
 /// The directory of segment files, named by their number.

@@ -78,6 +78,15 @@ impl Access {
         })
     }
 
+    /// The record for what the index holds (its times to the second).
+    fn of(slot: Slot) -> Access {
+        Access {
+            created_ms: u64::from(slot.created_s) * 1000,
+            last_ms: u64::from(slot.last_s) * 1000,
+            place: slot.place,
+        }
+    }
+
     fn slot(self) -> Slot {
         Slot {
             place: self.place,
@@ -409,12 +418,7 @@ impl Cache {
     ) -> StoreResult<Option<Slot>> {
         let too_large = || StoreError::TooLarge(bytes.len());
         let len = u32::try_from(bytes.len()).map_err(|_| too_large())?;
-        let record_len = Place {
-            segment: 0,
-            offset: 0,
-            len,
-        }
-        .record_len();
+        let record_len = answers::record_len(len);
         if w.size > 0 && w.size + record_len > SEGMENT_BYTES {
             self.roll(w)?;
         }
@@ -469,8 +473,7 @@ impl Cache {
             };
             let Some(size) = size else { continue };
             if live == 0 {
-                self.state().segments.remove(&segment);
-                self.inner.answers.delete(segment)?;
+                self.delete_segment(segment)?;
             } else if live * 2 < size {
                 self.compact(w, segment)?;
             }
@@ -496,26 +499,26 @@ impl Cache {
         for (key, slot) in slots {
             match answers::read(&file, slot.place)? {
                 Some((stored, bytes)) if stored == key => {
-                    let created_ms = u64::from(slot.created_s) * 1000;
-                    let last_ms = u64::from(slot.last_s) * 1000;
-                    self.append(w, key, &bytes, created_ms, last_ms)?;
+                    let a = Access::of(slot);
+                    self.append(w, key, &bytes, a.created_ms, a.last_ms)?;
                 }
                 // Unreadable: the next lookup finds it damaged and drops it.
                 _ => {}
             }
         }
         if self.state().index.live(segment) == 0 {
-            self.state().segments.remove(&segment);
-            self.inner.answers.delete(segment)?;
+            self.delete_segment(segment)?;
         }
         Ok(())
     }
 
+    fn delete_segment(&self, segment: u32) -> StoreResult<()> {
+        self.state().segments.remove(&segment);
+        Ok(self.inner.answers.delete(segment)?)
+    }
+
     pub fn remove(&self, key: CacheKey) -> StoreResult<bool> {
-        let mut w = self.writer();
-        let (had, segment) = self.forget(key)?;
-        self.settle(&mut w, segment)?;
-        Ok(had)
+        Ok(self.forget_all([key])? > 0)
     }
 
     /// Drops `key` from the store and the index (the writer's lock held): whether it was
@@ -729,14 +732,9 @@ impl Cache {
             self.state().index.iter().filter(|(_, s)| s.dirty).collect();
         dirty.sort_unstable_by_key(|(key, _)| *key);
         for chunk in dirty.chunks(4096) {
-            let ops = chunk.iter().map(|(key, slot)| {
-                let access = Access {
-                    created_ms: u64::from(slot.created_s) * 1000,
-                    last_ms: u64::from(slot.last_s) * 1000,
-                    place: slot.place,
-                };
-                Op::Put(key.0.to_vec(), access.encode().to_vec())
-            });
+            let ops = chunk
+                .iter()
+                .map(|(key, slot)| Op::Put(key.0.to_vec(), Access::of(*slot).encode().to_vec()));
             self.inner.store.apply(Space::Access, ops.collect())?;
             let mut state = self.state();
             for (key, slot) in chunk {
