@@ -27,9 +27,17 @@ fn store_files(data: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// Fills a cache and ledger, damages the store with `damage`, restarts: the daemon must
+/// What a restart after the damage must show.
+struct Expect {
+    /// The store could not be opened and was moved aside.
+    moved_aside: bool,
+    /// Every answer is still served from the cache (the damage was not to its files).
+    all_cached: bool,
+}
+
+/// Fills a cache and ledger, damages the data dir with `damage`, restarts: the daemon must
 /// start, serve no damaged entry, and report spend that agrees with the ledger.
-async fn survive(moved_aside: bool, damage: impl Fn(&Path)) {
+async fn survive(expect: Expect, damage: impl Fn(&Path)) {
     let fake = FakeUpstream::start().await;
     let d = Daemon::start(&fake.url()).await;
     let bodies: Vec<String> = (0..40).map(|i| chat(&format!("keep me {i}"))).collect();
@@ -58,11 +66,13 @@ async fn survive(moved_aside: bool, damage: impl Fn(&Path)) {
                 .starts_with("store.damaged-")
         })
         .count();
-    // A store that cannot be opened is moved aside (and logged), never deleted; one that
-    // opens serves only intact entries.
-    assert_eq!(aside == 1, moved_aside, "store moved aside: {aside}");
-    if !moved_aside {
-        assert_eq!(hits, 0, "a deleted store has nothing to serve");
+    // A store that cannot be opened is moved aside (and logged), never deleted. The answers
+    // and their index live beside it, so they are served whatever became of it.
+    assert_eq!(aside == 1, expect.moved_aside, "store moved aside: {aside}");
+    if expect.all_cached {
+        assert_eq!(hits, bodies.len(), "answers lost with the store");
+    } else {
+        assert!(hits < bodies.len(), "the damage lost nothing: {hits}");
     }
     let report = get(&d.url("/_chatcache/spend?by=project")).await.json();
     let lines = ledger_lines(&dir);
@@ -75,9 +85,14 @@ async fn survive(moved_aside: bool, damage: impl Fn(&Path)) {
     drop(keep);
 }
 
+const STORE_MOVED_ASIDE: Expect = Expect {
+    moved_aside: true,
+    all_cached: true,
+};
+
 #[tokio::test]
 async fn corrupted_store_bytes() {
-    survive(true, |dir| {
+    survive(STORE_MOVED_ASIDE, |dir| {
         for f in store_files(dir) {
             let mut bytes = std::fs::read(&f).unwrap();
             let n = bytes.len();
@@ -92,7 +107,7 @@ async fn corrupted_store_bytes() {
 
 #[tokio::test]
 async fn truncated_store_files() {
-    survive(true, |dir| {
+    survive(STORE_MOVED_ASIDE, |dir| {
         for f in store_files(dir) {
             let len = std::fs::metadata(&f).unwrap().len();
             std::fs::OpenOptions::new()
@@ -108,7 +123,7 @@ async fn truncated_store_files() {
 
 #[tokio::test]
 async fn garbage_store_config() {
-    survive(true, |dir| {
+    survive(STORE_MOVED_ASIDE, |dir| {
         for f in store_files(dir) {
             std::fs::write(&f, b"this is not a database").unwrap();
         }
@@ -118,8 +133,31 @@ async fn garbage_store_config() {
 
 #[tokio::test]
 async fn deleted_store() {
-    survive(false, |dir| {
+    let expect = Expect {
+        moved_aside: false,
+        all_cached: true,
+    };
+    survive(expect, |dir| {
         std::fs::remove_dir_all(dir.join("store")).unwrap()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn damaged_index_journal() {
+    let expect = Expect {
+        moved_aside: false,
+        all_cached: false,
+    };
+    survive(expect, |dir| {
+        let journal = dir.join("answers").join("index.log");
+        let mut bytes = std::fs::read(&journal).unwrap();
+        assert!(bytes.len() >= 64 * 40, "one record per answer");
+        for i in (0..bytes.len()).step_by(64 * 3) {
+            bytes[i + 7] ^= 0x5a;
+        }
+        bytes.truncate(bytes.len() - 10);
+        std::fs::write(&journal, bytes).unwrap();
     })
     .await;
 }

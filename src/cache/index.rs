@@ -16,7 +16,7 @@ pub struct Slot {
     /// Seconds since the epoch.
     pub created_s: u32,
     pub last_s: u32,
-    /// Used since its access record was last written.
+    /// Used since the journal last had its times.
     pub dirty: bool,
 }
 
@@ -74,12 +74,19 @@ impl Index {
         }
     }
 
-    /// Notes that the use at `last_s` is in the access record (a later one stays dirty).
+    /// Notes that the use at `last_s` is in the journal (a later one stays dirty).
     pub fn mark_saved(&mut self, key: &CacheKey, last_s: u32) {
         if let Some(slot) = self.map.get_mut(key) {
             if slot.last_s == last_s {
                 slot.dirty = false;
             }
+        }
+    }
+
+    /// Notes that every use is in the journal (it was just rewritten).
+    pub fn mark_all_saved(&mut self) {
+        for slot in self.map.values_mut() {
+            slot.dirty = false;
         }
     }
 

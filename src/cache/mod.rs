@@ -1,8 +1,8 @@
 //! The answer cache: lookups with checksum and age checks, stores, approximate LRU
 //! eviction under `cache.max_bytes`, and the operations behind `chatcache cache …`.
-//! Entries live in the answer files, found through the in-memory index; each has an
-//! access record in the store (its place and times) from which the index is rebuilt at
-//! start. Calls that read or write entries block: async callers use `spawn_blocking`.
+//! Entries live in the answer files, found through the in-memory index; every change to
+//! the index goes to the index journal, from which it is rebuilt at start. Calls that read
+//! or write entries block: async callers use `spawn_blocking`.
 
 pub mod answers;
 pub mod bundle;
@@ -10,12 +10,13 @@ pub mod entry;
 pub mod flight;
 pub mod hot;
 pub mod index;
+pub mod journal;
 pub mod key;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,11 +27,16 @@ use crate::cache::answers::{Answers, Place, SEGMENT_BYTES};
 use crate::cache::entry::{DecodeError, Entry};
 use crate::cache::hot::Hot;
 use crate::cache::index::{Index, Slot};
+use crate::cache::journal::{Access, Change, Journal};
 use crate::cache::key::CacheKey;
-use crate::cache::store::{Op, Space, Store, StoreError, StoreResult};
+use crate::cache::store::{Space, Store, StoreError, StoreResult};
 
 /// A hit is not noted in the index more often than this (the in-memory tier's rule).
 const TOUCH_EVERY_MS: u64 = 60_000;
+
+/// Stores are made durable at most this long after they are written (a power loss can
+/// cost the cache the answers stored in that time; the ledger is synced on its own).
+const SYNC_EVERY_MS: u64 = 1_000;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -39,63 +45,13 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn secs(ms: u64) -> u32 {
+pub(crate) fn secs(ms: u64) -> u32 {
     u32::try_from(ms / 1000).unwrap_or(u32::MAX)
 }
 
-/// An entry's access record in the store: its times and its place in the answer files.
-#[derive(Debug, Clone, Copy)]
-struct Access {
-    created_ms: u64,
-    last_ms: u64,
-    place: Place,
-}
-
-impl Access {
-    const LEN: usize = 16 + Place::ENCODED_LEN;
-    /// Earlier versions' record (size, created, last), whose entry is in `Space::Entries`.
-    const EARLIER_LEN: usize = 24;
-
-    fn encode(self) -> [u8; Self::LEN] {
-        let mut out = [0u8; Self::LEN];
-        out[..8].copy_from_slice(&self.created_ms.to_le_bytes());
-        out[8..16].copy_from_slice(&self.last_ms.to_le_bytes());
-        out[16..].copy_from_slice(&self.place.encode());
-        out
-    }
-
-    fn decode(b: &[u8]) -> Option<Access> {
-        if b.len() != Self::LEN {
-            return None;
-        }
-        let word = |i: usize| -> Option<u64> {
-            Some(u64::from_le_bytes(b.get(i..i + 8)?.try_into().ok()?))
-        };
-        Some(Access {
-            created_ms: word(0)?,
-            last_ms: word(8)?,
-            place: Place::decode(&b[16..])?,
-        })
-    }
-
-    /// The record for what the index holds (its times to the second).
-    fn of(slot: Slot) -> Access {
-        Access {
-            created_ms: u64::from(slot.created_s) * 1000,
-            last_ms: u64::from(slot.last_s) * 1000,
-            place: slot.place,
-        }
-    }
-
-    fn slot(self) -> Slot {
-        Slot {
-            place: self.place,
-            created_s: secs(self.created_ms),
-            last_s: secs(self.last_ms),
-            dirty: false,
-        }
-    }
-}
+/// The length of an access record that earlier versions kept in the store (size, created,
+/// last), whose entry is in `Space::Entries`.
+const EARLIER_ACCESS_LEN: usize = 24;
 
 /// An entry's age against `cache.max_age` (past it: `Expired`, to be removed) and against
 /// what the caller accepts (past that: `TooOld`).
@@ -159,17 +115,31 @@ struct State {
     segments: BTreeMap<u32, (Arc<File>, u64)>,
 }
 
-/// The segment being appended to. Its lock is taken first, by every change: changes
-/// happen one at a time, while lookups only take the state's lock for a moment.
+/// The segment being appended to and the index journal. Its lock is taken first, by
+/// every change: changes happen one at a time, while lookups only take the state's lock
+/// for a moment.
 struct Writer {
     segment: u32,
     file: Arc<File>,
     size: u64,
+    journal: Journal,
+    synced_ms: u64,
+}
+
+impl Writer {
+    /// Makes what was appended durable: the segment's data, then the journal.
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()?;
+        self.journal.sync()?;
+        self.synced_ms = now_ms();
+        Ok(())
+    }
 }
 
 struct Inner {
     store: Store,
     answers: Answers,
+    answers_dir: PathBuf,
     state: Mutex<State>,
     writer: Mutex<Writer>,
     hot: Hot,
@@ -187,9 +157,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Cache {
     /// Opens the cache over `store` and the answer files in `answers_dir`, rebuilding the
-    /// index from the access records. Entries of earlier versions, kept in the store
-    /// itself, are moved to the answer files. `hot_bytes` bounds the in-memory tier of
-    /// recently served entries.
+    /// index from the journal. Access records of earlier versions, kept in the store, are
+    /// read first and carried into the journal; entries kept in the store itself move to
+    /// the answer files. `hot_bytes` bounds the in-memory tier of recently served entries.
     pub fn open(
         store: Store,
         answers_dir: &Path,
@@ -200,17 +170,27 @@ impl Cache {
         let (answers, found) = Answers::open(answers_dir)?;
         let mut state = State::default();
         let mut earlier = Vec::new();
+        let mut carried = false;
         store.scan_prefix(Space::Access, b"", |k, v| {
+            carried = true;
             if let Ok(key) = <[u8; 32]>::try_from(k) {
                 match Access::decode(v) {
                     Some(a) => {
                         state.index.insert(&CacheKey(key), a.slot());
                     }
-                    None if v.len() == Access::EARLIER_LEN => earlier.push(CacheKey(key)),
+                    None if v.len() == EARLIER_ACCESS_LEN => earlier.push(CacheKey(key)),
                     None => {}
                 }
             }
             true
+        })?;
+        let journal = Journal::open(answers_dir, |change| match change {
+            Change::Put(key, access) => {
+                state.index.insert(&key, access.slot());
+            }
+            Change::Remove(key) => {
+                state.index.remove(&key);
+            }
         })?;
         for &(segment, size) in &found {
             if state.index.live(segment) == 0 {
@@ -228,11 +208,14 @@ impl Cache {
             inner: Arc::new(Inner {
                 store,
                 answers,
+                answers_dir: answers_dir.to_path_buf(),
                 state: Mutex::new(state),
                 writer: Mutex::new(Writer {
                     segment,
                     file,
                     size: 0,
+                    journal,
+                    synced_ms: now_ms(),
                 }),
                 hot: Hot::new(hot_bytes),
                 max_bytes,
@@ -244,6 +227,11 @@ impl Cache {
         };
         let mut w = cache.writer();
         cache.move_earlier_entries(&mut w, earlier)?;
+        if carried {
+            cache.rewrite_journal(&mut w)?;
+            cache.inner.store.clear(Space::Access)?;
+            cache.inner.store.clear(Space::Entries)?;
+        }
         let all: Vec<u32> = found.iter().map(|(s, _)| *s).collect();
         cache.settle(&mut w, all)?;
         drop(w);
@@ -258,18 +246,14 @@ impl Cache {
         lock(&self.inner.writer)
     }
 
+    /// Moves entries that earlier versions kept in the store to the answer files (the
+    /// caller then clears the store's copies); a damaged one is left behind.
     fn move_earlier_entries(&self, w: &mut Writer, keys: Vec<CacheKey>) -> StoreResult<()> {
-        let s = &self.inner.store;
         for key in keys {
-            if let Some(bytes) = s.get(Space::Entries, &key.0)? {
+            if let Some(bytes) = self.inner.store.get(Space::Entries, &key.0)? {
                 if let Ok(entry) = Entry::decode(&bytes) {
                     self.append(w, key, &bytes, entry.meta.created_ms, now_ms())?;
-                } else {
-                    s.remove(Space::Access, &key.0)?;
                 }
-                s.remove(Space::Entries, &key.0)?;
-            } else {
-                s.remove(Space::Access, &key.0)?;
             }
         }
         Ok(())
@@ -378,7 +362,7 @@ impl Cache {
         entry
     }
 
-    /// Notes a use of the entry, in memory: its access record gets it at `flush`.
+    /// Notes a use of the entry, in memory: the journal gets it at `flush`.
     pub fn touch(&self, key: CacheKey) {
         self.state().index.touch(&key, secs(now_ms()));
     }
@@ -400,14 +384,17 @@ impl Cache {
     fn write(&self, key: CacheKey, bytes: &[u8], created_ms: u64) -> StoreResult<()> {
         self.inner.hot.remove(&key);
         let mut w = self.writer();
-        if let Some(old) = self.append(&mut w, key, bytes, created_ms, now_ms())? {
-            self.settle(&mut w, [old.place.segment])?;
+        let now = now_ms();
+        let old = self.append(&mut w, key, bytes, created_ms, now)?;
+        self.settle(&mut w, old.map(|o| o.place.segment))?;
+        if now.saturating_sub(w.synced_ms) >= SYNC_EVERY_MS {
+            w.sync()?;
         }
         Ok(())
     }
 
-    /// Appends the record, then points the access record and the index at it: a crash in
-    /// between leaves only unreferenced bytes. Returns the slot it replaces.
+    /// Appends the record, then points the journal and the index at it: a crash in between
+    /// leaves only unreferenced bytes. Returns the slot it replaces.
     fn append(
         &self,
         w: &mut Writer,
@@ -434,9 +421,7 @@ impl Cache {
                 len,
             },
         };
-        self.inner
-            .store
-            .put(Space::Access, &key.0, &access.encode())?;
+        w.journal.append(&[Change::Put(key, access)])?;
         let mut state = self.state();
         if let Some((_, size)) = state.segments.get_mut(&w.segment) {
             *size = w.size;
@@ -444,23 +429,21 @@ impl Cache {
         Ok(state.index.insert(&key, access.slot()))
     }
 
-    /// Closes the segment being appended to (its data synced) and starts the next one.
+    /// Closes the segment being appended to (synced) and starts the next one.
     fn roll(&self, w: &mut Writer) -> StoreResult<()> {
-        w.file.sync_data()?;
+        w.sync()?;
         let segment = w.segment.wrapping_add(1);
         let file = Arc::new(self.inner.answers.create(segment)?);
         self.state().segments.insert(segment, (file.clone(), 0));
-        *w = Writer {
-            segment,
-            file,
-            size: 0,
-        };
+        w.segment = segment;
+        w.file = file;
+        w.size = 0;
         Ok(())
     }
 
     /// After removals from `segments`: deletes each that holds nothing live any more and
     /// rewrites each that is less than half live, so the files stay under twice what they
-    /// hold.
+    /// hold; the journal is rewritten on the same rule.
     fn settle(&self, w: &mut Writer, segments: impl IntoIterator<Item = u32>) -> StoreResult<()> {
         for segment in segments {
             if segment == w.segment {
@@ -478,6 +461,23 @@ impl Cache {
                 self.compact(w, segment)?;
             }
         }
+        if w.journal.is_due(self.state().index.len() as u64) {
+            self.rewrite_journal(w)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the journal with one record per entry, noted uses included. The state's
+    /// lock is held while it is written, so that no use noted meanwhile is marked saved.
+    fn rewrite_journal(&self, w: &mut Writer) -> StoreResult<()> {
+        let mut state = self.state();
+        w.journal.rewrite(
+            state
+                .index
+                .iter()
+                .map(|(key, slot)| (key, Access::of(slot))),
+        )?;
+        state.index.mark_all_saved();
         Ok(())
     }
 
@@ -521,24 +521,30 @@ impl Cache {
         Ok(self.forget_all([key])? > 0)
     }
 
-    /// Drops `key` from the store and the index (the writer's lock held): whether it was
-    /// there, and the segment its record was in.
-    fn forget(&self, key: CacheKey) -> StoreResult<(bool, Option<u32>)> {
-        self.inner.hot.remove(&key);
-        let had_record = self.inner.store.remove(Space::Access, &key.0)?.is_some();
-        let old = self.state().index.remove(&key);
-        Ok((had_record || old.is_some(), old.map(|o| o.place.segment)))
-    }
-
-    /// Removes every key in `keys`, then settles the segments they were in.
+    /// Removes every key in `keys` (noted in the journal first), then settles the segments
+    /// they were in. Returns how many were there.
     fn forget_all(&self, keys: impl IntoIterator<Item = CacheKey>) -> StoreResult<u64> {
         let mut w = self.writer();
         let mut touched = BTreeSet::new();
         let mut removed = 0;
-        for key in keys {
-            let (had, segment) = self.forget(key)?;
-            removed += u64::from(had);
-            touched.extend(segment);
+        let keys: Vec<CacheKey> = keys.into_iter().collect();
+        for chunk in keys.chunks(4096) {
+            let present: Vec<Change> = {
+                let state = self.state();
+                (chunk.iter())
+                    .filter(|key| state.index.contains(key))
+                    .map(|key| Change::Remove(*key))
+                    .collect()
+            };
+            w.journal.append(&present)?;
+            let mut state = self.state();
+            for key in chunk {
+                self.inner.hot.remove(key);
+                if let Some(old) = state.index.remove(key) {
+                    removed += 1;
+                    touched.insert(old.place.segment);
+                }
+            }
         }
         self.settle(&mut w, touched)?;
         Ok(removed)
@@ -607,7 +613,9 @@ impl Cache {
             entries,
             bytes,
             max_bytes: self.inner.max_bytes,
-            on_disk_bytes: self.inner.store.size_on_disk() + files,
+            on_disk_bytes: self.inner.store.size_on_disk()
+                + files
+                + journal::size_on_disk(&self.inner.answers_dir),
             evictions: self.inner.evictions.load(Ordering::Relaxed),
             dropped_corrupt: self.inner.corrupt.load(Ordering::Relaxed),
         }
@@ -724,24 +732,25 @@ impl Cache {
         Ok(self.inner.store.get(Space::Meta, key.as_bytes())?.is_some())
     }
 
-    /// Writes the noted uses to the access records and makes everything written durable.
-    /// The records are written in key order, so each of the store's pages is read once.
+    /// Writes the noted uses to the journal and makes everything written durable.
     pub fn flush(&self) -> StoreResult<()> {
-        let w = self.writer();
-        let mut dirty: Vec<(CacheKey, Slot)> =
+        let mut w = self.writer();
+        let dirty: Vec<(CacheKey, Slot)> =
             self.state().index.iter().filter(|(_, s)| s.dirty).collect();
-        dirty.sort_unstable_by_key(|(key, _)| *key);
         for chunk in dirty.chunks(4096) {
-            let ops = chunk
-                .iter()
-                .map(|(key, slot)| Op::Put(key.0.to_vec(), Access::of(*slot).encode().to_vec()));
-            self.inner.store.apply(Space::Access, ops.collect())?;
+            let changes: Vec<Change> = (chunk.iter())
+                .map(|(key, slot)| Change::Put(*key, Access::of(*slot)))
+                .collect();
+            w.journal.append(&changes)?;
             let mut state = self.state();
             for (key, slot) in chunk {
                 state.index.mark_saved(key, slot.last_s);
             }
         }
-        w.file.sync_data()?;
+        if w.journal.is_due(self.state().index.len() as u64) {
+            self.rewrite_journal(&mut w)?;
+        }
+        w.sync()?;
         self.inner.store.flush()
     }
 
@@ -910,6 +919,7 @@ mod tests {
         assert_eq!(c.stats().entries, 0);
     }
 
+    /// The segment files, by name, with their sizes.
     fn answer_files(dir: &tempfile::TempDir) -> Vec<(String, u64)> {
         let mut files: Vec<(String, u64)> = std::fs::read_dir(dir.path().join("answers"))
             .unwrap()
@@ -920,6 +930,7 @@ mod tests {
                     f.metadata().unwrap().len(),
                 )
             })
+            .filter(|(name, _)| name.ends_with(".seg"))
             .collect();
         files.sort();
         files
@@ -1045,6 +1056,63 @@ mod tests {
         drop(c);
         let store = Store::open(&dir.path().join("store"), 1 << 20).unwrap();
         assert_eq!(store.count(Space::Entries), 0);
-        assert_eq!(store.count(Space::Access), 1);
+        assert_eq!(store.count(Space::Access), 0);
+    }
+
+    #[test]
+    fn access_records_kept_in_the_store_are_carried_into_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = sample(false);
+        e.meta.created_ms = now_ms();
+        let bytes = e.encode();
+        {
+            let (answers, _) = Answers::open(&dir.path().join("answers")).unwrap();
+            let file = answers.create(0).unwrap();
+            answers::write(&file, 0, &key(1), &bytes).unwrap();
+            let access = Access {
+                created_ms: e.meta.created_ms,
+                last_ms: e.meta.created_ms,
+                place: Place {
+                    segment: 0,
+                    offset: 0,
+                    len: bytes.len() as u32,
+                },
+            };
+            let store = Store::open(&dir.path().join("store"), 1 << 20).unwrap();
+            store
+                .put(Space::Access, &key(1).0, &access.encode())
+                .unwrap();
+        }
+        for _ in 0..2 {
+            let c = reopen(&dir, 1 << 30);
+            assert_eq!(c.stats().entries, 1);
+            let (l, got) = c.get(key(1), None).unwrap();
+            assert_eq!(l, Lookup::Fresh);
+            assert_eq!(got.unwrap().body, e.body);
+            drop(c);
+            let store = Store::open(&dir.path().join("store"), 1 << 20).unwrap();
+            assert_eq!(store.count(Space::Access), 0, "now in the journal only");
+        }
+    }
+
+    #[test]
+    fn replacements_and_removals_survive_a_reopen_and_the_journal_stays_small() {
+        let (dir, c) = open(1 << 30);
+        let mut e = sample(false);
+        e.meta.created_ms = now_ms();
+        for _ in 0..10_000 {
+            c.put(key(1), &e).unwrap();
+        }
+        c.put(key(2), &e).unwrap();
+        c.put(key(3), &e).unwrap();
+        assert!(c.remove(key(2)).unwrap());
+        drop(c);
+        let journal = journal::size_on_disk(&dir.path().join("answers"));
+        assert!(journal > 0 && journal < 8192 * 64, "rewritten: {journal}");
+        let c = reopen(&dir, 1 << 30);
+        assert_eq!(c.stats().entries, 2);
+        assert_eq!(c.get(key(1), None).unwrap().0, Lookup::Fresh);
+        assert_eq!(c.get(key(2), None).unwrap().0, Lookup::Missing);
+        assert_eq!(c.get(key(3), None).unwrap().0, Lookup::Fresh);
     }
 }

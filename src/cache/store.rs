@@ -1,6 +1,6 @@
 //! The storage seam: the only file that names sled. Everything persisted outside the
-//! ledger and answer files (where each cache entry is, spend rollups, daemon secrets) goes
-//! through the small key-value API here, grouped in named spaces.
+//! ledger and the cache's own files (spend rollups, daemon facts, and what earlier versions
+//! kept of the cache) goes through the small key-value API here, grouped in named spaces.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +12,8 @@ pub enum Space {
     /// Cache key → encoded cache entry, where earlier versions kept entries; the cache
     /// moves them to its answer files when it opens.
     Entries,
-    /// Cache key → access record: the entry's place in the answer files and its times.
+    /// Cache key → access record (the entry's place and times), where earlier versions
+    /// kept the index; the cache carries them into its journal when it opens.
     Access,
     /// Spend rollup key → aggregate, plus the ledger watermark.
     Rollups,
