@@ -83,13 +83,6 @@ impl Index {
         }
     }
 
-    /// Notes that every use is in the journal (it was just rewritten).
-    pub fn mark_all_saved(&mut self) {
-        for slot in self.map.values_mut() {
-            slot.dirty = false;
-        }
-    }
-
     /// Live bytes in `segment`; forgets a segment that has none left.
     pub fn live(&mut self, segment: u32) -> u64 {
         let live = self.live.get(&segment).copied().unwrap_or(0);

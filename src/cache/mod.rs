@@ -467,17 +467,26 @@ impl Cache {
         Ok(())
     }
 
-    /// Replaces the journal with one record per entry, noted uses included. The state's
-    /// lock is held while it is written, so that no use noted meanwhile is marked saved.
+    /// Replaces the journal with one record per entry, noted uses included. The entries
+    /// are copied under the state's lock and written without it, so lookups wait only for
+    /// the copy (changes wait on the writer's lock, held here).
     fn rewrite_journal(&self, w: &mut Writer) -> StoreResult<()> {
+        let started = std::time::Instant::now();
+        let slots: Vec<(CacheKey, Slot)> = self.state().index.iter().collect();
+        let copied_ms = started.elapsed().as_millis() as u64;
+        let live = slots.iter().map(|(key, slot)| (*key, Access::of(*slot)));
+        w.journal.rewrite(live)?;
         let mut state = self.state();
-        w.journal.rewrite(
-            state
-                .index
-                .iter()
-                .map(|(key, slot)| (key, Access::of(slot))),
-        )?;
-        state.index.mark_all_saved();
+        for (key, slot) in slots.iter().filter(|(_, s)| s.dirty) {
+            state.index.mark_saved(key, slot.last_s);
+        }
+        drop(state);
+        tracing::debug!(
+            entries = slots.len(),
+            copied_ms,
+            ms = started.elapsed().as_millis() as u64,
+            "rewrote the index journal"
+        );
         Ok(())
     }
 
@@ -507,6 +516,9 @@ impl Cache {
             }
         }
         if self.state().index.live(segment) == 0 {
+            // The moved records and the journal lines pointing at them are on disk before
+            // the only other copy goes.
+            w.sync()?;
             self.delete_segment(segment)?;
         }
         Ok(())
