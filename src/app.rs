@@ -123,11 +123,27 @@ impl App {
     /// Makes everything written so far durable (on shutdown).
     pub async fn close(&self) {
         self.spend.close().await;
+        self.on_cache("flush the cache files", Cache::flush).await;
+    }
+
+    /// Makes stored answers durable every `cache::SYNC_EVERY`, until dropped.
+    pub async fn keep_cache_synced(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(crate::cache::SYNC_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.on_cache("sync the cache files", Cache::sync_stale)
+                .await;
+        }
+    }
+
+    /// Runs `f` on the cache on a blocking thread, logging a failure to `what`.
+    async fn on_cache(&self, what: &str, f: fn(&Cache) -> Result<(), StoreError>) {
         let cache = self.cache.clone();
-        match tokio::task::spawn_blocking(move || cache.flush()).await {
+        match tokio::task::spawn_blocking(move || f(&cache)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "could not flush the cache store"),
-            Err(e) => tracing::error!(error = %e, "cache flush task failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "could not {what}"),
+            Err(e) => tracing::error!(error = %e, "the task to {what} failed"),
         }
     }
 }

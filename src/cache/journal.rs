@@ -135,6 +135,8 @@ pub struct Journal {
     file: File,
     /// Records in the file.
     records: u64,
+    /// Records appended since the last sync.
+    unsynced: bool,
 }
 
 impl Journal {
@@ -177,6 +179,7 @@ impl Journal {
             dir: dir.to_path_buf(),
             file,
             records,
+            unsynced: false,
         })
     }
 
@@ -189,6 +192,7 @@ impl Journal {
         self.file
             .write_all_at(&buf, self.records * RECORD_LEN as u64)?;
         self.records += changes.len() as u64;
+        self.unsynced |= !changes.is_empty();
         Ok(())
     }
 
@@ -222,12 +226,20 @@ impl Journal {
         File::open(&self.dir)?.sync_all()?;
         self.file = fresh;
         self.records = records;
+        self.unsynced = false;
         Ok(())
     }
 
     /// Makes everything appended durable.
-    pub fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()?;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Whether records were appended since the last sync.
+    pub fn is_unsynced(&self) -> bool {
+        self.unsynced
     }
 }
 
@@ -274,7 +286,13 @@ mod tests {
             Change::Remove(a),
         ];
         j.append(&changes[..2]).unwrap();
+        assert!(j.is_unsynced());
+        j.sync().unwrap();
+        assert!(!j.is_unsynced());
+        j.append(&[]).unwrap();
+        assert!(!j.is_unsynced(), "nothing appended");
         j.append(&changes[2..]).unwrap();
+        assert!(j.is_unsynced());
         drop(j);
         assert_eq!(replay(dir.path()).1, changes);
         let mode = std::fs::metadata(path(dir.path())).unwrap().permissions();

@@ -34,9 +34,10 @@ use crate::cache::store::{Space, Store, StoreError, StoreResult};
 /// A hit is not noted in the index more often than this (the in-memory tier's rule).
 const TOUCH_EVERY_MS: u64 = 60_000;
 
-/// Stores are made durable at most this long after they are written (a power loss can
-/// cost the cache the answers stored in that time; the ledger is synced on its own).
-const SYNC_EVERY_MS: u64 = 1_000;
+/// How often the daemon makes stored answers and the journal durable (`sync_stale`): a
+/// power loss costs the cache at most the answers stored in that time. The ledger is
+/// synced on its own.
+pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -123,16 +124,14 @@ struct Writer {
     file: Arc<File>,
     size: u64,
     journal: Journal,
-    synced_ms: u64,
 }
 
 impl Writer {
-    /// Makes what was appended durable: the segment's data, then the journal.
+    /// Makes what was appended durable: the segment's data, then the journal (every
+    /// record appended to a segment has its line in the journal).
     fn sync(&mut self) -> std::io::Result<()> {
         self.file.sync_data()?;
-        self.journal.sync()?;
-        self.synced_ms = now_ms();
-        Ok(())
+        self.journal.sync()
     }
 }
 
@@ -215,7 +214,6 @@ impl Cache {
                     file,
                     size: 0,
                     journal,
-                    synced_ms: now_ms(),
                 }),
                 hot: Hot::new(hot_bytes),
                 max_bytes,
@@ -384,13 +382,8 @@ impl Cache {
     fn write(&self, key: CacheKey, bytes: &[u8], created_ms: u64) -> StoreResult<()> {
         self.inner.hot.remove(&key);
         let mut w = self.writer();
-        let now = now_ms();
-        let old = self.append(&mut w, key, bytes, created_ms, now)?;
-        self.settle(&mut w, old.map(|o| o.place.segment))?;
-        if now.saturating_sub(w.synced_ms) >= SYNC_EVERY_MS {
-            w.sync()?;
-        }
-        Ok(())
+        let old = self.append(&mut w, key, bytes, created_ms, now_ms())?;
+        self.settle(&mut w, old.map(|o| o.place.segment))
     }
 
     /// Appends the record, then points the journal and the index at it: a crash in between
@@ -549,9 +542,11 @@ impl Cache {
                     .collect()
             };
             w.journal.append(&present)?;
-            let mut state = self.state();
             for key in chunk {
                 self.inner.hot.remove(key);
+            }
+            let mut state = self.state();
+            for key in chunk {
                 if let Some(old) = state.index.remove(key) {
                     removed += 1;
                     touched.insert(old.place.segment);
@@ -742,6 +737,16 @@ impl Cache {
     pub fn was_accepted(&self, fingerprint: &str) -> StoreResult<bool> {
         let key = format!("accepted:{fingerprint}");
         Ok(self.inner.store.get(Space::Meta, key.as_bytes())?.is_some())
+    }
+
+    /// Makes what was stored or removed since the last sync durable; the daemon calls this
+    /// every `SYNC_EVERY`.
+    pub fn sync_stale(&self) -> StoreResult<()> {
+        let mut w = self.writer();
+        if w.journal.is_unsynced() {
+            w.sync()?;
+        }
+        Ok(())
     }
 
     /// Writes the noted uses to the journal and makes everything written durable.
@@ -1018,6 +1023,23 @@ mod tests {
         );
         // Each open appends to a segment of its own.
         assert_eq!(answer_files(&dir).len(), 2);
+    }
+
+    #[test]
+    fn stores_and_removals_wait_for_the_next_sync() {
+        let (_d, c) = open(1 << 30);
+        let mut e = sample(false);
+        e.meta.created_ms = now_ms();
+        let unsynced = |c: &Cache| c.writer().journal.is_unsynced();
+        assert!(!unsynced(&c));
+        c.put(key(1), &e).unwrap();
+        assert!(unsynced(&c));
+        c.sync_stale().unwrap();
+        assert!(!unsynced(&c));
+        assert!(c.remove(key(1)).unwrap());
+        assert!(unsynced(&c));
+        c.flush().unwrap();
+        assert!(!unsynced(&c));
     }
 
     #[test]
