@@ -40,8 +40,8 @@ pub struct App {
 impl App {
     pub fn open(config: Config) -> anyhow::Result<Arc<App>> {
         // cache.memory is shared: half for the in-memory tier of recently served answers, a
-        // quarter for the store's page cache (rollups, not answers), a
-        // quarter for remembered parses. Stored answers are read through the OS page cache.
+        // quarter for the store's page cache (rollups, not answers), a quarter for
+        // remembered parses. Stored answers are read through the OS page cache.
         let hot_bytes = config.cache.memory / 2;
         let parse_bytes = config.cache.memory / 4;
         let (store, fingerprints) = open_data_dir(

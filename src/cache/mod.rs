@@ -764,9 +764,7 @@ impl Cache {
                 state.index.mark_saved(key, slot.last_s);
             }
         }
-        if w.journal.is_due(self.state().index.len() as u64) {
-            self.rewrite_journal(&mut w)?;
-        }
+        self.settle(&mut w, [])?;
         w.sync()?;
         self.inner.store.flush()
     }
