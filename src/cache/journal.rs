@@ -7,6 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::cache::answers::Place;
 use crate::cache::index::Slot;
@@ -132,7 +133,7 @@ fn checksum(body: &[u8]) -> [u8; CHECK_LEN] {
 
 pub struct Journal {
     dir: PathBuf,
-    file: File,
+    file: Arc<File>,
     /// Records in the file.
     records: u64,
     /// Records appended since the last sync.
@@ -177,7 +178,7 @@ impl Journal {
         }
         Ok(Journal {
             dir: dir.to_path_buf(),
-            file,
+            file: Arc::new(file),
             records,
             unsynced: false,
         })
@@ -224,7 +225,7 @@ impl Journal {
         fresh.sync_data()?;
         std::fs::rename(&fresh_path, path(&self.dir))?;
         File::open(&self.dir)?.sync_all()?;
-        self.file = fresh;
+        self.file = Arc::new(fresh);
         self.records = records;
         self.unsynced = false;
         Ok(())
@@ -240,6 +241,17 @@ impl Journal {
     /// Whether records were appended since the last sync.
     pub fn is_unsynced(&self) -> bool {
         self.unsynced
+    }
+
+    /// For a sync made by the caller without holding the journal: the file, if records
+    /// were appended since the last sync, now counted as synced. A caller whose sync fails
+    /// calls `sync_failed`.
+    pub fn take_unsynced(&mut self) -> Option<Arc<File>> {
+        std::mem::take(&mut self.unsynced).then(|| self.file.clone())
+    }
+
+    pub fn sync_failed(&mut self) {
+        self.unsynced = true;
     }
 }
 
@@ -293,6 +305,11 @@ mod tests {
         assert!(!j.is_unsynced(), "nothing appended");
         j.append(&changes[2..]).unwrap();
         assert!(j.is_unsynced());
+        let file = j.take_unsynced().expect("records to sync");
+        assert!(!j.is_unsynced() && j.take_unsynced().is_none());
+        file.sync_data().unwrap();
+        j.sync_failed();
+        assert!(j.is_unsynced(), "a failed sync is tried again");
         drop(j);
         assert_eq!(replay(dir.path()).1, changes);
         let mode = std::fs::metadata(path(dir.path())).unwrap().permissions();

@@ -740,13 +740,21 @@ impl Cache {
     }
 
     /// Makes what was stored or removed since the last sync durable; the daemon calls this
-    /// every `SYNC_EVERY`.
+    /// every `SYNC_EVERY`. The files are synced without the writer's lock, so stores go on
+    /// meanwhile: what they append is synced now or at the next call.
     pub fn sync_stale(&self) -> StoreResult<()> {
-        let mut w = self.writer();
-        if w.journal.is_unsynced() {
-            w.sync()?;
+        let (segment, journal) = {
+            let mut w = self.writer();
+            let Some(journal) = w.journal.take_unsynced() else {
+                return Ok(());
+            };
+            (w.file.clone(), journal)
+        };
+        let synced = segment.sync_data().and_then(|()| journal.sync_data());
+        if synced.is_err() {
+            self.writer().journal.sync_failed();
         }
-        Ok(())
+        Ok(synced?)
     }
 
     /// Writes the noted uses to the journal and makes everything written durable.
