@@ -13,8 +13,6 @@ use crate::cache::key::CacheKey;
 struct Slot {
     entry: Arc<Entry>,
     size: u64,
-    /// When the entry's use was last noted in the index (ms since the epoch).
-    touched_ms: u64,
 }
 
 struct Inner {
@@ -45,25 +43,14 @@ impl Hot {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The entry, and whether its use is due to be noted (once per `touch_every_ms`).
-    pub fn get(
-        &self,
-        key: &CacheKey,
-        now_ms: u64,
-        touch_every_ms: u64,
-    ) -> Option<(Arc<Entry>, bool)> {
-        let mut inner = self.lock();
-        let slot = inner.map.get_mut(key)?;
-        let due = now_ms.saturating_sub(slot.touched_ms) >= touch_every_ms;
-        if due {
-            slot.touched_ms = now_ms;
-        }
-        Some((slot.entry.clone(), due))
+    /// The entry, now the most recently used.
+    pub fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        Some(self.lock().map.get(key)?.entry.clone())
     }
 
     /// Keeps `entry`; entries over an eighth of the budget are not kept at all. When over
     /// budget, the least recently used go until it fits.
-    pub fn insert(&self, key: CacheKey, entry: Arc<Entry>, now_ms: u64) {
+    pub fn insert(&self, key: CacheKey, entry: Arc<Entry>) {
         let size = entry.memory_size();
         let mut inner = self.lock();
         if let Some(old) = inner.map.pop(&key) {
@@ -72,12 +59,7 @@ impl Hot {
         if size > self.max_bytes / 8 {
             return;
         }
-        let slot = Slot {
-            entry,
-            size,
-            touched_ms: now_ms,
-        };
-        inner.map.put(key, slot);
+        inner.map.put(key, Slot { entry, size });
         inner.bytes += size;
         while inner.bytes > self.max_bytes {
             let Some((_, old)) = inner.map.pop_lru() else {
@@ -109,32 +91,18 @@ mod tests {
         let one = sample(false).memory_size();
         let hot = Hot::new(one * 8);
         for i in 0..12u8 {
-            hot.insert(CacheKey([i; 32]), Arc::new(sample(false)), 0);
+            hot.insert(CacheKey([i; 32]), Arc::new(sample(false)));
             assert!(
-                hot.get(&CacheKey([0; 32]), 0, 60).is_some(),
+                hot.get(&CacheKey([0; 32])).is_some(),
                 "the entry in use is kept"
             );
         }
         assert!(hot.bytes() <= one * 8);
         assert!(
-            hot.get(&CacheKey([1; 32]), 0, 60).is_none(),
+            hot.get(&CacheKey([1; 32])).is_none(),
             "the least recently used went"
         );
-        assert_eq!(
-            hot.get(&CacheKey([0; 32]), 10, 60).map(|g| g.1),
-            Some(false)
-        );
-        assert_eq!(
-            hot.get(&CacheKey([0; 32]), 70, 60).map(|g| g.1),
-            Some(true),
-            "touch due"
-        );
-        assert_eq!(
-            hot.get(&CacheKey([0; 32]), 80, 60).map(|g| g.1),
-            Some(false),
-            "once"
-        );
         hot.remove(&CacheKey([0; 32]));
-        assert!(hot.get(&CacheKey([0; 32]), 0, 60).is_none());
+        assert!(hot.get(&CacheKey([0; 32])).is_none());
     }
 }

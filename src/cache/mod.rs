@@ -31,9 +31,6 @@ use crate::cache::journal::{Access, Change, Journal};
 use crate::cache::key::CacheKey;
 use crate::cache::store::{Space, Store, StoreError, StoreResult};
 
-/// A hit is not noted in the index more often than this (the in-memory tier's rule).
-const TOUCH_EVERY_MS: u64 = 60_000;
-
 /// How often the daemon makes stored answers and the journal durable (`sync_stale`): a
 /// power loss costs the cache at most the answers stored in that time. The ledger is
 /// synced on its own.
@@ -257,13 +254,16 @@ impl Cache {
         Ok(())
     }
 
-    /// The entry under `key` from the in-memory tier, if it is there and young enough;
-    /// never blocks. The flag says its use is due to be noted (`touch`).
-    pub fn get_hot(&self, key: CacheKey, max_age: Option<Duration>) -> Option<(Arc<Entry>, bool)> {
+    /// The entry under `key` from the in-memory tier, if it is there and young enough (its
+    /// use noted); never blocks.
+    pub fn get_hot(&self, key: CacheKey, max_age: Option<Duration>) -> Option<Arc<Entry>> {
         let now = now_ms();
-        let (entry, due) = self.inner.hot.get(&key, now, TOUCH_EVERY_MS)?;
+        let entry = self.inner.hot.get(&key)?;
         match self.age(&entry, now, max_age) {
-            Age::Fresh => Some((entry, due)),
+            Age::Fresh => {
+                self.touch(key, now);
+                Some(entry)
+            }
             Age::TooOld | Age::Expired => None,
         }
     }
@@ -354,15 +354,15 @@ impl Cache {
 
     /// Hands out a fresh stored entry: its use noted, kept in the in-memory tier.
     fn serve(&self, key: CacheKey, entry: Entry, now: u64) -> Arc<Entry> {
-        self.touch(key);
+        self.touch(key, now);
         let entry = Arc::new(entry);
-        self.inner.hot.insert(key, entry.clone(), now);
+        self.inner.hot.insert(key, entry.clone());
         entry
     }
 
-    /// Notes a use of the entry, in memory: the journal gets it at `flush`.
-    pub fn touch(&self, key: CacheKey) {
-        self.state().index.touch(&key, secs(now_ms()));
+    /// Notes a use of the entry at `now`, in memory: the journal gets it at `flush`.
+    fn touch(&self, key: CacheKey, now: u64) {
+        self.state().index.touch(&key, secs(now));
     }
 
     /// False when `key` is certainly not stored (no file is read to know).
@@ -1029,6 +1029,22 @@ mod tests {
         );
         // Each open appends to a segment of its own.
         assert_eq!(answer_files(&dir).len(), 2);
+    }
+
+    #[test]
+    fn a_hit_from_the_in_memory_tier_notes_its_use() {
+        let (_d, c) = open(1 << 30);
+        let mut e = sample(false);
+        e.meta.created_ms = now_ms();
+        for i in 0..2 {
+            c.put(key(i), &e).unwrap();
+            assert_eq!(c.get(key(i), None).unwrap().0, Lookup::Fresh);
+        }
+        // Both used in the same second; key(1), written later, counts as the more recent.
+        assert_eq!(c.list(1).unwrap()[0].key, key(1).to_hex());
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(c.get_hot(key(0), None).is_some());
+        assert_eq!(c.list(1).unwrap()[0].key, key(0).to_hex());
     }
 
     #[test]

@@ -205,10 +205,7 @@ async fn may_hit(app: &Arc<App>, attr: &Attribution) -> bool {
 }
 
 async fn lookup(app: &Arc<App>, key: CacheKey, max_age: Option<Duration>) -> Option<Arc<Entry>> {
-    if let Some((entry, touch)) = app.cache.get_hot(key, max_age) {
-        if touch {
-            app.cache.touch(key);
-        }
+    if let Some(entry) = app.cache.get_hot(key, max_age) {
         return Some(entry);
     }
     if !app.cache.may_contain(key) {
