@@ -184,14 +184,20 @@ impl Journal {
         })
     }
 
-    /// Appends `changes`, in order, in one write.
+    /// Appends `changes`, in order, in one write. A write that fails is cut off again, so
+    /// none of it is replayed later.
     pub fn append(&mut self, changes: &[Change]) -> io::Result<()> {
         let mut buf = Vec::with_capacity(changes.len() * RECORD_LEN);
         for change in changes {
             buf.extend_from_slice(&change.encode());
         }
-        self.file
-            .write_all_at(&buf, self.records * RECORD_LEN as u64)?;
+        let end = self.records * RECORD_LEN as u64;
+        if let Err(e) = self.file.write_all_at(&buf, end) {
+            if let Err(cut) = self.file.set_len(end) {
+                tracing::warn!(error = %cut, "could not cut a failed index journal write");
+            }
+            return Err(e);
+        }
         self.records += changes.len() as u64;
         self.unsynced |= !changes.is_empty();
         Ok(())
@@ -224,11 +230,11 @@ impl Journal {
         drop(out);
         fresh.sync_data()?;
         std::fs::rename(&fresh_path, path(&self.dir))?;
-        File::open(&self.dir)?.sync_all()?;
+        // From here on appends go to the new file, whether or not the rename is durable yet.
         self.file = Arc::new(fresh);
         self.records = records;
         self.unsynced = false;
-        Ok(())
+        File::open(&self.dir)?.sync_all()
     }
 
     /// Makes everything appended durable.
