@@ -808,6 +808,13 @@ mod tests {
         .unwrap()
     }
 
+    /// A sample entry created now.
+    fn fresh() -> Entry {
+        let mut e = sample(false);
+        e.meta.created_ms = now_ms();
+        e
+    }
+
     fn record_len(e: &Entry) -> u64 {
         32 + e.encode().len() as u64
     }
@@ -819,8 +826,7 @@ mod tests {
     #[test]
     fn put_get_and_counts() {
         let (_d, c) = open(1 << 30);
-        let mut e = sample(false);
-        e.meta.created_ms = now_ms();
+        let e = fresh();
         c.put(key(1), &e).unwrap();
         let (l, got) = c.get(key(1), None).unwrap();
         assert_eq!(l, Lookup::Fresh);
@@ -835,8 +841,7 @@ mod tests {
     #[test]
     fn list_gives_the_most_recently_used_first_up_to_the_limit() {
         let (_d, c) = open(1 << 30);
-        let mut e = sample(false);
-        e.meta.created_ms = now_ms();
+        let e = fresh();
         for i in 0..5 {
             // Never used: equal times fall back to the order they were written in.
             c.put(key(i), &e).unwrap();
@@ -852,8 +857,7 @@ mod tests {
     #[test]
     fn damaged_entry_is_dropped_not_served() {
         let (_d, c) = open(1 << 30);
-        let mut e = sample(false);
-        e.meta.created_ms = now_ms();
+        let e = fresh();
         c.put(key(1), &e).unwrap();
         let mut raw = e.encode();
         let last = raw.len() - 1;
@@ -891,8 +895,7 @@ mod tests {
     fn eviction_keeps_under_limit_and_drops_least_recent() {
         let per = record_len(&sample(false));
         let (_d, c) = open(per * 10);
-        let mut e = sample(false);
-        e.meta.created_ms = now_ms();
+        let e = fresh();
         for i in 0..30 {
             c.put(key(i), &e).unwrap();
             assert!(c.stats().bytes <= per * 10, "over the limit after put {i}");
@@ -913,8 +916,7 @@ mod tests {
     #[test]
     fn purge_by_model_and_all() {
         let (_d, c) = open(1 << 30);
-        let mut e = sample(false);
-        e.meta.created_ms = now_ms();
+        let mut e = fresh();
         c.put(key(1), &e).unwrap();
         e.meta.model = Some("other".into());
         c.put(key(2), &e).unwrap();
@@ -961,8 +963,7 @@ mod tests {
 
     /// An entry of about 1 MiB: sixteen fill a segment.
     fn large(i: usize) -> Entry {
-        let mut e = sample(false);
-        e.meta.created_ms = now_ms();
+        let mut e = fresh();
         e.body = bytes::Bytes::from(vec![b'a' + (i % 26) as u8; 1 << 20]);
         e
     }
@@ -1007,8 +1008,7 @@ mod tests {
     #[test]
     fn a_reopened_cache_finds_its_entries_and_the_noted_uses() {
         let (dir, c) = open(1 << 30);
-        let mut e = sample(false);
-        e.meta.created_ms = now_ms();
+        let e = fresh();
         for i in 0..3 {
             c.put(key(i), &e).unwrap();
         }
@@ -1034,8 +1034,7 @@ mod tests {
     #[test]
     fn a_hit_from_the_in_memory_tier_notes_its_use() {
         let (_d, c) = open(1 << 30);
-        let mut e = sample(false);
-        e.meta.created_ms = now_ms();
+        let e = fresh();
         for i in 0..2 {
             c.put(key(i), &e).unwrap();
             assert_eq!(c.get(key(i), None).unwrap().0, Lookup::Fresh);
@@ -1050,8 +1049,7 @@ mod tests {
     #[test]
     fn stores_and_removals_wait_for_the_next_sync() {
         let (_d, c) = open(1 << 30);
-        let mut e = sample(false);
-        e.meta.created_ms = now_ms();
+        let e = fresh();
         let unsynced = |c: &Cache| c.writer().journal.is_unsynced();
         assert!(!unsynced(&c));
         c.put(key(1), &e).unwrap();
@@ -1067,8 +1065,7 @@ mod tests {
     #[test]
     fn a_record_cut_short_is_dropped_as_damaged() {
         let (dir, c) = open(1 << 30);
-        let mut e = sample(false);
-        e.meta.created_ms = now_ms();
+        let e = fresh();
         c.put(key(1), &e).unwrap();
         c.put(key(2), &e).unwrap();
         drop(c);
@@ -1088,8 +1085,7 @@ mod tests {
     #[test]
     fn entries_stored_by_earlier_versions_move_to_the_answer_files() {
         let dir = tempfile::tempdir().unwrap();
-        let mut e = sample(false);
-        e.meta.created_ms = now_ms();
+        let e = fresh();
         {
             let store = Store::open(&dir.path().join("store"), 1 << 20).unwrap();
             let earlier = |size: u64| {
@@ -1118,8 +1114,7 @@ mod tests {
     #[test]
     fn access_records_kept_in_the_store_are_carried_into_the_journal() {
         let dir = tempfile::tempdir().unwrap();
-        let mut e = sample(false);
-        e.meta.created_ms = now_ms();
+        let e = fresh();
         let bytes = e.encode();
         {
             let (answers, _) = Answers::open(&dir.path().join("answers")).unwrap();
@@ -1154,8 +1149,7 @@ mod tests {
     #[test]
     fn replacements_and_removals_survive_a_reopen_and_the_journal_stays_small() {
         let (dir, c) = open(1 << 30);
-        let mut e = sample(false);
-        e.meta.created_ms = now_ms();
+        let e = fresh();
         for _ in 0..10_000 {
             c.put(key(1), &e).unwrap();
         }
