@@ -87,6 +87,11 @@ impl Answers {
         Ok((answers, found))
     }
 
+    /// The directory the segments are in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn path(&self, segment: u32) -> PathBuf {
         self.dir.join(format!("{segment:08}.seg"))
     }

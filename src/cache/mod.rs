@@ -16,7 +16,7 @@ pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -135,7 +135,6 @@ impl Writer {
 struct Inner {
     store: Store,
     answers: Answers,
-    answers_dir: PathBuf,
     state: Mutex<State>,
     writer: Mutex<Writer>,
     hot: Hot,
@@ -204,7 +203,6 @@ impl Cache {
             inner: Arc::new(Inner {
                 store,
                 answers,
-                answers_dir: answers_dir.to_path_buf(),
                 state: Mutex::new(state),
                 writer: Mutex::new(Writer {
                     segment,
@@ -622,7 +620,7 @@ impl Cache {
             max_bytes: self.inner.max_bytes,
             on_disk_bytes: self.inner.store.size_on_disk()
                 + files
-                + journal::size_on_disk(&self.inner.answers_dir),
+                + journal::size_on_disk(self.inner.answers.dir()),
             evictions: self.inner.evictions.load(Ordering::Relaxed),
             dropped_corrupt: self.inner.corrupt.load(Ordering::Relaxed),
         }
