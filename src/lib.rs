@@ -25,6 +25,7 @@ pub mod proxy;
 pub mod recent;
 pub mod secret;
 pub mod server;
+pub mod sized_lru;
 pub mod spend;
 pub mod stream;
 pub mod telemetry;

@@ -8,7 +8,6 @@ pub mod answers;
 pub mod bundle;
 pub mod entry;
 pub mod flight;
-pub mod hot;
 pub mod index;
 pub mod journal;
 pub mod key;
@@ -25,11 +24,11 @@ use serde::Serialize;
 
 use crate::cache::answers::{Answers, Place, SEGMENT_BYTES};
 use crate::cache::entry::{DecodeError, Entry};
-use crate::cache::hot::Hot;
 use crate::cache::index::{Index, Slot};
 use crate::cache::journal::{Access, Change, Journal};
 use crate::cache::key::CacheKey;
 use crate::cache::store::{Space, Store, StoreError, StoreResult};
+use crate::sized_lru::SizedLru;
 
 /// How often the daemon makes stored answers and the journal durable (`sync_stale`): a
 /// power loss costs the cache at most the answers stored in that time. The ledger is
@@ -137,7 +136,9 @@ struct Inner {
     answers: Answers,
     state: Mutex<State>,
     writer: Mutex<Writer>,
-    hot: Hot,
+    /// The in-memory tier: recently served entries, decoded and verified, so that a hot
+    /// hit is answered without leaving the async worker.
+    hot: SizedLru<CacheKey, Arc<Entry>>,
     max_bytes: u64,
     max_age: Duration,
     evicting: AtomicBool,
@@ -210,7 +211,7 @@ impl Cache {
                     size: 0,
                     journal,
                 }),
-                hot: Hot::new(hot_bytes),
+                hot: SizedLru::new(hot_bytes),
                 max_bytes,
                 max_age,
                 evicting: AtomicBool::new(false),
@@ -354,7 +355,9 @@ impl Cache {
     fn serve(&self, key: CacheKey, entry: Entry, now: u64) -> Arc<Entry> {
         self.touch(key, now);
         let entry = Arc::new(entry);
-        self.inner.hot.insert(key, entry.clone());
+        self.inner
+            .hot
+            .insert(&key, entry.clone(), entry.memory_size());
         entry
     }
 

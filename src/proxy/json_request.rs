@@ -5,17 +5,15 @@
 //! memo can only save work, never change an answer.
 
 // Keys are the bodies themselves, compared in full when found, so two bodies never share
-// a parse; foldhash (seeded per process, so not steerable from outside) hashes them for a
-// fraction of what a cryptographic hash or the default SipHash costs on every hit.
-use foldhash::fast::RandomState;
-use lru::LruCache;
-use std::sync::{Arc, Mutex, MutexGuard};
+// a parse, and hashed for a fraction of what a cryptographic hash would cost per hit.
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
 use crate::cache::key::{cache_key, canonical_json, CacheKey};
 use crate::error::ApiError;
 use crate::proxy::request::parse_json_object;
+use crate::sized_lru::SizedLru;
 
 #[derive(Debug)]
 pub struct JsonRequest {
@@ -134,19 +132,11 @@ fn last_user_text(body: &Value) -> Option<String> {
 }
 
 /// A remembered body: its own copy (one in a connection's read buffer would pin that).
-type Body = Box<[u8]>;
-
-struct Remembered {
-    /// In order of use: a new body over budget drops the least recently used, one by one,
-    /// so no single request pays for clearing a batch.
-    parses: LruCache<Body, Arc<JsonRequest>, RandomState>,
-    bytes: usize,
-}
+type Body = Vec<u8>;
 
 /// Parsed bodies by their bytes, within a byte budget, least recently used dropped first.
 pub struct ParseMemo {
-    remembered: Mutex<Remembered>,
-    max_bytes: usize,
+    remembered: SizedLru<Body, Arc<JsonRequest>>,
     ignore_fields: Vec<String>,
     keep_prompt: bool,
 }
@@ -154,52 +144,31 @@ pub struct ParseMemo {
 impl ParseMemo {
     pub fn new(max_bytes: u64, ignore_fields: Vec<String>, keep_prompt: bool) -> ParseMemo {
         ParseMemo {
-            remembered: Mutex::new(Remembered {
-                parses: LruCache::unbounded_with_hasher(RandomState::default()),
-                bytes: 0,
-            }),
-            max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            remembered: SizedLru::new(max_bytes),
             ignore_fields,
             keep_prompt,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Remembered> {
-        // Every update leaves the map and the byte count consistent before it can panic.
-        self.remembered.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The body's parse: remembered, or made now (and remembered unless the body is large).
     /// Bad bodies are refused each time and never remembered.
     pub fn parse(&self, body: &[u8]) -> Result<Arc<JsonRequest>, ApiError> {
-        if let Some(found) = self.lock().parses.get(body) {
-            return Ok(found.clone());
+        if let Some(found) = self.remembered.get(body) {
+            return Ok(found);
         }
         let parsed = Arc::new(JsonRequest::parse(
             body,
             &self.ignore_fields,
             self.keep_prompt,
         )?);
-        let size = body.len() + parsed.size();
-        if size <= self.max_bytes / 8 {
-            let mut r = self.lock();
-            if let Some(old) = r.parses.put(body.into(), parsed.clone()) {
-                r.bytes -= body.len() + old.size();
-            }
-            r.bytes += size;
-            while r.bytes > self.max_bytes {
-                let Some((body, old)) = r.parses.pop_lru() else {
-                    break;
-                };
-                r.bytes -= body.len() + old.size();
-            }
-        }
+        let size = (body.len() + parsed.size()) as u64;
+        self.remembered.insert(body, parsed.clone(), size);
         Ok(parsed)
     }
 
     #[cfg(test)]
     fn remembered(&self) -> usize {
-        self.lock().parses.len()
+        self.remembered.len()
     }
 }
 
@@ -298,10 +267,10 @@ mod tests {
         for i in 0..500 {
             m.parse(hot).unwrap();
             m.parse(format!(r#"{{"n":{i}}}"#).as_bytes()).unwrap();
-            assert!(m.lock().bytes <= 8 * 1024);
+            assert!(m.remembered.bytes() <= 8 * 1024);
         }
         assert!(m.remembered() < 120, "old bodies go: {}", m.remembered());
-        assert!(m.lock().parses.contains(&hot[..]));
+        assert!(m.remembered.contains(&hot[..]));
     }
 
     #[test]
