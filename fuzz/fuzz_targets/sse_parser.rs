@@ -1,8 +1,9 @@
 //! Fuzzes the SSE parser: feeding a body in arbitrary pieces must give the same events as feeding
-//! it whole, and every event must be safe to classify.
+//! it whole, and every event must be safe to read.
 #![no_main]
 
-use chatcache::stream::sse::{classify, delta_text, Event, SseParser};
+use chatcache::stream::frame::{api_frames, read_frame};
+use chatcache::stream::sse::{Event, SseParser};
 use libfuzzer_sys::fuzz_target;
 
 fn parse_pieces<'a>(pieces: impl Iterator<Item = &'a [u8]>) -> Vec<Event> {
@@ -48,7 +49,8 @@ fuzz_target!(|input: &[u8]| {
     assert_eq!(chunked, whole);
 
     for event in &whole {
-        let _ = classify(event);
-        let _ = delta_text(event);
+        for data in api_frames(event) {
+            let _ = read_frame(event.event.as_deref(), data);
+        }
     }
 });

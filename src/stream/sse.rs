@@ -7,13 +7,6 @@
 //! split anywhere between calls to [`SseParser::push`]; each complete line is decoded as UTF-8,
 //! replacing invalid sequences. The parser keeps only the current incomplete line and the fields of
 //! the event being built.
-//!
-//! [`classify`] and [`delta_text`] interpret events of the chat-completions stream.
-
-use std::collections::BTreeMap;
-
-use serde_json::value::RawValue;
-use serde_json::Value;
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -60,7 +53,7 @@ impl SseParser {
                 rest = &rest[1..];
             }
         }
-        while let Some(end) = rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+        while let Some(end) = memchr::memchr2(b'\n', b'\r', rest) {
             if self.line.is_empty() {
                 self.process_line(&rest[..end], out);
             } else {
@@ -121,11 +114,17 @@ impl SseParser {
         // `:` and ` ` are ASCII, so decoding the value alone equals decoding the whole line.
         match name {
             b"data" => {
-                self.data.push_str(&String::from_utf8_lossy(value));
+                push_lossy(&mut self.data, value);
                 self.data.push('\n');
             }
-            b"event" => self.event = String::from_utf8_lossy(value).into_owned(),
-            b"id" if !value.contains(&0) => self.id = String::from_utf8_lossy(value).into_owned(),
+            b"event" => {
+                self.event.clear();
+                push_lossy(&mut self.event, value);
+            }
+            b"id" if !value.contains(&0) => {
+                self.id.clear();
+                push_lossy(&mut self.id, value);
+            }
             // `retry` only tunes a browser's reconnection delay; it and unknown fields are ignored.
             _ => {}
         }
@@ -147,92 +146,19 @@ impl SseParser {
     }
 }
 
-/// What one event means in this API's streams.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Frame {
-    /// A normal `chat.completion.chunk` (or any other data event that is not one of the below).
-    Chunk,
-    /// The trailing cost frame: a data JSON object with no `choices` key and at least one of
-    /// `input_tokens`, `output_tokens`, `input_tokens_cost`, `output_tokens_cost`, `total_tokens_cost`.
-    Cost,
-    /// `data: [DONE]`
-    Done,
-    /// An `event: error` event, or a data JSON object with a top-level `error` key.
-    Error,
-}
-
-const COST_KEYS: [&str; 5] = [
-    "input_tokens",
-    "output_tokens",
-    "input_tokens_cost",
-    "output_tokens_cost",
-    "total_tokens_cost",
-];
-
-/// Classifies an event of the chat-completions stream.
-pub fn classify(event: &Event) -> Frame {
-    if event.event.as_deref() == Some("error") {
-        return Frame::Error;
+/// Appends `bytes` decoded as UTF-8, invalid sequences replaced. Checked whole first: that
+/// is several times faster than decoding piece by piece, and lines are nearly always valid.
+fn push_lossy(out: &mut String, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => out.push_str(text),
+        Err(_) => out.push_str(&String::from_utf8_lossy(bytes)),
     }
-    let data = event.data.trim();
-    if data == "[DONE]" {
-        return Frame::Done;
-    }
-    // Only the top-level keys matter: values are validated but left unparsed.
-    let Ok(object) = serde_json::from_str::<BTreeMap<String, &RawValue>>(data) else {
-        return Frame::Chunk;
-    };
-    if object.contains_key("error") {
-        Frame::Error
-    } else if !object.contains_key("choices") && COST_KEYS.iter().any(|k| object.contains_key(*k)) {
-        Frame::Cost
-    } else {
-        Frame::Chunk
-    }
-}
-
-/// The `choices[*].delta.content` text of a chunk event, concatenated (empty if none / not JSON).
-pub fn delta_text(event: &Event) -> String {
-    let Ok(value) = serde_json::from_str::<Value>(&event.data) else {
-        return String::new();
-    };
-    let Some(choices) = value.get("choices").and_then(Value::as_array) else {
-        return String::new();
-    };
-    choices
-        .iter()
-        .filter_map(|choice| choice.get("delta")?.get("content")?.as_str())
-        .collect()
-}
-
-/// The API's own events inside one SSE event. Upstream's documentation shows `data:` lines
-/// with no blank line between them, which SSE joins into one multi-line event; when every
-/// line of an event's data is a JSON object or `[DONE]`, each line is taken as its own
-/// event, so frames are classified the same whichever way upstream separates them.
-pub fn api_events(event: &Event) -> Vec<Event> {
-    let lines: Vec<&str> = event.data.split('\n').collect();
-    let each_is_a_frame = lines.len() > 1
-        && lines.iter().all(|l| {
-            let l = l.trim();
-            l == "[DONE]"
-                || (l.starts_with('{') && serde_json::from_str::<serde::de::IgnoredAny>(l).is_ok())
-        });
-    if !each_is_a_frame {
-        return vec![event.clone()];
-    }
-    lines
-        .into_iter()
-        .map(|l| Event {
-            event: event.event.clone(),
-            data: l.to_string(),
-            id: event.id.clone(),
-        })
-        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::frame::{api_frames, read_frame, Frame, Reading};
     use proptest::prelude::*;
 
     fn parse_chunks(chunks: &[&[u8]]) -> Vec<Event> {
@@ -450,71 +376,7 @@ mod tests {
         assert_eq!(parse_chunks(&pieces), vec![data(&payload)]);
     }
 
-    const CHUNK: &str = r#"{"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1677652288, "model": "m", "choices": [{"index": 0, "delta": {"content": "Paris"}, "finish_reason": null}]}"#;
     const COST: &str = r#"{"input_tokens": 12, "output_tokens": 30, "input_tokens_cost": 0.000024, "output_tokens_cost": 0.00009, "total_tokens_cost": 0.000114, "total_time_taken": 1.2, "tokens_per_second": 25.0, "time_to_first_data": 0.3}"#;
-
-    #[test]
-    fn classify_frames() {
-        assert_eq!(classify(&data(CHUNK)), Frame::Chunk);
-        assert_eq!(classify(&data(COST)), Frame::Cost);
-        assert_eq!(
-            classify(&data(r#"{"total_tokens_cost": 0.1}"#)),
-            Frame::Cost
-        );
-        assert_eq!(classify(&data("[DONE]")), Frame::Done);
-        assert_eq!(classify(&data(" [DONE] ")), Frame::Done);
-        assert_eq!(
-            classify(&data(r#"{"error": {"message": "rate limited"}}"#)),
-            Frame::Error
-        );
-        assert_eq!(
-            classify(&data(r#"{"error": null, "input_tokens": 1}"#)),
-            Frame::Error
-        );
-        let error_event = Event {
-            event: Some("error".into()),
-            data: "upstream failed".into(),
-            id: None,
-        };
-        assert_eq!(classify(&error_event), Frame::Error);
-        // Usage inside a chunk (it has `choices`) is not the cost frame.
-        assert_eq!(
-            classify(&data(r#"{"choices": [], "input_tokens": 3}"#)),
-            Frame::Chunk
-        );
-        // Other data events are chunks.
-        for other in [
-            "",
-            "[DONE",
-            "not json",
-            "{}",
-            r#"{"usage": {"input_tokens": 1}}"#,
-            r#"[{"input_tokens": 1}]"#,
-            r#"{"input_tokens": 1"#,
-        ] {
-            assert_eq!(classify(&data(other)), Frame::Chunk, "{other:?}");
-        }
-    }
-
-    #[test]
-    fn delta_text_of_chunks() {
-        assert_eq!(delta_text(&data(CHUNK)), "Paris");
-        assert_eq!(
-            delta_text(&data(
-                r#"{"choices": [{"delta": {"content": "a\u00e9"}}, {"delta": {}}, {"delta": {"content": null}}, {"delta": {"content": "👋"}}]}"#
-            )),
-            "aé👋"
-        );
-        for other in [
-            COST,
-            "[DONE]",
-            "not json",
-            r#"{"choices": {"delta": {"content": "x"}}}"#,
-            r#"{"choices": [{"message": {"content": "x"}}]}"#,
-        ] {
-            assert_eq!(delta_text(&data(other)), "", "{other:?}");
-        }
-    }
 
     /// Contents of the recorded chunk frames: ASCII, accented letters and emoji.
     const CONTENTS: [&str; 5] = [
@@ -608,15 +470,16 @@ mod tests {
             let expected: Vec<Event> = expected_data.iter().map(|d| data(d)).collect();
             prop_assert_eq!(&whole, &expected);
 
-            let frames: Vec<Frame> = whole.iter().map(classify).collect();
+            let readings: Vec<Reading> = whole.iter().map(|e| read_frame(None, &e.data)).collect();
+            let frames: Vec<Frame> = readings.iter().map(|r| r.frame).collect();
             let mut expected_frames = vec![Frame::Chunk; CONTENTS.len()];
             expected_frames.push(Frame::Cost);
             if with_done {
                 expected_frames.push(Frame::Done);
             }
             prop_assert_eq!(frames, expected_frames);
-            let text: String = whole.iter().map(delta_text).collect();
-            prop_assert_eq!(text, CONTENTS.concat());
+            let text_chars: usize = readings.iter().map(|r| r.text_chars).sum();
+            prop_assert_eq!(text_chars, CONTENTS.concat().chars().count());
         }
     }
 
@@ -642,17 +505,10 @@ mod tests {
         p.push(body.as_bytes(), &mut out);
         out.extend(p.finish());
         assert_eq!(out.len(), 1, "SSE joins them into one event");
-        let frames: Vec<Frame> = api_events(&out[0]).iter().map(classify).collect();
+        let frames: Vec<Frame> = api_frames(&out[0])
+            .into_iter()
+            .map(|d| read_frame(None, d).frame)
+            .collect();
         assert_eq!(frames, vec![Frame::Chunk, Frame::Cost, Frame::Done]);
-        let pretty = Event {
-            event: None,
-            data: "{\n\"a\": 1\n}".into(),
-            id: None,
-        };
-        assert_eq!(
-            api_events(&pretty),
-            vec![pretty.clone()],
-            "one JSON value over several lines stays one"
-        );
     }
 }

@@ -9,7 +9,8 @@ use hyper::body::Incoming;
 
 use crate::cache::flight::Flight;
 use crate::error::ApiError;
-use crate::stream::sse::{api_events, classify, delta_text, Event, Frame, SseParser};
+use crate::stream::frame::{api_frames, read_frame, Frame};
+use crate::stream::sse::{Event, SseParser};
 
 /// How the upstream body ended.
 #[derive(Debug, Clone)]
@@ -108,11 +109,12 @@ pub async fn tee(
 }
 
 fn note_event(ev: &Event, t: &mut Tee, saw_end: &mut bool, error: &mut bool) {
-    for ev in api_events(ev) {
-        match classify(&ev) {
-            Frame::Chunk => t.output_chars += delta_text(&ev).chars().count(),
+    for data in api_frames(ev) {
+        let reading = read_frame(ev.event.as_deref(), data);
+        match reading.frame {
+            Frame::Chunk => t.output_chars += reading.text_chars,
             Frame::Cost => {
-                t.cost_frame = Some(ev.data);
+                t.cost_frame = Some(data.to_owned());
                 *saw_end = true;
             }
             Frame::Done => *saw_end = true,
