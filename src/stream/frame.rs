@@ -77,7 +77,7 @@ pub fn read_frame(event_type: Option<&str>, data: &str) -> Reading {
 /// frame, so frames are read the same whichever way upstream separates them.
 pub fn api_frames(event: &Event) -> Vec<&str> {
     let data = event.data.as_str();
-    if !data.contains('\n') {
+    if memchr::memchr(b'\n', data.as_bytes()).is_none() {
         return vec![data];
     }
     let lines: Vec<&str> = data.split('\n').collect();
