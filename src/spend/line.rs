@@ -201,7 +201,12 @@ impl LedgerLine {
 
 /// A JSON string: as it is when nothing in it needs escaping, else through serde_json.
 fn json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // Every byte is looked at, with no early exit, so the check runs many bytes at a time:
+    // the strings are short and nearly never need escaping.
+    let needs_escape = s.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if !needs_escape {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
