@@ -115,11 +115,12 @@ impl<'de> Visitor<'de> for TopLevel {
         let mut keys = Keys::default();
         while let Some(key) = map.next_key_seed(KeyOf(&TOP_KEYS))? {
             match key {
-                Some(0) => keys.choices = Some(map.next_value_seed(Text(Level::Choices))?),
-                Some(1) => {
+                Some("choices") => keys.choices = Some(map.next_value_seed(Text(Level::Choices))?),
+                Some("error") => {
                     keys.error = true;
                     map.next_value::<IgnoredAny>()?;
                 }
+                // One of the cost keys.
                 Some(_) => {
                     keys.cost = true;
                     map.next_value::<IgnoredAny>()?;
@@ -144,27 +145,27 @@ const TOP_KEYS: [&str; 7] = [
     COST_KEYS[4],
 ];
 
-/// Reads an object key as its position in a list of names (None: another key), without
+/// Reads an object key as the one of a list of names it is (None: another key), without
 /// copying it.
 struct KeyOf<'k>(&'k [&'static str]);
 
 impl<'de> DeserializeSeed<'de> for KeyOf<'_> {
-    type Value = Option<usize>;
+    type Value = Option<&'static str>;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_str(self)
     }
 }
 
 impl<'de> Visitor<'de> for KeyOf<'_> {
-    type Value = Option<usize>;
+    type Value = Option<&'static str>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an object key")
     }
 
-    fn visit_str<E>(self, key: &str) -> Result<Option<usize>, E> {
-        Ok(self.0.iter().position(|name| *name == key))
+    fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().find(|name| **name == key).copied())
     }
 }
 
