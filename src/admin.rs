@@ -1,6 +1,8 @@
 //! The admin API under `/_chatcache/`: health, spend reports, cache operations. The CLI
 //! uses the same router, over HTTP when the daemon runs, in-process when it does not.
-//! Access: loopback peers only, unless `admin.token` is set, then that bearer token.
+//! Access: loopback peers only, unless `admin.token` is set, then that bearer token (the
+//! dashboard's page and files, which hold no data, are then served to anyone: the page
+//! sends the token with the calls it makes).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,12 +29,17 @@ pub fn is_admin_path(path: &str) -> bool {
     path == PREFIX || path.starts_with("/_chatcache/")
 }
 
+/// An admin request's path below the prefix (`/_chatcache/spend` → `/spend`).
+fn admin_path(path: &str) -> &str {
+    path.strip_prefix(PREFIX).unwrap_or(path)
+}
+
 /// Import bundles may be larger than a chat request.
 const MAX_IMPORT: u64 = 4 << 30;
 
 /// Serves an admin request that arrived over the network.
 pub async fn route(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    if let Err(e) = check_access(&app, req.headers(), peer) {
+    if let Err(e) = check_access(&app, req.method(), req.uri().path(), req.headers(), peer) {
         return e.into_response();
     }
     let (parts, body) = req.into_parts();
@@ -47,14 +54,19 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> R
     }
 }
 
-/// The access rule: with a token configured, the right bearer token from anyone;
-/// without one, loopback peers only.
+/// The access rule: with a token configured, the right bearer token from anyone, but for
+/// the dashboard's page and files, which anyone may load (a browser cannot send a bearer
+/// token with a page load; the page sends it with its calls); without one, loopback peers
+/// only, the page included.
 pub fn check_access(
     app: &App,
+    method: &Method,
+    path: &str,
     headers: &http::HeaderMap,
     peer: SocketAddr,
 ) -> Result<(), ApiError> {
     match &app.config.admin.token {
+        Some(_) if method == Method::GET && dashboard::page(admin_path(path)).is_some() => Ok(()),
         Some(token) => {
             let presented = headers
                 .get(header::AUTHORIZATION)
@@ -116,18 +128,19 @@ pub async fn dispatch(app: Arc<App>, req: Request<Bytes>) -> Response<Body> {
 }
 
 async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<Body>, ApiError> {
-    let path = req.uri().path().trim_start_matches(PREFIX).to_string();
+    let path = admin_path(req.uri().path()).to_string();
     let query = parse_query(req.uri().query().unwrap_or(""));
+    if req.method() == Method::GET {
+        if let Some(page) = dashboard::page(&path) {
+            return Ok(dashboard::response(page));
+        }
+    }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/health") => json(&serde_json::json!({
             "status": "ok",
             "version": env!("CARGO_PKG_VERSION"),
             "mode": app.config.mode.as_str(),
         })),
-        (&Method::GET, "" | "/") => Ok(dashboard::response(dashboard::index())),
-        (&Method::GET, p) if p.starts_with(dashboard::ASSET_DIR) => dashboard::asset(p)
-            .map(dashboard::response)
-            .ok_or(ApiError::NotFound),
         (&Method::GET, "/budgets") => json(&dashboard::budget_rows(&app.config.projects, |p| {
             app.spend.budget(p)
         })),

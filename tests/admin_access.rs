@@ -1,6 +1,7 @@
 //! Who may use the admin API: loopback peers only without `admin.token`, the right bearer
-//! token from anyone with it. Checked on the rule itself, and, where the machine allows
-//! it, from a test host in a network namespace wired to this one by a veth pair.
+//! token from anyone with it (the dashboard's page and files, which hold no data, then
+//! from anyone). Checked on the rule itself, and, where the machine allows it, from a
+//! test host in a network namespace wired to this one by a veth pair.
 
 mod support;
 
@@ -12,7 +13,7 @@ use chatcache::admin::check_access;
 use chatcache::app::App;
 use chatcache::config::{Config, Overrides};
 use chatcache::error::ApiError;
-use http::{header, HeaderMap, HeaderValue};
+use http::{header, HeaderMap, HeaderValue, Method};
 use support::daemon::*;
 use support::FakeUpstream;
 
@@ -36,6 +37,11 @@ fn peer(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// The rule for a GET of the spend report, which holds data.
+fn may_read_spend(app: &App, headers: &HeaderMap, peer: SocketAddr) -> Result<(), ApiError> {
+    check_access(app, &Method::GET, "/_chatcache/spend", headers, peer)
+}
+
 #[tokio::test]
 async fn without_a_token_only_loopback_peers_get_in() {
     let dir = tempfile::tempdir().unwrap();
@@ -43,7 +49,7 @@ async fn without_a_token_only_loopback_peers_get_in() {
     let none = HeaderMap::new();
     for ok in ["127.0.0.1:40000", "127.8.9.10:1", "[::1]:40000"] {
         assert!(
-            check_access(&app, &none, peer(ok)).is_ok(),
+            may_read_spend(&app, &none, peer(ok)).is_ok(),
             "{ok} is loopback"
         );
     }
@@ -55,14 +61,14 @@ async fn without_a_token_only_loopback_peers_get_in() {
     ] {
         assert!(
             matches!(
-                check_access(&app, &none, peer(refused)),
+                may_read_spend(&app, &none, peer(refused)),
                 Err(ApiError::Forbidden)
             ),
             "{refused} is not loopback"
         );
         // A bearer token means nothing when none is configured.
         assert!(matches!(
-            check_access(&app, &bearer("anything"), peer(refused)),
+            may_read_spend(&app, &bearer("anything"), peer(refused)),
             Err(ApiError::Forbidden)
         ));
     }
@@ -76,12 +82,12 @@ async fn with_a_token_everyone_needs_it() {
     for p in ["127.0.0.1:40000", "[::1]:1", "10.203.0.2:40000"] {
         let p = peer(p);
         assert!(
-            check_access(&app, &bearer(ADMIN_TOKEN), p).is_ok(),
+            may_read_spend(&app, &bearer(ADMIN_TOKEN), p).is_ok(),
             "{p} with the token"
         );
         assert!(
             matches!(
-                check_access(&app, &HeaderMap::new(), p),
+                may_read_spend(&app, &HeaderMap::new(), p),
                 Err(ApiError::Unauthorized(_))
             ),
             "{p} without a token, even on loopback"
@@ -89,7 +95,7 @@ async fn with_a_token_everyone_needs_it() {
         for wrong in ["admin-token-for-tests-7f3b", "", "admin-token-for-tests"] {
             assert!(
                 matches!(
-                    check_access(&app, &bearer(wrong), p),
+                    may_read_spend(&app, &bearer(wrong), p),
                     Err(ApiError::Unauthorized(_))
                 ),
                 "{p} with {wrong:?}"
@@ -100,8 +106,60 @@ async fn with_a_token_everyone_needs_it() {
             header::AUTHORIZATION,
             HeaderValue::from_str(&format!("Basic {ADMIN_TOKEN}")).unwrap(),
         );
-        assert!(check_access(&app, &basic, p).is_err(), "{p}: only Bearer");
+        assert!(may_read_spend(&app, &basic, p).is_err(), "{p}: only Bearer");
     }
+    app.close().await;
+}
+
+#[tokio::test]
+async fn with_a_token_the_dashboard_page_is_open_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = open_app(dir.path(), &format!("[admin]\ntoken = \"{ADMIN_TOKEN}\"\n"));
+    let none = HeaderMap::new();
+    let far = peer("10.203.0.2:40000");
+    for page in [
+        "/_chatcache",
+        "/_chatcache/",
+        "/_chatcache/dashboard/app.js",
+        "/_chatcache/dashboard/style.css",
+    ] {
+        assert!(
+            check_access(&app, &Method::GET, page, &none, far).is_ok(),
+            "GET {page} without the token"
+        );
+        assert!(
+            check_access(&app, &Method::POST, page, &none, far).is_err(),
+            "POST {page} without the token"
+        );
+    }
+    for data in [
+        "/_chatcache/spend",
+        "/_chatcache/recent",
+        "/_chatcache/budgets",
+        "/_chatcache/cache/stats",
+        "/_chatcache/health",
+        "/_chatcache/dashboard/",
+        "/_chatcache/dashboard/other.js",
+        "/_chatcache//",
+        "/_chatcache/_chatcache/",
+    ] {
+        assert!(
+            matches!(
+                check_access(&app, &Method::GET, data, &none, far),
+                Err(ApiError::Unauthorized(_))
+            ),
+            "GET {data} without the token"
+        );
+    }
+    app.close().await;
+
+    // Without a token, the page is no more open than the rest: loopback only.
+    let dir = tempfile::tempdir().unwrap();
+    let app = open_app(dir.path(), "");
+    assert!(matches!(
+        check_access(&app, &Method::GET, "/_chatcache/", &none, far),
+        Err(ApiError::Forbidden)
+    ));
     app.close().await;
 }
 

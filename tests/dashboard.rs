@@ -346,14 +346,19 @@ impl Browser {
     }
 
     async fn dom(&self, path: &str) -> Page {
+        self.dom_in_state(path, "ready").await
+    }
+
+    /// The page at `path` once its script settled in `state` (its `data-state`).
+    async fn dom_in_state(&self, path: &str, state: &str) -> Page {
         let url = format!("{}{path}", self.origin);
         let load = self.run(&url, &["--dump-dom".to_string()]).await;
         self.assert_stayed_home(&load, &url);
         let page = Page::new(load.stdout);
         assert_eq!(
             page.body().attr("data-state"),
-            Some("ready"),
-            "the dashboard at {url} did not finish loading:\n{}",
+            Some(state),
+            "the dashboard at {url} did not settle as {state}:\n{}",
             page.html
         );
         page
@@ -731,29 +736,69 @@ async fn dashboard_in_headless_chromium_shows_the_ledger() {
     d.stop().await;
 }
 
-#[tokio::test]
-async fn dashboard_follows_the_admin_access_rule() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_admin_token_the_page_takes_it_from_its_address_fragment() {
+    const TOKEN: &str = "dash-admin-token";
+    let bearer = [("authorization", "Bearer dash-admin-token")];
     let fake = FakeUpstream::start().await;
-    let d = Daemon::start_with(&fake.url(), "[admin]\ntoken = \"dash-admin-token\"\n").await;
-    for path in [
-        "/_chatcache/",
-        "/_chatcache/dashboard/app.js",
-        "/_chatcache/budgets",
-    ] {
+    let config = format!("{CONFIG}\n[admin]\ntoken = \"{TOKEN}\"\n");
+    let d = Daemon::start_with(&fake.url(), &config).await;
+
+    // The page and its files hold no data, so anyone may load them; the data needs the token.
+    for path in ["/_chatcache/", "/_chatcache/dashboard/app.js"] {
+        let r = send(Method::GET, &d.url(path), &[], Bytes::new()).await;
+        assert_eq!(r.status, StatusCode::OK, "{path} without the token");
+    }
+    for path in ["/_chatcache/budgets", "/_chatcache/spend?by=project"] {
         let r = send(Method::GET, &d.url(path), &[], Bytes::new()).await;
         assert_eq!(
             r.status,
             StatusCode::UNAUTHORIZED,
             "{path} without the token"
         );
-        let r = send(
-            Method::GET,
-            &d.url(path),
-            &[("authorization", "Bearer dash-admin-token")],
-            Bytes::new(),
-        )
-        .await;
+        let r = send(Method::GET, &d.url(path), &bearer, Bytes::new()).await;
         assert_eq!(r.status, StatusCode::OK, "{path} with the token");
+    }
+
+    make_requests(&d).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let url = d.url("/_chatcache/spend?by=project");
+        let v = send(Method::GET, &url, &bearer, Bytes::new()).await.json();
+        if v["total"]["requests"].as_u64() == Some(SCRIPT.len() as u64) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "report: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all = total(&ledger_sums(&d.data_dir));
+    let origin = format!("http://{}", d.addr);
+
+    // Opened with the token in its fragment, the page shows the ledger.
+    let page = Browser::new(origin.clone())
+        .dom_in_state(&format!("/_chatcache/#token={TOKEN}"), "ready")
+        .await;
+    assert_totals(&page, all, "opened with the admin token");
+
+    // Opened without it, or with a wrong one, the page shows no data and says how to open it.
+    for (path, refused) in [
+        ("/_chatcache/", false),
+        ("/_chatcache/#token=not-the-token", true),
+    ] {
+        let page = Browser::new(origin.clone())
+            .dom_in_state(path, "locked")
+            .await;
+        let status = page.one("status", |t| t.attr("id") == Some("status"));
+        let text = text_until(&page.html, status.end, "</p>");
+        assert!(
+            text.contains("/_chatcache/#token=<admin.token>"),
+            "{path}: {text:?}"
+        );
+        assert_eq!(text.contains("refused"), refused, "{path}: {text:?}");
+        assert!(
+            page.find(|t| t.attr("data-total").is_some()).is_empty(),
+            "{path}: no totals shown"
+        );
     }
     d.stop().await;
 }

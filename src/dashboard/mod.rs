@@ -23,7 +23,7 @@ const APP_JS: &str = include_str!("assets/app.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
 
 /// Where the dashboard's scripts and styles are served, below the admin prefix.
-pub const ASSET_DIR: &str = "/dashboard/";
+const ASSET_DIR: &str = "/dashboard/";
 
 /// The policy the dashboard pages are served with: the page may load and fetch only
 /// from the daemon itself, and may not be framed.
@@ -31,8 +31,17 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
      form-action 'self'; frame-ancestors 'none'";
 
-/// The dashboard page, for the admin paths `""` and `"/"`.
-pub fn index() -> Asset {
+/// The dashboard's page (admin paths `""` and `"/"`) or one of its scripts and styles
+/// (`/dashboard/…`), by admin path; None for every other path. None of them holds data:
+/// the page fetches that from the admin API.
+pub fn page(path: &str) -> Option<Asset> {
+    match path {
+        "" | "/" => Some(index()),
+        _ => asset(path),
+    }
+}
+
+fn index() -> Asset {
     Asset {
         content_type: "text/html; charset=utf-8",
         body: INDEX_HTML.as_bytes(),
@@ -40,7 +49,7 @@ pub fn index() -> Asset {
 }
 
 /// A script or stylesheet by its admin path (e.g. `/dashboard/app.js`).
-pub fn asset(path: &str) -> Option<Asset> {
+fn asset(path: &str) -> Option<Asset> {
     let (content_type, body) = match path.strip_prefix(ASSET_DIR)? {
         "app.js" => ("text/javascript; charset=utf-8", APP_JS),
         "style.css" => ("text/css; charset=utf-8", STYLE_CSS),
@@ -81,7 +90,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn assets_are_found_by_path_only() {
+    fn the_page_and_its_files_are_found_by_path_only() {
+        assert_eq!(page("").map(|a| a.body), Some(INDEX_HTML.as_bytes()));
+        assert_eq!(page("/").map(|a| a.body), Some(INDEX_HTML.as_bytes()));
+        assert_eq!(
+            page("/dashboard/app.js").map(|a| a.body),
+            Some(APP_JS.as_bytes())
+        );
+        for other in ["/spend", "/index.html", "//", "/dashboard"] {
+            assert!(page(other).is_none(), "{other}");
+        }
         assert!(asset("/dashboard/app.js").is_some());
         assert!(asset("/dashboard/style.css").is_some());
         assert!(asset("/dashboard/").is_none());

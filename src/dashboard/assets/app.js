@@ -11,7 +11,27 @@
   var DEFAULT_DAYS = 30;
   var DAY_RE = /^\d{4}-\d{2}-\d{2}$/;
 
-  var state = { data: null, timer: null };
+  var state = { data: null, timer: null, token: null, tokenTried: false };
+
+  // ---------------------------------------------------------------- the admin token
+
+  // With admin.token set, the API wants it as a bearer token, which a page load cannot
+  // carry. The page is opened as /_chatcache/#token=…: a fragment never leaves the
+  // browser. The token is kept for this tab only and taken out of the address bar.
+  var TOKEN_KEY = 'chatcache-admin-token';
+
+  function adminToken() {
+    var m = /^#(?:.*&)?token=([^&]*)/.exec(window.location.hash);
+    if (m) {
+      try { sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1])); } catch (e) { /* storage off */ }
+      history.replaceState(null, '', window.location.pathname + window.location.search);
+    }
+    try { return sessionStorage.getItem(TOKEN_KEY); } catch (e) { return null; }
+  }
+
+  function forgetToken() {
+    try { sessionStorage.removeItem(TOKEN_KEY); } catch (e) { /* storage off */ }
+  }
 
   // ---------------------------------------------------------------- small helpers
 
@@ -118,16 +138,21 @@
   }
 
   function getJson(path) {
+    var headers = { Accept: 'application/json' };
+    var token = state.token;
+    if (token) headers.Authorization = 'Bearer ' + token;
     return fetch(API + path, {
       credentials: 'same-origin',
-      headers: { Accept: 'application/json' }
+      headers: headers
     }).then(function (r) {
       return r.text().then(function (text) {
         var body = null;
         try { body = text ? JSON.parse(text) : null; } catch (e) { body = null; }
         if (!r.ok) {
           var msg = body && body.error && body.error.message ? body.error.message : text;
-          throw new Error(path.split('?')[0] + ': ' + r.status + ' ' + msg);
+          var err = new Error(path.split('?')[0] + ': ' + r.status + ' ' + msg);
+          err.needsToken = r.status === 401;
+          throw err;
         }
         return body;
       });
@@ -160,10 +185,20 @@
       document.body.setAttribute('data-state', 'ready');
       $('status').textContent = 'Updated ' + new Date().toLocaleTimeString();
     }).catch(function (e) {
+      if (e.needsToken) {
+        // Asking again would only be refused again: wait for a page opened with a token.
+        if (state.token) forgetToken();
+        state.token = null;
+        document.body.setAttribute('data-state', 'locked');
+        $('status').textContent = (state.tokenTried ? 'That admin token was refused. ' : '') +
+          'This chatcache has an admin token: open this page as ' + API +
+          '/#token=<admin.token> (the token stays in this browser tab).';
+        return 'locked';
+      }
       document.body.setAttribute('data-state', 'error');
       $('status').textContent = 'Could not load: ' + e.message;
-    }).then(function () {
-      state.timer = setTimeout(load, REFRESH_MS);
+    }).then(function (outcome) {
+      if (outcome !== 'locked') state.timer = setTimeout(load, REFRESH_MS);
     });
   }
 
@@ -529,12 +564,22 @@
     resizeTimer = setTimeout(render, 150);
   }
 
+  function takeToken() {
+    state.token = adminToken();
+    state.tokenTried = Boolean(state.token);
+  }
+
   function start() {
+    takeToken();
     $('filters').addEventListener('submit', onSubmit);
     $('f-project').addEventListener('change', function () {
       $('filters').requestSubmit();
     });
     window.addEventListener('popstate', load);
+    window.addEventListener('hashchange', function () {
+      takeToken();
+      load();
+    });
     window.addEventListener('resize', onResize);
     load();
   }
