@@ -27,25 +27,37 @@ const CHUNK: usize = 64 * 1024;
 /// Chunks of a `written` body that may wait for the client (what it holds in memory).
 const CHUNKS_AHEAD: usize = 4;
 
-/// A body that `produce` writes on a blocking thread, sent while it is written, so that
+/// A body that `produce` writes on a thread of its own, sent while it is written, so that
 /// a large answer (a cache export) is never held whole in memory. An error from `produce`
 /// breaks the body: the client sees a failed transfer, never a short answer that looks
 /// whole. A client that leaves makes the next write fail, which stops `produce`.
+///
+/// The thread is not one of the runtime's blocking threads: it waits on its client for as
+/// long as the client takes, and a few slow clients would otherwise hold every thread the
+/// cache's reads and writes need.
 pub fn written<F>(produce: F) -> Body
 where
     F: FnOnce(&mut ChunkWriter) -> anyhow::Result<()> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(CHUNKS_AHEAD);
-    tokio::task::spawn_blocking(move || {
-        let mut out = ChunkWriter {
-            buf: Vec::with_capacity(CHUNK),
-            tx,
-        };
-        let result = produce(&mut out).and_then(|()| Ok(out.flush()?));
-        if let Err(e) = result {
-            let _ = out.tx.blocking_send(Err(e.into()));
-        }
-    });
+    let if_not_started = tx.clone();
+    let started = std::thread::Builder::new()
+        .name("chatcache-body".into())
+        .spawn(move || {
+            let mut out = ChunkWriter {
+                buf: Vec::with_capacity(CHUNK),
+                tx,
+            };
+            let result = produce(&mut out).and_then(|()| Ok(out.flush()?));
+            if let Err(e) = result {
+                let _ = out.tx.blocking_send(Err(e.into()));
+            }
+        });
+    if let Err(e) = started {
+        // The channel is empty and has room: the error is the body's only item.
+        let _ = if_not_started.try_send(Err(e.into()));
+    }
+    drop(if_not_started);
     let frames = futures_util::stream::unfold(rx, |mut rx| async move {
         let item: Result<Bytes, BoxError> = rx.recv().await?;
         Some((item.map(Frame::data), rx))

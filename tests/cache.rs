@@ -4,6 +4,7 @@
 mod support;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -158,7 +159,7 @@ async fn a_failing_leader_releases_its_followers_and_nothing_is_stored() {
             .await
         })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let mut followers = Vec::new();
     for _ in 0..5 {
         let (d, body) = (d.clone(), body.clone());
@@ -173,7 +174,7 @@ async fn a_failing_leader_releases_its_followers_and_nothing_is_stored() {
         "the error is passed through"
     );
     for f in followers {
-        let r = tokio::time::timeout(std::time::Duration::from_secs(5), f)
+        let r = tokio::time::timeout(Duration::from_secs(5), f)
             .await
             .expect("released promptly")
             .unwrap();
@@ -424,4 +425,42 @@ async fn cli_export_streams_a_bundle_bigger_than_a_chunk_and_import_reads_it_bac
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_stalled_by_clients_that_do_not_read_hold_up_no_other_work() {
+    let fake = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let daemon = spawn_binary(&fake.url(), &data, &[], "warn", &dir.path().join("log"));
+    let chat_url = format!("http://{}/chat/completions", daemon.addr);
+    // A bundle of about 6 MB: far more than a connection's buffers hold.
+    let pad = "padding ".repeat(12 * 1024);
+    for i in 0..64 {
+        let r = post(&chat_url, &chat(&format!("{i} {pad}"))).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    // More exports than the daemon has threads for blocking work, none of them read: each
+    // one's writer waits for its client.
+    let export_url = format!("http://{}/_chatcache/cache/export", daemon.addr);
+    let mut stalled = Vec::new();
+    for _ in 0..12 {
+        let r = open(Method::GET, &export_url, &[], Bytes::new()).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        stalled.push(r);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A new answer is still stored (work done on a blocking thread) and then served.
+    let fresh = chat("asked while the exports wait");
+    let r = tokio::time::timeout(Duration::from_secs(20), post(&chat_url, &fresh))
+        .await
+        .expect("a miss is answered while exports wait for their clients");
+    assert_eq!(r.status, StatusCode::OK);
+    let r = tokio::time::timeout(Duration::from_secs(20), post(&chat_url, &fresh))
+        .await
+        .expect("a hit is answered while exports wait for their clients");
+    assert_eq!(r.header("x-chatcache"), Some("hit"));
+    drop(stalled);
+    drop(daemon);
 }
