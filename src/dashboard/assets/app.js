@@ -139,8 +139,7 @@
 
   function getJson(path) {
     var headers = { Accept: 'application/json' };
-    var token = state.token;
-    if (token) headers.Authorization = 'Bearer ' + token;
+    if (state.token) headers.Authorization = 'Bearer ' + state.token;
     return fetch(API + path, {
       credentials: 'same-origin',
       headers: headers
