@@ -203,7 +203,7 @@ pub async fn drive(
     let resp = match app.upstream.send(req).await {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(error = %e, "upstream request failed");
+            tracing::warn!(method = %ex.method, path = %ex.path_q, error = %e, "upstream request failed");
             let _ = first.send(First::Failed(e));
             return;
         }
@@ -292,7 +292,7 @@ pub async fn drive(
         if ex.endpoint.billable() {
             let line = ex.ledger_line(ex.policy.upstream_outcome(), head.status.as_u16(), acc);
             if let Err(e) = app.account_durably(line, ex.prompt()).await {
-                tracing::error!(error = %e, "could not make the ledger line durable");
+                tracing::error!(method = %ex.method, path = %ex.path_q, error = %e, "could not make the ledger line durable");
             }
         }
     };
@@ -303,9 +303,11 @@ pub async fn drive(
             match tokio::task::spawn_blocking(move || cache.put(key, &entry)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "could not store the answer; serving it uncached")
+                    tracing::warn!(method = %ex.method, path = %ex.path_q, error = %e, "could not store the answer; serving it uncached")
                 }
-                Err(e) => tracing::error!(error = %e, "cache store task failed"),
+                Err(e) => {
+                    tracing::error!(method = %ex.method, path = %ex.path_q, error = %e, "cache store task failed")
+                }
             }
         }
     };
@@ -318,7 +320,7 @@ pub async fn drive(
     match end {
         TeeEnd::Clean | TeeEnd::Unterminated => leader.finish(End::Complete),
         TeeEnd::Broken(e) => {
-            tracing::warn!(error = %e, "upstream answer broke off; not stored");
+            tracing::warn!(method = %ex.method, path = %ex.path_q, error = %e, "upstream answer broke off; not stored");
             leader.finish(End::Failed(e));
         }
     }
