@@ -79,7 +79,7 @@ fn write_object(out: &mut Vec<u8>, entries: Vec<(&String, &Value)>) {
         if i > 0 {
             out.push(b',');
         }
-        write_scalar(out, &Value::String(k.clone()));
+        write_json(out, k.as_str());
         out.push(b':');
         write_value(out, v);
     }
@@ -103,11 +103,12 @@ fn write_value(out: &mut Vec<u8>, value: &Value) {
             }
             out.push(b']');
         }
-        scalar => write_scalar(out, scalar),
+        scalar => write_json(out, scalar),
     }
 }
 
-fn write_scalar(out: &mut Vec<u8>, scalar: &Value) {
+/// A string, number, bool or null in serde_json's compact form.
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, scalar: &T) {
     // Serialising a string, number, bool or null into a Vec cannot fail.
     if serde_json::to_writer(&mut *out, scalar).is_err() {
         out.extend_from_slice(b"null");
