@@ -2,10 +2,10 @@
 //! append-only recording; every client (the one that caused it included) reads it from
 //! the start at its own pace, so followers join live and hold only an index into it.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
+use foldhash::HashMap;
 use http::{HeaderMap, StatusCode};
 use tokio::sync::watch;
 
@@ -234,7 +234,7 @@ fn concat(chunks: &[Bytes]) -> Bytes {
     }
 }
 
-/// The flights in progress, by cache key.
+/// The flights in progress, by cache key (hashed with foldhash, as the index's are).
 #[derive(Default)]
 pub struct Flights {
     map: Mutex<HashMap<CacheKey, Arc<Flight>>>,
