@@ -128,11 +128,11 @@ NOISE_MS = 0.5  # a loopback baseline p99 above this means the machine disturbed
 
 
 def row(rid, label, unit, chatcache=None, nginx=None, litellm=None, direct=None, target=None,
-        met=None, noisy=False):
+        met=None, noisy=False, relay=None):
     if met is not None and noisy:
         met = "noisy"
     rows.append(dict(id=rid, label=label, unit=unit, chatcache=chatcache, nginx=nginx,
-                     litellm=litellm, direct=direct, target=target, met=met))
+                     litellm=litellm, relay=relay, direct=direct, target=target, met=met))
 
 
 def spiky(label):
@@ -166,6 +166,7 @@ def added_rows(rid, run, label, limit_ms, with_litellm=False):
         row(f"{rid}_added_p{p}", f"{label} added p{p}", "ms",
             chatcache=v, nginx=added(f"{run}_nginx", f"{run}_direct", p),
             litellm=added(f"{run}_litellm", f"{run}_direct", p) if with_litellm else None,
+            relay=added(f"{run}_relay", f"{run}_direct", p),
             direct=ms(lat(f"{run}_direct", f"p{p}_us")),
             target=f"<= {limit_ms:g} ms" if p == 99 else None,
             met=le(v, limit_ms) if p == 99 else None,
@@ -195,6 +196,7 @@ for what, name in (("ttfb_us", "stream added time to first frame"),
         v = stream_added("chatcache", what, p)
         row(f"stream_{what[:-3]}_added_p{p}", f"{name} p{p}", "ms", chatcache=v,
             nginx=stream_added("nginx", what, p), litellm=stream_added("litellm", what, p),
+            relay=stream_added("relay", what, p),
             direct=ms(stream("direct", what, p)),
             target="<= 0.2 ms" if p == 99 else None, met=le(v, 0.2) if p == 99 else None,
             noisy=noisy_added(v, ms(stream("direct", what, 99)))
@@ -235,7 +237,7 @@ row("fill_seconds", f"time to fill {big} entries (64 concurrent misses)", "s",
     chatcache=fill_s or None)
 
 for r_ in rows:
-    for peer in ("nginx", "litellm"):
+    for peer in ("nginx", "litellm", "relay"):
         a, b = r_["chatcache"], r_[peer]
         r_[f"chatcache/{peer}"] = (a / b) if a is not None and b not in (None, 0) else None
 
@@ -277,7 +279,8 @@ def fmt(v):
     return f"{v:.3f}"
 
 
-cols = ["chatcache", "nginx", "litellm", "direct", "chatcache/nginx", "chatcache/litellm"]
+cols = ["chatcache", "nginx", "litellm", "relay", "direct", "chatcache/nginx", "chatcache/litellm",
+        "chatcache/relay"]
 head = ["figure", "unit"] + cols + ["target", "verdict"]
 table = [head]
 for r_ in rows:
@@ -293,6 +296,7 @@ print()
 print("\n".join(lines))
 print()
 print("nginx column: proxy_cache peer for misses/hits/disk, no-cache peer for pass-through and streams.")
+print("relay column: bench-relay, a bare proxy on hyper, hyper-util and tokio (no cache, no ledger).")
 print("added = p(through server) - p(direct to the fake upstream), same run.")
 ml = load("miss_litellm") or {}
 print(f"litellm RSS: after its own runs (about {ml.get('requests', 0) + 150} entries cached), "
