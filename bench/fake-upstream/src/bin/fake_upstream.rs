@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chatcache_bench_tools::mono_ns;
+use chatcache_bench_tools::{accept, mono_ns};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
@@ -233,15 +233,7 @@ fn main() {
         let listener = TcpListener::bind(listen).await.expect("bind");
         eprintln!("fake-upstream listening on http://{listen}");
         loop {
-            let (sock, _) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    eprintln!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            };
-            let _ = sock.set_nodelay(true);
+            let sock = accept(&listener).await;
             let st = st.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| handle(st.clone(), req));

@@ -10,9 +10,9 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
+use chatcache_bench_tools::accept;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -84,15 +84,7 @@ fn main() {
         let listener = TcpListener::bind(listen).await.expect("bind");
         eprintln!("bench-relay listening on http://{listen}, relaying to {base}");
         loop {
-            let (sock, _) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    eprintln!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            };
-            let _ = sock.set_nodelay(true);
+            let sock = accept(&listener).await;
             let (client, base) = (client.clone(), base.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
