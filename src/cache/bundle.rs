@@ -86,8 +86,8 @@ pub fn import(
         if parsed.v != BUNDLE_VERSION {
             anyhow::bail!("bundle line {}: unknown bundle version {}", n + 1, parsed.v);
         }
-        let request: serde_json::Value = serde_json::from_str(parsed.meta.request.get())?;
-        let canonical = canonical_json(&request, ignore_fields);
+        let canonical = canonical_json(parsed.meta.request.get().as_bytes(), ignore_fields)
+            .map_err(|e| anyhow::anyhow!("bundle line {}: request: {e}", n + 1))?;
         let key = cache_key(
             &parsed.meta.method,
             &parsed.meta.path,

@@ -1,7 +1,10 @@
 //! The one cache key function and the canonical JSON form of request bodies it hashes.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 /// Bump when anything hashed below changes meaning, so old entries simply stop matching.
@@ -53,58 +56,216 @@ pub fn cache_key(method: &str, path: &str, partition: &str, canonical_body: &[u8
     CacheKey(*blake3::hash(&framed).as_bytes())
 }
 
-/// The canonical text of a JSON request body: object keys sorted (by their UTF-8 bytes) at
-/// every depth, no insignificant whitespace, and the top-level `ignore` fields left out.
-/// Written by hand rather than relying on `serde_json::Map` ordering, which a feature flag
-/// elsewhere in the dependency graph could change.
-pub fn canonical_json(value: &Value, ignore: &[String]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map
-                .iter()
-                .filter(|(k, _)| !ignore.iter().any(|i| i == *k))
-                .collect();
-            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            write_object(&mut out, entries);
-        }
-        other => write_value(&mut out, other),
-    }
-    out
+/// The canonical text of a JSON body, read in one pass without building a tree: object
+/// keys sorted (by their UTF-8 bytes) at every depth, no insignificant whitespace, numbers
+/// and strings as serde_json writes them, and the top-level `ignore` fields left out (still
+/// read and checked). Refuses what is not valid UTF-8 JSON, and any object that repeats a
+/// key (serde_json would keep the last silently, which would let two readers of one body
+/// disagree about what it says). Written by hand rather than relying on `serde_json::Map`
+/// ordering, which a feature flag elsewhere in the dependency graph could change.
+pub fn canonical_json(body: &[u8], ignore: &[String]) -> Result<Vec<u8>, serde_json::Error> {
+    canonical_json_with(body, ignore, &mut |_, _| {})
 }
 
-fn write_object(out: &mut Vec<u8>, entries: Vec<(&String, &Value)>) {
-    out.push(b'{');
-    for (i, (k, v)) in entries.into_iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_json(out, k.as_str());
-        out.push(b':');
-        write_value(out, v);
+/// `canonical_json`, also showing `top` each top-level member of an object body (ignored
+/// ones too) with its value's canonical text, in the body's order.
+pub fn canonical_json_with(
+    body: &[u8],
+    ignore: &[String],
+    top: &mut dyn FnMut(&str, &[u8]),
+) -> Result<Vec<u8>, serde_json::Error> {
+    // Checked once here, so that no string is checked again on its own.
+    let text = std::str::from_utf8(body).map_err(|e| {
+        <serde_json::Error as de::Error>::custom(format!("the body is not valid UTF-8: {e}"))
+    })?;
+    let mut out = Vec::with_capacity(body.len());
+    let mut scratch = Scratch {
+        members: Vec::with_capacity(16),
+        values: Vec::with_capacity(body.len()),
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    Canon {
+        out: &mut out,
+        scratch: &mut scratch,
+        top: Some(Top { ignore, show: top }),
     }
-    out.push(b'}');
+    .deserialize(&mut de)?;
+    de.end()?;
+    Ok(out)
 }
 
-fn write_value(out: &mut Vec<u8>, value: &Value) {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            write_object(out, entries);
+/// What the top-level object's reading is told: the members to leave out, and who to show
+/// each member to.
+struct Top<'a> {
+    ignore: &'a [String],
+    show: &'a mut dyn FnMut(&str, &[u8]),
+}
+
+/// Room shared by every object of one body: members read but not yet put in order (each
+/// object's above those of the objects around it), and a copy of one object's values while
+/// they are put in order.
+struct Scratch<'de> {
+    members: Vec<(Cow<'de, str>, Range<usize>)>,
+    values: Vec<u8>,
+}
+
+/// Writes one value's canonical text into `out`.
+struct Canon<'a, 'de> {
+    out: &'a mut Vec<u8>,
+    scratch: &'a mut Scratch<'de>,
+    /// Set for the body itself, not for the values inside it.
+    top: Option<Top<'a>>,
+}
+
+impl<'de> Canon<'_, 'de> {
+    /// The reading of a value inside this one.
+    fn inner(&mut self) -> Canon<'_, 'de> {
+        Canon {
+            out: &mut *self.out,
+            scratch: &mut *self.scratch,
+            top: None,
         }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_value(out, v);
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Canon<'_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Canon<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        write_json(self.out, &v);
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        write_json(self.out, &v);
+        Ok(())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        write_json(self.out, &v);
+        Ok(())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        // As `serde_json::Value` holds it: a number that is not finite becomes null.
+        write_json(self.out, &Value::from(v));
+        Ok(())
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<(), E> {
+        write_plain_str(self.out, v);
+        Ok(())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        write_json(self.out, v);
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.out.extend_from_slice(b"null");
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        self.out.push(b'[');
+        let mut first = true;
+        loop {
+            let at = self.out.len();
+            if !first {
+                self.out.push(b',');
             }
-            out.push(b']');
+            if seq.next_element_seed(self.inner())?.is_none() {
+                self.out.truncate(at);
+                break;
+            }
+            first = false;
         }
-        scalar => write_json(out, scalar),
+        self.out.push(b']');
+        Ok(())
     }
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        // Each member's value is written behind the ones before it, then the members are
+        // put in key order.
+        let first_member = self.scratch.members.len();
+        let start = self.out.len();
+        while let Some(Key(k)) = map.next_key()? {
+            let at = self.out.len();
+            map.next_value_seed(self.inner())?;
+            if let Some(top) = &mut self.top {
+                (top.show)(&k, &self.out[at..]);
+            }
+            self.scratch.members.push((k, at..self.out.len()));
+        }
+        let Scratch { members, values } = &mut *self.scratch;
+        let mine = &mut members[first_member..];
+        mine.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        if let Some(w) = mine.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(de::Error::custom(format!("duplicate key {:?}", w[0].0)));
+        }
+        values.clear();
+        values.extend_from_slice(&self.out[start..]);
+        self.out.truncate(start);
+        self.out.push(b'{');
+        let ignore = self.top.as_ref().map_or(&[][..], |t| t.ignore);
+        let mut first = true;
+        for (k, range) in mine.iter() {
+            if ignore.iter().any(|i| i == k) {
+                continue;
+            }
+            if !first {
+                self.out.push(b',');
+            }
+            first = false;
+            match k {
+                Cow::Borrowed(plain) => write_plain_str(self.out, plain),
+                Cow::Owned(escaped) => write_json(self.out, escaped.as_str()),
+            }
+            self.out.push(b':');
+            self.out
+                .extend_from_slice(&values[range.start - start..range.end - start]);
+        }
+        self.out.push(b'}');
+        members.truncate(first_member);
+        Ok(())
+    }
+}
+
+/// An object key, borrowed from the body when it holds no escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// A string that stood in the body with no escape, as serde_json would write it: JSON text
+/// holds no raw quote, backslash or control character inside a string, so the only thing
+/// serde_json would escape in it is nothing.
+fn write_plain_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
 }
 
 /// A string, number, bool or null in serde_json's compact form.
@@ -121,13 +282,115 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
+    /// The canonical text of a value, through its serialised form.
+    fn canon(v: &Value, ignore: &[String]) -> Vec<u8> {
+        canonical_json(&serde_json::to_vec(v).unwrap(), ignore).unwrap()
+    }
+
     fn key_of(v: &Value) -> CacheKey {
         cache_key(
             "POST",
             "/chat/completions",
             "p",
-            &canonical_json(v, &["user".into()]),
+            &canon(v, &["user".into()]),
         )
+    }
+
+    /// The canonical form as a tree-walk states it: the reference the one-pass reader is
+    /// held to.
+    fn tree_canonical(v: &Value, ignore: &[String], out: &mut Vec<u8>) {
+        match v {
+            Value::Object(map) => {
+                let mut entries: Vec<_> = map
+                    .iter()
+                    .filter(|(k, _)| !ignore.iter().any(|i| i == *k))
+                    .collect();
+                entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                out.push(b'{');
+                for (i, (k, v)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(&serde_json::to_vec(k).unwrap());
+                    out.push(b':');
+                    tree_canonical(v, &[], out);
+                }
+                out.push(b'}');
+            }
+            Value::Array(items) => {
+                out.push(b'[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    tree_canonical(v, &[], out);
+                }
+                out.push(b']');
+            }
+            scalar => out.extend_from_slice(&serde_json::to_vec(scalar).unwrap()),
+        }
+    }
+
+    /// `v` as JSON text with every object's members in another order than sorted:
+    /// rotated by `turn` and, for odd turns, reversed.
+    fn unordered_text(v: &Value, turn: usize, out: &mut Vec<u8>) {
+        match v {
+            Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                if !entries.is_empty() {
+                    let n = entries.len();
+                    entries.rotate_left(turn % n);
+                }
+                if turn % 2 == 1 {
+                    entries.reverse();
+                }
+                out.push(b'{');
+                for (i, (k, v)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.extend_from_slice(b", ");
+                    }
+                    out.extend_from_slice(&serde_json::to_vec(k).unwrap());
+                    out.extend_from_slice(b" : ");
+                    unordered_text(v, turn + 1, out);
+                }
+                out.push(b'}');
+            }
+            Value::Array(items) => {
+                out.push(b'[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    unordered_text(v, turn + 1, out);
+                }
+                out.push(b']');
+            }
+            scalar => out.extend_from_slice(&serde_json::to_vec(scalar).unwrap()),
+        }
+    }
+
+    #[test]
+    fn strict_json_rules() {
+        assert!(canonical_json(br#"{"a":1,"b":{"c":[1,2]}}"#, &[]).is_ok());
+        for bad in [
+            &br#"{"a":1,"a":2}"#[..],
+            br#"{"a":{"b":1,"b":1}}"#,
+            br#"[{"b":1,"b":1}]"#,
+            br#"{"a":1"#,
+            br#"{"a":1} x"#,
+            b"{\"a\":\"\xff\"}",
+            b"",
+        ] {
+            assert!(
+                canonical_json(bad, &[]).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let e = canonical_json(br#"{"x":[{"b":1,"a":2,"b":3}]}"#, &[]).unwrap_err();
+        assert!(e.to_string().contains("duplicate key \"b\""), "{e}");
+        // A duplicate among ignored fields is refused as well: they are read all the same.
+        assert!(canonical_json(br#"{"user":1,"user":2}"#, &["user".into()]).is_err());
     }
 
     #[test]
@@ -142,7 +405,7 @@ mod tests {
         .unwrap();
         assert_eq!(key_of(&a), key_of(&b));
         assert_eq!(
-            String::from_utf8(canonical_json(&b, &[])).unwrap(),
+            String::from_utf8(canon(&b, &[])).unwrap(),
             r#"{"messages":[{"content":"hi","role":"user"}],"model":"m","temperature":0.5}"#
         );
     }
@@ -158,7 +421,7 @@ mod tests {
 
     #[test]
     fn every_tuple_part_changes_the_key() {
-        let body = canonical_json(&json!({"model":"m"}), &[]);
+        let body = canon(&json!({"model":"m"}), &[]);
         let base = cache_key("POST", "/a", "p", &body);
         assert_ne!(base, cache_key("GET", "/a", "p", &body));
         assert_ne!(base, cache_key("POST", "/b", "p", &body));
@@ -203,13 +466,14 @@ mod tests {
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(|n| json!(n)),
+            any::<u64>().prop_map(|n| json!(n)),
             (-1.0e6f64..1.0e6).prop_map(|f| json!(f)),
             "[a-zé😀 ]{0,8}".prop_map(Value::String),
         ];
         leaf.prop_recursive(3, 24, 4, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::btree_map("[a-z]{1,4}", inner, 0..4)
+                prop::collection::btree_map("[a-zé😀\"\\\\\n]{1,4}", inner, 0..4)
                     .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
@@ -237,14 +501,18 @@ mod tests {
             prop_assert_ne!(key_of(&base), key_of(&changed));
         }
 
-        /// Re-serialising with another key order gives the same canonical text.
+        /// The one-pass reading gives the tree-walk's text, whatever the body's key order
+        /// and spacing, and the text reads back as the same value.
         #[test]
-        fn canonical_is_stable(v in arb_json()) {
-            let text = serde_json::to_string(&v).unwrap();
-            let reparsed: Value = serde_json::from_str(&text).unwrap();
-            prop_assert_eq!(canonical_json(&v, &[]), canonical_json(&reparsed, &[]));
-            let canon: Value = serde_json::from_slice(&canonical_json(&v, &[])).unwrap();
-            prop_assert_eq!(canon, v);
+        fn canonical_is_the_tree_walks_text(v in arb_json(), turn in 0usize..8, ignore in "[a-z]{1,4}") {
+            let ignore = vec![ignore];
+            let mut text = Vec::new();
+            unordered_text(&v, turn, &mut text);
+            let mut expected = Vec::new();
+            tree_canonical(&v, &ignore, &mut expected);
+            prop_assert_eq!(canonical_json(&text, &ignore).unwrap(), expected);
+            let back: Value = serde_json::from_slice(&canon(&v, &[])).unwrap();
+            prop_assert_eq!(back, v);
         }
     }
 }

@@ -8,11 +8,9 @@
 // a parse, and hashed for a fraction of what a cryptographic hash would cost per hit.
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
-
-use crate::cache::key::{cache_key, canonical_json, CacheKey};
+use crate::cache::key::{cache_key, canonical_json_with, CacheKey};
 use crate::error::ApiError;
-use crate::proxy::request::parse_json_object;
+use crate::proxy::prompt::PromptReader;
 use crate::sized_lru::SizedLru;
 
 #[derive(Debug)]
@@ -39,20 +37,29 @@ struct KeyedAs {
 }
 
 impl JsonRequest {
-    /// Parses `body` strictly (a JSON object, no duplicate keys) and takes what the proxy
-    /// needs from it.
+    /// Reads `body` strictly (a JSON object, no duplicate keys at any depth) and takes what
+    /// the proxy needs from it.
     pub fn parse(
         body: &[u8],
         ignore_fields: &[String],
         keep_prompt: bool,
     ) -> Result<JsonRequest, ApiError> {
-        let v = parse_json_object(body)?;
+        let mut reader = PromptReader::new(keep_prompt);
+        let canonical = canonical_json_with(body, ignore_fields, &mut |k, v| reader.note(k, v))
+            .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        // The canonical text of an object, and of nothing else, starts with its brace.
+        if canonical.first() != Some(&b'{') {
+            return Err(ApiError::InvalidJson(
+                "the body must be a JSON object".into(),
+            ));
+        }
+        let prompt = reader.finish();
         Ok(JsonRequest {
-            canonical: canonical_json(&v, ignore_fields),
-            model: v.get("model").and_then(Value::as_str).map(Arc::from),
-            stream: v.get("stream").and_then(Value::as_bool).unwrap_or(false),
-            input_chars: input_chars(&v),
-            prompt: keep_prompt.then(|| last_user_text(&v)).flatten(),
+            canonical,
+            model: prompt.model.map(Arc::from),
+            stream: prompt.stream,
+            input_chars: prompt.chars,
+            prompt: prompt.last_user_text,
             last_key: Mutex::new(None),
         })
     }
@@ -87,48 +94,6 @@ impl JsonRequest {
             + self.model.as_ref().map_or(0, |m| m.len())
             + self.prompt.as_ref().map_or(0, String::len)
     }
-}
-
-/// Characters of prompt text in a request body (messages' contents, `text`, `input`).
-fn input_chars(body: &Value) -> usize {
-    fn text_len(v: &Value) -> usize {
-        match v {
-            Value::String(s) => s.chars().count(),
-            Value::Array(items) => items.iter().map(text_len).sum(),
-            Value::Object(m) => m
-                .get("text")
-                .or_else(|| m.get("content"))
-                .map_or(0, text_len),
-            _ => 0,
-        }
-    }
-    let messages = body
-        .get("messages")
-        .and_then(Value::as_array)
-        .map_or(0, |ms| {
-            ms.iter()
-                .map(|m| m.get("content").map_or(0, text_len))
-                .sum()
-        });
-    messages + body.get("text").map_or(0, text_len) + body.get("input").map_or(0, text_len)
-}
-
-/// The text of the last user message of a chat request (or `text`/`input`).
-fn last_user_text(body: &Value) -> Option<String> {
-    let from_messages = body
-        .get("messages")
-        .and_then(Value::as_array)
-        .and_then(|ms| {
-            ms.iter()
-                .rev()
-                .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-                .and_then(|m| m.get("content"))
-                .and_then(Value::as_str)
-        });
-    from_messages
-        .or_else(|| body.get("text").and_then(Value::as_str))
-        .or_else(|| body.get("input").and_then(Value::as_str))
-        .map(str::to_string)
 }
 
 /// A remembered body: its own copy (one in a connection's read buffer would pin that).
@@ -248,6 +213,24 @@ mod tests {
         let a_again = m.parse(br#"{"model":"m","n":1}"#).unwrap();
         assert!(Arc::ptr_eq(&a, &a_again));
         assert_eq!(m.remembered(), 2);
+    }
+
+    #[test]
+    fn bodies_that_are_not_strict_json_objects_are_refused() {
+        assert!(JsonRequest::parse(br#"{"a":1,"b":{"c":[1,2]}}"#, &[], false).is_ok());
+        for bad in [
+            &br#"{"a":1,"a":2}"#[..],
+            br#"{"a":{"b":1,"b":1}}"#,
+            br#"[1,2]"#,
+            br#""str""#,
+            br#"3"#,
+            br#"{"a":1"#,
+            b"{\"a\":\"\xff\"}",
+            b"",
+        ] {
+            let e = JsonRequest::parse(bad, &[], false).unwrap_err();
+            assert_eq!(e.code(), "invalid_json", "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

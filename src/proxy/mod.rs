@@ -5,6 +5,7 @@ pub mod attribution;
 pub mod exchange;
 pub mod json_request;
 pub mod policy;
+pub mod prompt;
 pub mod request;
 pub mod upstream;
 

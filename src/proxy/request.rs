@@ -1,14 +1,10 @@
-//! What a client sent: its body read under the size limit, strict JSON parsing for the
-//! JSON endpoints, and the header filtering between client and upstream (RFC 9110 7.6.1).
-
-use std::fmt;
+//! What a client sent: its body read under the size limit, and the header filtering between
+//! client and upstream (RFC 9110 7.6.1).
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 
@@ -49,80 +45,6 @@ pub async fn read_body(
     whole.extend_from_slice(&first);
     whole.extend_from_slice(&rest);
     Ok(whole.freeze())
-}
-
-/// Parses a JSON endpoint's body: valid UTF-8 JSON, an object, no duplicate keys.
-pub fn parse_json_object(body: &[u8]) -> Result<Value, ApiError> {
-    let Strict(value) =
-        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    if !value.is_object() {
-        return Err(ApiError::InvalidJson(
-            "the body must be a JSON object".into(),
-        ));
-    }
-    Ok(value)
-}
-
-/// A JSON value that refuses duplicate object keys (serde_json keeps the last silently,
-/// which would let two readers of one body disagree about what it says).
-struct Strict(Value);
-
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(Strict)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(Strict(v)) = seq.next_element()? {
-            items.push(v);
-        }
-        Ok(Value::Array(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
-        while let Some(k) = map.next_key::<String>()? {
-            if out.contains_key(&k) {
-                return Err(de::Error::custom(format!("duplicate key {k:?}")));
-            }
-            let Strict(v) = map.next_value()?;
-            out.insert(k, v);
-        }
-        Ok(Value::Object(out))
-    }
 }
 
 /// Headers meaningful only for one connection (RFC 9110 7.6.1), plus `Proxy-*`.
@@ -184,23 +106,6 @@ pub fn owned(value: &HeaderValue) -> HeaderValue {
 mod tests {
     use super::*;
     use http::HeaderValue;
-
-    #[test]
-    fn strict_json_rules() {
-        assert!(parse_json_object(br#"{"a":1,"b":{"c":[1,2]}}"#).is_ok());
-        for bad in [
-            &br#"{"a":1,"a":2}"#[..],
-            br#"{"a":{"b":1,"b":1}}"#,
-            br#"[1,2]"#,
-            br#""str""#,
-            br#"{"a":1"#,
-            b"{\"a\":\"\xff\"}",
-            b"",
-        ] {
-            let e = parse_json_object(bad).unwrap_err();
-            assert_eq!(e.code(), "invalid_json", "{}", String::from_utf8_lossy(bad));
-        }
-    }
 
     #[test]
     fn owned_copies_keep_value_and_sensitivity() {
