@@ -259,9 +259,9 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
-/// A string that stood in the body with no escape, as serde_json would write it: JSON text
-/// holds no raw quote, backslash or control character inside a string, so the only thing
-/// serde_json would escape in it is nothing.
+/// A string that stood in the body with no escape, as serde_json would write it: a JSON
+/// string holds no raw quote, backslash or control character, so serde_json would escape
+/// nothing in it.
 fn write_plain_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     out.extend_from_slice(s.as_bytes());

@@ -1,6 +1,7 @@
-//! What a request body says about its prompt, read from the body's bytes without building
-//! a tree: the model, the stream flag, how many characters of text it holds (for estimates)
-//! and the text of its last user message (for the dashboard).
+//! What a request body says about its prompt: the model, the stream flag, how many
+//! characters of text it holds (for estimates) and the text of its last user message (for
+//! the dashboard). Read from the canonical text of the body's top-level members as the
+//! canonical reading meets them (`cache::key::canonical_json_with`), without a tree.
 
 use std::fmt;
 
@@ -63,11 +64,15 @@ impl PromptReader {
             }
             "text" => {
                 self.read.chars += text_len(value);
-                self.text = string(value).filter(|_| self.keep_text);
+                if self.keep_text {
+                    self.text = string(value);
+                }
             }
             "input" => {
                 self.read.chars += text_len(value);
-                self.input = string(value).filter(|_| self.keep_text);
+                if self.keep_text {
+                    self.input = string(value);
+                }
             }
             _ => {}
         }
