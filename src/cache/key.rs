@@ -296,77 +296,75 @@ mod tests {
         )
     }
 
-    /// The canonical form as a tree-walk states it: the reference the one-pass reader is
-    /// held to.
-    fn tree_canonical(v: &Value, ignore: &[String], out: &mut Vec<u8>) {
-        match v {
+    /// Each object's members, in the order a text is to hold them.
+    type Arrange<'a> = &'a dyn Fn(&mut Vec<(&String, &Value)>, usize);
+
+    /// `v` as JSON text: each object's members put in order by `arrange` (told the depth),
+    /// the top level's `ignore` members left out, `comma` and `colon` between.
+    fn json_text(
+        v: &Value,
+        depth: usize,
+        arrange: Arrange,
+        (comma, colon): (&[u8], &[u8]),
+        ignore: &[String],
+        out: &mut Vec<u8>,
+    ) {
+        let items: Vec<(Option<&String>, &Value)> = match v {
             Value::Object(map) => {
                 let mut entries: Vec<_> = map
                     .iter()
                     .filter(|(k, _)| !ignore.iter().any(|i| i == *k))
                     .collect();
-                entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-                out.push(b'{');
-                for (i, (k, v)) in entries.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(&serde_json::to_vec(k).unwrap());
-                    out.push(b':');
-                    tree_canonical(v, &[], out);
-                }
-                out.push(b'}');
+                arrange(&mut entries, depth);
+                entries.into_iter().map(|(k, v)| (Some(k), v)).collect()
             }
-            Value::Array(items) => {
-                out.push(b'[');
-                for (i, v) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    tree_canonical(v, &[], out);
-                }
-                out.push(b']');
+            Value::Array(items) => items.iter().map(|v| (None, v)).collect(),
+            scalar => {
+                out.extend_from_slice(&serde_json::to_vec(scalar).unwrap());
+                return;
             }
-            scalar => out.extend_from_slice(&serde_json::to_vec(scalar).unwrap()),
+        };
+        let (open, close) = if v.is_object() {
+            (b'{', b'}')
+        } else {
+            (b'[', b']')
+        };
+        out.push(open);
+        for (i, (k, v)) in items.into_iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(comma);
+            }
+            if let Some(k) = k {
+                out.extend_from_slice(&serde_json::to_vec(k).unwrap());
+                out.extend_from_slice(colon);
+            }
+            json_text(v, depth + 1, arrange, (comma, colon), &[], out);
         }
+        out.push(close);
     }
 
-    /// `v` as JSON text with every object's members in another order than sorted:
-    /// rotated by `turn` and, for odd turns, reversed.
+    /// The canonical form as a tree-walk states it: the reference the one-pass reader is
+    /// held to.
+    fn tree_canonical(v: &Value, ignore: &[String], out: &mut Vec<u8>) {
+        let sorted: Arrange =
+            &|entries, _| entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        json_text(v, 0, sorted, (b",", b":"), ignore, out);
+    }
+
+    /// `v` as JSON text with every object's members in another order than sorted (rotated
+    /// by `turn` plus the depth, and reversed at odd ones) and spaces around separators.
     fn unordered_text(v: &Value, turn: usize, out: &mut Vec<u8>) {
-        match v {
-            Value::Object(map) => {
-                let mut entries: Vec<_> = map.iter().collect();
-                if !entries.is_empty() {
-                    let n = entries.len();
-                    entries.rotate_left(turn % n);
-                }
-                if turn % 2 == 1 {
-                    entries.reverse();
-                }
-                out.push(b'{');
-                for (i, (k, v)) in entries.into_iter().enumerate() {
-                    if i > 0 {
-                        out.extend_from_slice(b", ");
-                    }
-                    out.extend_from_slice(&serde_json::to_vec(k).unwrap());
-                    out.extend_from_slice(b" : ");
-                    unordered_text(v, turn + 1, out);
-                }
-                out.push(b'}');
+        let shuffled: Arrange = &|entries, depth| {
+            let turn = turn + depth;
+            if !entries.is_empty() {
+                let n = entries.len();
+                entries.rotate_left(turn % n);
             }
-            Value::Array(items) => {
-                out.push(b'[');
-                for (i, v) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    unordered_text(v, turn + 1, out);
-                }
-                out.push(b']');
+            if turn % 2 == 1 {
+                entries.reverse();
             }
-            scalar => out.extend_from_slice(&serde_json::to_vec(scalar).unwrap()),
-        }
+        };
+        json_text(v, 0, shuffled, (b", ", b" : "), &[], out);
     }
 
     #[test]

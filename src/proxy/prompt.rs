@@ -44,21 +44,11 @@ impl PromptReader {
     /// crate wrote, so reading it cannot fail; if it somehow did, the member would count
     /// for nothing.
     pub fn note(&mut self, key: &str, value: &[u8]) {
-        let string = |v: &[u8]| serde_json::from_slice::<String>(v).ok();
-        let text_len = |v: &[u8]| {
-            TextLen
-                .deserialize(&mut serde_json::Deserializer::from_slice(v))
-                .unwrap_or(0)
-        };
         match key {
             "model" => self.read.model = string(value),
             "stream" => self.read.stream = value == b"true",
             "messages" => {
-                let m = Messages {
-                    keep_text: self.keep_text,
-                }
-                .deserialize(&mut serde_json::Deserializer::from_slice(value))
-                .unwrap_or_default();
+                let m = read_messages(value, self.keep_text);
                 self.read.chars += m.chars;
                 self.from_messages = m.last_user_text;
             }
@@ -100,7 +90,6 @@ struct Read {
 enum Field {
     Text,
     Content,
-    Role,
     #[serde(other)]
     Other,
 }
@@ -152,7 +141,7 @@ impl<'de> Visitor<'de> for TextLen {
             match field {
                 Field::Text => text = Some(map.next_value_seed(TextLen)?),
                 Field::Content => content = Some(map.next_value_seed(TextLen)?),
-                Field::Role | Field::Other => {
+                Field::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
@@ -161,134 +150,62 @@ impl<'de> Visitor<'de> for TextLen {
     }
 }
 
-/// A chat request's `messages`: the characters of every message's content, and the last
-/// user message's content. Anything but an array counts for nothing.
-struct Messages {
-    keep_text: bool,
-}
-
-impl<'de> DeserializeSeed<'de> for Messages {
-    type Value = Read;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Read, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Messages {
-    type Value = Read;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Read, E> {
-        Ok(Read::default())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Read, E> {
-        Ok(Read::default())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Read, E> {
-        Ok(Read::default())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Read, E> {
-        Ok(Read::default())
-    }
-    fn visit_unit<E>(self) -> Result<Read, E> {
-        Ok(Read::default())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Read, E> {
-        Ok(Read::default())
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Read, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Read::default())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Read, A::Error> {
-        let mut read = Read::default();
-        while let Some(m) = seq.next_element_seed(Message {
-            keep_text: self.keep_text,
-        })? {
-            read.chars += m.chars;
-            if m.from_user {
-                read.last_user_text = Some(m.text);
-            }
+/// A chat request's `messages` from their canonical text: the characters of every message's
+/// content, and the last user message's content. Anything but an array counts for nothing,
+/// as does any item of it that is not an object.
+fn read_messages(value: &[u8], keep_text: bool) -> Read {
+    let mut read = Read::default();
+    let Ok(items) = serde_json::from_slice::<Vec<&RawValue>>(value) else {
+        return read;
+    };
+    for item in items {
+        // Only an object is a message (serde would also read an array into the struct).
+        if !item.get().starts_with('{') {
+            continue;
         }
-        Ok(read)
-    }
-}
-
-/// One message: its content's characters, whether its role is `user`, and its content if
-/// that is a string (only when asked for). Anything but an object counts for nothing.
-struct Message {
-    keep_text: bool,
-}
-
-#[derive(Default)]
-struct MessageRead {
-    chars: usize,
-    from_user: bool,
-    text: Option<String>,
-}
-
-impl<'de> DeserializeSeed<'de> for Message {
-    type Value = MessageRead;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<MessageRead, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Message {
-    type Value = MessageRead;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<MessageRead, E> {
-        Ok(MessageRead::default())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<MessageRead, E> {
-        Ok(MessageRead::default())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<MessageRead, E> {
-        Ok(MessageRead::default())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<MessageRead, E> {
-        Ok(MessageRead::default())
-    }
-    fn visit_unit<E>(self) -> Result<MessageRead, E> {
-        Ok(MessageRead::default())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<MessageRead, E> {
-        Ok(MessageRead::default())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MessageRead, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(MessageRead::default())
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MessageRead, A::Error> {
-        let mut read = MessageRead::default();
-        while let Some(field) = map.next_key()? {
-            match field {
-                Field::Role => {
-                    let raw = map.next_value::<&RawValue>()?.get();
-                    // Written plainly almost always; decoded only if it holds an escape.
-                    read.from_user = raw == "\"user\""
-                        || (raw.contains('\\')
-                            && serde_json::from_str::<String>(raw).is_ok_and(|s| s == "user"));
-                }
-                Field::Content => {
-                    let raw = map.next_value::<&RawValue>()?;
-                    read.chars = TextLen
-                        .deserialize(&mut serde_json::Deserializer::from_str(raw.get()))
-                        .map_err(serde::de::Error::custom)?;
-                    if self.keep_text {
-                        read.text = serde_json::from_str(raw.get()).ok();
-                    }
-                }
-                Field::Text | Field::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
+        let Ok(m) = serde_json::from_str::<Message>(item.get()) else {
+            continue;
+        };
+        if let Some(content) = m.content {
+            read.chars += text_len(content.get().as_bytes());
         }
-        Ok(read)
+        if m.role.is_some_and(is_user) {
+            read.last_user_text = Some(
+                m.content
+                    .filter(|_| keep_text)
+                    .and_then(|c| string(c.get().as_bytes())),
+            );
+        }
     }
+    read
+}
+
+/// The members of a message that are read; the rest are skipped.
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow)]
+    role: Option<&'a RawValue>,
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+}
+
+/// Whether a role, as canonical JSON text, is the string `user`. Canonical text writes a
+/// string plainly unless it holds a quote, a backslash or a control character, so `user`
+/// (however the body escaped it) always reads exactly so.
+fn is_user(role: &RawValue) -> bool {
+    role.get() == "\"user\""
+}
+
+/// A JSON text's string, if it is one.
+fn string(value: &[u8]) -> Option<String> {
+    serde_json::from_slice(value).ok()
+}
+
+/// `TextLen` of a JSON text.
+fn text_len(value: &[u8]) -> usize {
+    TextLen
+        .deserialize(&mut serde_json::Deserializer::from_slice(value))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
