@@ -76,8 +76,8 @@ impl PromptReader {
     }
 }
 
-/// What reading a value found: characters of text, and (for messages) the last user
-/// message's content, `Some(None)` if that content is not a string.
+/// What reading `messages` found: characters of text, and the last user message's content
+/// (`Some(None)` if that content is not a string, or is not kept).
 #[derive(Default)]
 struct Read {
     chars: usize,
