@@ -7,10 +7,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use chatcache::cache::store::Store;
-use chatcache::spend::{
-    raw_number, CostSource, Dim, LedgerLine, Outcome, ReportQuery, Spend, Usage,
-};
+use chatcache::cost::{raw_number, CostSource, Usage};
+use chatcache::spend::{Dim, LedgerLine, Outcome, ReportQuery, Spend};
+use chatcache::store::Store;
 
 fn line(i: usize, day: time::Date) -> LedgerLine {
     let mut l = LedgerLine::new(

@@ -8,15 +8,16 @@ use anyhow::Context;
 use http::HeaderValue;
 
 use crate::cache::flight::Flights;
-use crate::cache::store::{Store, StoreError};
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::cost::Prices;
 use crate::metrics::Metrics;
-use crate::proxy::json_request::ParseMemo;
-use crate::proxy::upstream::Upstream;
 use crate::recent::Recent;
+use crate::request::json::ParseMemo;
 use crate::secret::Fingerprinter;
-use crate::spend::{LedgerLine, Prices, Spend, SpendError};
+use crate::spend::{LedgerLine, Spend, SpendError};
+use crate::store::{Store, StoreError};
+use crate::upstream::Upstream;
 
 pub struct App {
     pub config: Config,

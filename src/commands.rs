@@ -13,10 +13,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::app::App;
-use crate::cache::store::StoreError;
 use crate::cli::{ByArg, CacheCommand, FormatArg, SpendArgs, StatsArgs};
 use crate::config::Config;
 use crate::spend::Report;
+use crate::store::StoreError;
 
 /// Where admin requests go.
 pub enum Admin {
@@ -203,7 +203,7 @@ pub async fn stats(config: &Config, args: StatsArgs) -> anyhow::Result<()> {
     if !args.watch {
         print!(
             "{}",
-            crate::dashboard::stats::render(&snapshot(config).await?)
+            crate::admin::dashboard::stats::render(&snapshot(config).await?)
         );
         return Ok(());
     }
@@ -212,7 +212,7 @@ pub async fn stats(config: &Config, args: StatsArgs) -> anyhow::Result<()> {
         // Connect anew each time: a daemon may have started or stopped meanwhile, and an
         // in-process open must not keep the data dir from a daemon that wants to start.
         let text = match snapshot(config).await {
-            Ok(s) => crate::dashboard::stats::render(&s),
+            Ok(s) => crate::admin::dashboard::stats::render(&s),
             Err(e) => format!(
                 "chatcache: {e:#}\n(retrying every {}s)\n",
                 WATCH_EVERY.as_secs()
@@ -228,7 +228,7 @@ pub async fn stats(config: &Config, args: StatsArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn snapshot(config: &Config) -> anyhow::Result<crate::dashboard::stats::Snapshot> {
+async fn snapshot(config: &Config) -> anyhow::Result<crate::admin::dashboard::stats::Snapshot> {
     let admin = Admin::connect(config).await?;
     let result = snapshot_with(&admin, config).await;
     admin.close().await;
@@ -238,8 +238,8 @@ async fn snapshot(config: &Config) -> anyhow::Result<crate::dashboard::stats::Sn
 async fn snapshot_with(
     admin: &Admin,
     config: &Config,
-) -> anyhow::Result<crate::dashboard::stats::Snapshot> {
-    use crate::dashboard::stats::{CacheLine, Snapshot};
+) -> anyhow::Result<crate::admin::dashboard::stats::Snapshot> {
+    use crate::admin::dashboard::stats::{CacheLine, Snapshot};
     let now = time::OffsetDateTime::now_utc();
     let day = |d: time::Date| format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day());
     let today = now.date();

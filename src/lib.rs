@@ -13,22 +13,27 @@
 
 pub mod admin;
 pub mod app;
+pub mod attribution;
 pub mod body;
 pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod dashboard;
+pub mod cost;
 pub mod error;
 pub mod metrics;
 pub mod proxy;
 pub mod recent;
+pub mod request;
+pub mod router;
 pub mod secret;
 pub mod server;
 pub mod sized_lru;
 pub mod spend;
+pub mod store;
 pub mod stream;
 pub mod telemetry;
+pub mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;

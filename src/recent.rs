@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::spend::{CostSource, LedgerLine, Outcome};
+use crate::cost::CostSource;
+use crate::spend::{LedgerLine, Outcome};
 
 const KEEP: usize = 500;
 const PROMPT_CHARS: usize = 200;

@@ -99,7 +99,7 @@ impl Protocols {
         let watcher = drain.watcher;
         let service = service_fn(move |req| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(crate::proxy::handle(app, req, peer).await) }
+            async move { Ok::<_, Infallible>(crate::router::route(app, req, peer).await) }
         });
         let io = TokioIo::new(stream);
         let ended = if h2 {

@@ -107,8 +107,8 @@ pub fn import(
 mod tests {
     use super::*;
     use crate::cache::entry::tests::sample;
-    use crate::cache::store::Store;
     use crate::cache::{now_ms, Lookup};
+    use crate::store::Store;
     use std::time::Duration;
 
     fn cache() -> (tempfile::TempDir, Cache) {

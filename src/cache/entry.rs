@@ -6,7 +6,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::spend::{CostSource, Money};
+use crate::cost::{CostSource, Money};
 
 const MAGIC: &[u8; 4] = b"CCE1";
 const HEADER_LEN: usize = 4 + 32 + 4;

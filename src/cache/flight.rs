@@ -11,8 +11,8 @@ use tokio::sync::watch;
 
 use crate::body::Body;
 use crate::cache::key::CacheKey;
+use crate::cost::Money;
 use crate::error::ApiError;
-use crate::spend::Money;
 
 /// The response head of an answer in flight.
 #[derive(Debug, Clone)]

@@ -11,7 +11,6 @@ pub mod flight;
 pub mod index;
 pub mod journal;
 pub mod key;
-pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -27,8 +26,8 @@ use crate::cache::entry::{DecodeError, Entry};
 use crate::cache::index::{Index, Slot};
 use crate::cache::journal::{Access, Change, Journal};
 use crate::cache::key::CacheKey;
-use crate::cache::store::{Space, Store, StoreError, StoreResult};
 use crate::sized_lru::SizedLru;
+use crate::store::{Space, Store, StoreError, StoreResult};
 
 /// How often the daemon makes stored answers and the journal durable (`sync_stale`): a
 /// power loss costs the cache at most the answers stored in that time. The ledger is

@@ -14,17 +14,18 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::app::App;
+use crate::attribution::Attribution;
 use crate::body::Body;
 use crate::cache::entry::{Entry, EntryMeta};
 use crate::cache::flight::{End, Flight, Head, Leader};
 use crate::cache::key::CacheKey;
 use crate::cache::now_ms;
+use crate::cost::{estimate, CostSource, Money, Prices, Usage};
 use crate::error::ApiError;
-use crate::proxy::attribution::Attribution;
-use crate::proxy::json_request::JsonRequest;
+use crate::proxy::headers::{copy_end_to_end, owned};
 use crate::proxy::policy::{Endpoint, Policy};
-use crate::proxy::request::{copy_end_to_end, owned};
-use crate::spend::{estimate, CostSource, LedgerLine, Money, Outcome, Prices, Usage};
+use crate::request::json::JsonRequest;
+use crate::spend::{LedgerLine, Outcome};
 use crate::stream::tee::{tee, TeeEnd};
 
 /// Everything about a client request that the exchange needs, owned.
@@ -78,9 +79,9 @@ impl Accounting {
     pub fn saved(cost: Option<Money>) -> Accounting {
         Accounting {
             usage: Usage {
-                input_cost: Some(crate::spend::zero()),
-                output_cost: Some(crate::spend::zero()),
-                cost: Some(crate::spend::zero()),
+                input_cost: Some(crate::cost::zero()),
+                output_cost: Some(crate::cost::zero()),
+                cost: Some(crate::cost::zero()),
                 ..Usage::default()
             },
             source: Some(if cost.is_some() {

@@ -1,15 +1,10 @@
 //! Handling of one client request: attribution, body checks, cache policy and lookup,
 //! single-flight, and the answer with its `x-chatcache` outcome.
 
-pub mod attribution;
 pub mod exchange;
-pub mod json_request;
+pub mod headers;
 pub mod policy;
-pub mod prompt;
-pub mod request;
-pub mod upstream;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,13 +13,13 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::app::App;
+use crate::attribution::{self, Attribution};
 use crate::body::{full, Body};
 use crate::cache::entry::Entry;
 use crate::cache::flight::{End, Flight, Head, Leader, Role};
 use crate::cache::key::{cache_key, CacheKey};
 use crate::cache::{now_ms, Lookup};
 use crate::error::ApiError;
-use crate::proxy::attribution::Attribution;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::policy::{Endpoint, Policy};
 use crate::spend::{BudgetState, Outcome};
@@ -33,13 +28,8 @@ use crate::stream::replay::replay_body;
 pub const OUTCOME_HEADER: HeaderName = HeaderName::from_static("x-chatcache");
 pub const BUDGET_HEADER: HeaderName = HeaderName::from_static("x-chatcache-budget-remaining");
 
-/// Entry point for every request the server accepts.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    if crate::admin::is_admin_path(req.uri().path()) {
-        // Boxed, as is the way upstream below: a hit's future stays small (it is moved
-        // several times per request) and does not carry the state of paths it never takes.
-        return Box::pin(crate::admin::route(app, req, peer)).await;
-    }
+/// Answers a request for the API.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let _in_flight = app.metrics.track_request();
     let method = req.method().clone();
@@ -108,7 +98,7 @@ async fn proxy(
     let (parts, body) = req.into_parts();
     let attr = attribution::resolve(app, parts.uri.path(), &parts.headers)?;
     let path = attribution::forwarded_path(parts.uri.path());
-    let body = request::read_body(body, &parts.headers, app.config.limits.max_body).await?;
+    let body = crate::body::read_body(body, &parts.headers, app.config.limits.max_body).await?;
     let json = if endpoint.takes_json() {
         Some(app.parsed.parse(&body)?)
     } else {

@@ -138,7 +138,8 @@ impl Budgets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spend::{raw_number, Outcome};
+    use crate::cost::raw_number;
+    use crate::spend::Outcome;
     use time::macros::datetime;
 
     fn budgets(period: BudgetPeriod, budget: f64, now: OffsetDateTime) -> Budgets {

@@ -11,6 +11,8 @@ use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
 use time::{Date, OffsetDateTime, UtcOffset};
 
+use crate::cost::{number_f64, CostSource, Money};
+
 /// How a request was answered (mirrors the `x-chatcache` response header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -37,29 +39,6 @@ impl Outcome {
     /// True when this request made its own upstream call.
     pub fn went_upstream(self) -> bool {
         matches!(self, Outcome::Miss | Outcome::Refresh | Outcome::Bypass)
-    }
-}
-
-/// Where the cost fields of a line come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CostSource {
-    /// Upstream reported the cost (answer body or trailing cost frame).
-    Upstream,
-    /// Computed from `/models` prices and a character-count token estimate.
-    Estimated,
-    /// Nothing known.
-    Unknown,
-}
-
-impl CostSource {
-    /// The ledger text.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CostSource::Upstream => "upstream",
-            CostSource::Estimated => "estimated",
-            CostSource::Unknown => "unknown",
-        }
     }
 }
 
@@ -121,7 +100,7 @@ impl LedgerLine {
     }
 
     /// Copies tokens and cost fields from `usage`, with the given source.
-    pub fn set_usage(&mut self, usage: super::Usage, source: CostSource) {
+    pub fn set_usage(&mut self, usage: crate::cost::Usage, source: CostSource) {
         self.input_tokens = usage.input_tokens;
         self.output_tokens = usage.output_tokens;
         self.input_cost = usage.input_cost;
@@ -236,39 +215,6 @@ fn json_raw(out: &mut Vec<u8>, raw: Option<&RawValue>) {
 
 fn json_bool(out: &mut Vec<u8>, b: bool) {
     out.extend_from_slice(if b { b"true" } else { b"false" });
-}
-
-/// The value of a raw JSON number, 0 for null or anything that is not a finite number.
-pub fn number_f64(raw: Option<&RawValue>) -> f64 {
-    raw.and_then(|r| r.get().parse::<f64>().ok())
-        .filter(|v| v.is_finite())
-        .unwrap_or(0.0)
-}
-
-/// An amount of money: the JSON number text exactly as upstream sent it. Shared, not
-/// copied: a cache entry, every line that replays it and the metrics hold one text.
-pub type Money = Arc<RawValue>;
-
-/// The JSON number `0`.
-pub fn zero() -> Money {
-    static ZERO: OnceLock<Money> = OnceLock::new();
-    ZERO.get_or_init(|| {
-        // Serializing an integer to JSON cannot fail; the fallback is never taken.
-        serde_json::value::to_raw_value(&0u8)
-            .unwrap_or_else(|_| RawValue::NULL.to_owned())
-            .into()
-    })
-    .clone()
-}
-
-/// `text` as a raw JSON number if it is one valid JSON number (surrounding whitespace
-/// is dropped, nothing else is changed).
-pub fn raw_number(text: &str) -> Option<Money> {
-    let trimmed = text.trim();
-    serde_json::from_str::<serde_json::Number>(trimmed).ok()?;
-    RawValue::from_string(trimmed.to_string())
-        .ok()
-        .map(Money::from)
 }
 
 /// "YYYY-MM-DD" (years outside 0..=9999, which only a broken clock gives, are clamped).
@@ -392,6 +338,7 @@ mod ts_format {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cost::{raw_number, zero};
     use proptest::prelude::*;
 
     fn outcome_of(i: u8) -> Outcome {

@@ -11,7 +11,6 @@ mod line;
 mod render;
 mod report;
 mod rollup;
-mod usage;
 mod writer;
 
 #[cfg(test)]
@@ -28,13 +27,12 @@ use tokio::sync::oneshot;
 
 pub use budget::{BudgetState, Budgets};
 pub use ledger::{read_all, ReadStats};
-pub use line::{new_id, raw_number, zero, CostSource, LedgerLine, Money, Outcome};
+pub use line::{new_id, LedgerLine, Outcome};
 pub use report::{render_csv, render_json, render_table, Dim, Report, ReportQuery, Row};
 pub use rollup::Counters;
-pub use usage::{estimate, Prices, Usage};
 
-use crate::cache::store::{Store, StoreError};
 use crate::config::ProjectConfig;
+use crate::store::{Store, StoreError};
 use writer::{Msg, Shared, Writer};
 
 /// Resolves once a handed-over ledger line is durable (see `durable`).

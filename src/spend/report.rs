@@ -12,7 +12,7 @@ use time::Date;
 use super::line::{day_string, parse_day};
 use super::rollup::{self, Counters};
 use super::SpendError;
-use crate::cache::store::Store;
+use crate::store::Store;
 
 pub use super::render::{render_csv, render_json, render_table};
 

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ledger;
 use super::{LedgerLine, Outcome, SpendError};
-use crate::cache::store::{Op, Space, Store};
+use crate::store::{Op, Space, Store};
 
 const VERSION_KEY: &[u8] = b"v";
 const VERSION: &[u8] = b"rollups-1";

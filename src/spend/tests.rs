@@ -9,8 +9,9 @@ use time::macros::{date, datetime};
 use time::OffsetDateTime;
 
 use super::*;
-use crate::cache::store::{Space, Store, StoreError};
 use crate::config::{BudgetPeriod, ProjectConfig};
+use crate::cost::{raw_number, CostSource};
+use crate::store::{Space, Store, StoreError};
 
 struct Env {
     dir: TempDir,

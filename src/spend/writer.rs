@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use super::ledger;
 use super::rollup::{self, Accum};
 use super::{LedgerLine, SpendError};
-use crate::cache::store::Store;
+use crate::store::Store;
 
 /// Most lines taken in one round.
 const MAX_BATCH: usize = 4096;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chatcache::app::App;
-use chatcache::cache::store::StoreError;
 use chatcache::config::{Config, Overrides};
+use chatcache::store::StoreError;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;

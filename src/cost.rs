@@ -1,13 +1,69 @@
-//! Token counts and cost fields: read from an upstream answer (or a stream's cost frame),
-//! or estimated from `/models` prices when upstream reported none.
+//! Money and what it is made of: verbatim JSON amounts, token counts and cost fields read
+//! from an upstream answer (or a stream's cost frame), `/models` prices and the estimate
+//! made from them when upstream reported none. Value types only: cache, spend and proxy
+//! all use them.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::line::{raw_number, Money};
-use super::CostSource;
+/// The value of a raw JSON number, 0 for null or anything that is not a finite number.
+pub fn number_f64(raw: Option<&RawValue>) -> f64 {
+    raw.and_then(|r| r.get().parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+        .unwrap_or(0.0)
+}
+
+/// An amount of money: the JSON number text exactly as upstream sent it. Shared, not
+/// copied: a cache entry, every line that replays it and the metrics hold one text.
+pub type Money = Arc<RawValue>;
+
+/// The JSON number `0`.
+pub fn zero() -> Money {
+    static ZERO: OnceLock<Money> = OnceLock::new();
+    ZERO.get_or_init(|| {
+        // Serializing an integer to JSON cannot fail; the fallback is never taken.
+        serde_json::value::to_raw_value(&0u8)
+            .unwrap_or_else(|_| RawValue::NULL.to_owned())
+            .into()
+    })
+    .clone()
+}
+
+/// `text` as a raw JSON number if it is one valid JSON number (surrounding whitespace
+/// is dropped, nothing else is changed).
+pub fn raw_number(text: &str) -> Option<Money> {
+    let trimmed = text.trim();
+    serde_json::from_str::<serde_json::Number>(trimmed).ok()?;
+    RawValue::from_string(trimmed.to_string())
+        .ok()
+        .map(Money::from)
+}
+
+/// Where the cost fields of a line come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CostSource {
+    /// Upstream reported the cost (answer body or trailing cost frame).
+    Upstream,
+    /// Computed from `/models` prices and a character-count token estimate.
+    Estimated,
+    /// Nothing known.
+    Unknown,
+}
+
+impl CostSource {
+    /// The ledger text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CostSource::Upstream => "upstream",
+            CostSource::Estimated => "estimated",
+            CostSource::Unknown => "unknown",
+        }
+    }
+}
 
 /// Tokens and money for one answer. Money fields are JSON number text, kept verbatim.
 #[derive(Debug, Clone, Default)]

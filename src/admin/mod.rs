@@ -4,6 +4,8 @@
 //! dashboard's page and files, which hold no data, are then served to anyone: the page
 //! sends the token with the calls it makes).
 
+pub mod dashboard;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,9 +20,9 @@ use crate::body::{full, Body};
 use crate::cache::bundle::{self, BundleCount};
 use crate::cache::key::CacheKey;
 use crate::cache::Purge;
-use crate::dashboard;
+
+use crate::body::read_body;
 use crate::error::ApiError;
-use crate::proxy::request::read_body;
 use crate::spend::{Dim, ReportQuery};
 
 pub const PREFIX: &str = "/_chatcache";
@@ -244,8 +246,7 @@ async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<B
         }
         (&Method::POST, "/cache/import") => {
             let (parts, body) = req.into_parts();
-            let attr =
-                crate::proxy::attribution::resolve(&app, "/", &import_headers(&parts.headers))?;
+            let attr = crate::attribution::resolve(&app, "/", &import_headers(&parts.headers))?;
             let partition = attr
                 .partition(app.config.cache.scope)
                 .ok_or_else(|| {

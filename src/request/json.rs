@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::cache::key::{cache_key, canonical_json_with, CacheKey};
 use crate::error::ApiError;
-use crate::proxy::prompt::PromptReader;
+use crate::request::prompt::PromptReader;
 use crate::sized_lru::SizedLru;
 
 #[derive(Debug)]
