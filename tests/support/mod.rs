@@ -8,6 +8,7 @@ pub mod faults;
 pub mod h2;
 pub mod http1;
 pub mod respond;
+pub mod skip;
 pub mod tls;
 
 pub use api::{
