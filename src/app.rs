@@ -8,6 +8,7 @@ use anyhow::Context;
 use http::HeaderValue;
 
 use crate::cache::flight::Flights;
+use crate::cache::sled_store::SledStore;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::cost::Prices;
@@ -21,6 +22,8 @@ use crate::upstream::Upstream;
 
 pub struct App {
     pub config: Config,
+    /// The data dir's database (the cache's answers, rollups, daemon facts).
+    pub store: Store,
     pub upstream: Upstream,
     pub cache: Cache,
     pub flights: Arc<Flights>,
@@ -41,23 +44,23 @@ pub struct App {
 impl App {
     pub fn open(config: Config) -> anyhow::Result<Arc<App>> {
         // cache.memory is shared: half for the in-memory tier of recently served answers, a
-        // quarter for the store's page cache (rollups, not answers), a quarter for
-        // remembered parses. Stored answers are read through the OS page cache.
+        // quarter for the store's page cache, a quarter for remembered parses.
         let hot_bytes = config.cache.memory / 2;
         let parse_bytes = config.cache.memory / 4;
         let (store, fingerprints) = open_data_dir(
             &config.data_dir,
             config.cache.memory - hot_bytes - parse_bytes,
         )?;
-        let cache = Cache::open(
-            store.clone(),
-            &config.data_dir.join("answers"),
-            config.cache.max_bytes,
-            config.cache.max_age,
+        warn_of_earlier_answer_files(&config.data_dir);
+        let limits = crate::cache::Limits {
+            max_bytes: config.cache.max_bytes,
+            max_age: config.cache.max_age,
             hot_bytes,
-        )
-        .context("cannot read the cache")?;
-        let spend = Spend::open(&config.data_dir, store, config.projects.clone())
+            pending_bytes: PENDING_BYTES,
+        };
+        let cache = Cache::open(Box::new(SledStore::new(store.clone())), limits)
+            .context("cannot read the cache")?;
+        let spend = Spend::open(&config.data_dir, store.clone(), config.projects.clone())
             .map_err(|e| anyhow::anyhow!("cannot open the spend ledger: {e}"))?;
         let held_key = load_held_key(&config)?;
         let upstream = Upstream::new(&config.upstream)?;
@@ -68,6 +71,7 @@ impl App {
         );
         Ok(Arc::new(App {
             parsed,
+            store,
             config,
             upstream,
             flights: Arc::new(Flights::default()),
@@ -124,28 +128,24 @@ impl App {
     /// Makes everything written so far durable (on shutdown).
     pub async fn close(&self) {
         self.spend.close().await;
-        self.on_cache("flush the cache files", Cache::flush).await;
-    }
-
-    /// Makes stored answers durable every `cache::SYNC_EVERY`, until dropped.
-    pub async fn keep_cache_synced(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(crate::cache::SYNC_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            self.on_cache("sync the cache files", Cache::sync_stale)
-                .await;
-        }
-    }
-
-    /// Runs `f` on the cache on a blocking thread, logging a failure to `what`.
-    async fn on_cache(&self, what: &str, f: fn(&Cache) -> Result<(), StoreError>) {
         let cache = self.cache.clone();
-        match tokio::task::spawn_blocking(move || f(&cache)).await {
+        match tokio::task::spawn_blocking(move || cache.flush()).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "could not {what}"),
-            Err(e) => tracing::error!(error = %e, "the task to {what} failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "could not flush the cache"),
+            Err(e) => tracing::error!(error = %e, "the task to flush the cache failed"),
         }
+    }
+}
+
+/// Bytes of answers that may wait for the cache's writer (see `cache::Limits`).
+const PENDING_BYTES: u64 = 32 << 20;
+
+/// Earlier versions kept answers in files of their own under `answers/`; nothing reads
+/// them any more. They are left alone, and named once.
+fn warn_of_earlier_answer_files(data_dir: &Path) {
+    let dir = data_dir.join("answers");
+    if dir.is_dir() {
+        tracing::warn!(dir = %dir.display(), "answer files of an earlier version are no longer read; the directory can be deleted");
     }
 }
 

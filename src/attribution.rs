@@ -10,6 +10,7 @@ use crate::app::App;
 use crate::config::{check_project_name, Scope};
 use crate::error::ApiError;
 use crate::secret::token_hash;
+use crate::store::{Space, Store, StoreResult};
 
 pub const DEFAULT_PROJECT: &str = "default";
 
@@ -146,6 +147,22 @@ fn single_header<'h>(
         .to_str()
         .map(|s| Some(s.trim()))
         .map_err(|_| ApiError::BadRequest(format!("{name} is not text")))
+}
+
+/// Records that upstream accepted the credential with this fingerprint (for `shared`).
+/// Blocking.
+pub fn mark_accepted(store: &Store, fingerprint: &str) -> StoreResult<()> {
+    let key = format!("accepted:{fingerprint}");
+    if store.get(Space::Meta, key.as_bytes())?.is_none() {
+        store.put(Space::Meta, key.as_bytes(), b"1")?;
+    }
+    Ok(())
+}
+
+/// Whether upstream has accepted the credential with this fingerprint before. Blocking.
+pub fn was_accepted(store: &Store, fingerprint: &str) -> StoreResult<bool> {
+    let key = format!("accepted:{fingerprint}");
+    Ok(store.get(Space::Meta, key.as_bytes())?.is_some())
 }
 
 #[cfg(test)]

@@ -43,9 +43,7 @@ use tokio::net::TcpListener;
 /// Runs the daemon on `listener` until `shutdown` resolves, then drains and makes
 /// everything durable.
 pub async fn run(app: Arc<app::App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    let syncer = tokio::spawn(app.clone().keep_cache_synced());
     server::serve(app.clone(), listener, shutdown).await;
-    syncer.abort();
     app.close().await;
 }
 

@@ -1,20 +1,18 @@
-//! The storage seam: the only file that names sled. Everything persisted outside the
-//! ledger and the cache's own files (spend rollups, daemon facts, and what earlier versions
-//! kept of the cache) goes through the small key-value API here, grouped in named spaces.
+//! The data dir's sled database, the only file that names sled: opening it (a damaged one
+//! is moved aside), and the small key-value API everything persisted outside the ledger
+//! goes through, grouped in named spaces (the cache's answers, spend rollups, daemon facts).
 
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use thiserror::Error;
 
 /// The separate key spaces the daemon keeps. Each maps to one sled tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Space {
-    /// Cache key → encoded cache entry, where earlier versions kept entries; the cache
-    /// moves them to its answer files when it opens.
-    Entries,
-    /// Cache key → access record (the entry's place and times), where earlier versions
-    /// kept the index; the cache carries them into its journal when it opens.
-    Access,
+    /// The answer cache: entries, their summaries and their order of use (see
+    /// `cache::sled_store`), in one tree so that one batch changes all three at once.
+    Answers,
     /// Spend rollup key → aggregate, plus the ledger watermark.
     Rollups,
     /// Small daemon facts: accepted credential fingerprints and the like.
@@ -24,13 +22,18 @@ pub enum Space {
 impl Space {
     fn tree_name(self) -> &'static str {
         match self {
-            Space::Entries => "entries.v1",
-            Space::Access => "access.v1",
+            Space::Answers => "answers.v2",
             Space::Rollups => "rollups.v1",
             Space::Meta => "meta.v1",
         }
     }
 }
+
+/// Trees that earlier layouts kept and nothing reads any more: dropped at open.
+const RETIRED_TREES: [&str; 2] = ["entries.v1", "access.v1"];
+
+/// sled's own settings. Chosen by measurement: see README's storage paragraph.
+const FLUSH_EVERY_MS: u64 = 500;
 
 /// One write in an atomic batch.
 #[derive(Debug, Clone)]
@@ -45,10 +48,6 @@ pub enum StoreError {
     Locked(PathBuf),
     #[error("storage error: {0}")]
     Sled(String),
-    #[error("answer file error: {0}")]
-    Files(#[from] std::io::Error),
-    #[error("an entry of {0} bytes is too large to store")]
-    TooLarge(usize),
 }
 
 impl From<sled::Error> for StoreError {
@@ -60,12 +59,12 @@ impl From<sled::Error> for StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A handle on the sled database. Cheap to clone; all calls are blocking and belong on
-/// a blocking thread (`tokio::task::spawn_blocking`), never on an async worker.
+/// a thread of their own or a blocking thread, never on an async worker.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    entries: sled::Tree,
-    access: sled::Tree,
+    dir: PathBuf,
+    answers: sled::Tree,
     rollups: sled::Tree,
     meta: sled::Tree,
 }
@@ -77,7 +76,7 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_capacity)
-            .flush_every_ms(Some(500))
+            .flush_every_ms(Some(FLUSH_EVERY_MS))
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
@@ -88,36 +87,46 @@ impl Store {
                 }
                 other => StoreError::from(other),
             })?;
+        for name in RETIRED_TREES {
+            if db
+                .tree_names()
+                .iter()
+                .any(|t| t.as_ref() == name.as_bytes())
+            {
+                db.drop_tree(name)?;
+            }
+        }
         let tree = |s: Space| db.open_tree(s.tree_name());
         Ok(Store {
-            entries: tree(Space::Entries)?,
-            access: tree(Space::Access)?,
+            answers: tree(Space::Answers)?,
             rollups: tree(Space::Rollups)?,
             meta: tree(Space::Meta)?,
+            dir: dir.to_path_buf(),
             db,
         })
     }
 
     fn tree(&self, space: Space) -> &sled::Tree {
         match space {
-            Space::Entries => &self.entries,
-            Space::Access => &self.access,
+            Space::Answers => &self.answers,
             Space::Rollups => &self.rollups,
             Space::Meta => &self.meta,
         }
     }
 
-    pub fn get(&self, space: Space, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
-        Ok(self.tree(space).get(key)?.map(|v| v.to_vec()))
+    /// The directory the database lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The value under `key`, sharing the database's own buffer (no copy is made).
+    pub fn get(&self, space: Space, key: &[u8]) -> StoreResult<Option<Bytes>> {
+        Ok(self.tree(space).get(key)?.map(Bytes::from_owner))
     }
 
     pub fn put(&self, space: Space, key: &[u8], value: &[u8]) -> StoreResult<()> {
         self.tree(space).insert(key, value)?;
         Ok(())
-    }
-
-    pub fn remove(&self, space: Space, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
-        Ok(self.tree(space).remove(key)?.map(|v| v.to_vec()))
     }
 
     /// Applies every op to one space atomically: after a crash either all or none are there.
@@ -139,15 +148,19 @@ impl Store {
         &self,
         space: Space,
         prefix: &[u8],
-        mut visit: impl FnMut(&[u8], &[u8]) -> bool,
+        visit: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> StoreResult<()> {
-        for item in self.tree(space).scan_prefix(prefix) {
-            let (k, v) = item?;
-            if !visit(&k, &v) {
-                break;
-            }
-        }
-        Ok(())
+        visit_all(self.tree(space).scan_prefix(prefix), visit)
+    }
+
+    /// `scan_prefix` in reverse key order.
+    pub fn scan_prefix_rev(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        visit: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> StoreResult<()> {
+        visit_all(self.tree(space).scan_prefix(prefix).rev(), visit)
     }
 
     /// Visits every pair with `start <= key < end`, in key order, until `visit` returns false.
@@ -156,20 +169,9 @@ impl Store {
         space: Space,
         start: &[u8],
         end: &[u8],
-        mut visit: impl FnMut(&[u8], &[u8]) -> bool,
+        visit: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> StoreResult<()> {
-        for item in self.tree(space).range(start..end) {
-            let (k, v) = item?;
-            if !visit(&k, &v) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// Number of pairs in a space (walks the space: not for hot paths).
-    pub fn count(&self, space: Space) -> usize {
-        self.tree(space).len()
+        visit_all(self.tree(space).range(start..end), visit)
     }
 
     /// Removes everything in a space.
@@ -190,6 +192,19 @@ impl Store {
     }
 }
 
+fn visit_all(
+    items: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+    mut visit: impl FnMut(&[u8], &[u8]) -> bool,
+) -> StoreResult<()> {
+    for item in items {
+        let (k, v) = item?;
+        if !visit(&k, &v) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,7 +213,7 @@ mod tests {
     fn spaces_are_separate_and_batches_apply() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 20).unwrap();
-        store.put(Space::Entries, b"k", b"entry").unwrap();
+        store.put(Space::Answers, b"k", b"entry").unwrap();
         assert_eq!(store.get(Space::Meta, b"k").unwrap(), None);
         store
             .apply(
@@ -206,20 +221,32 @@ mod tests {
                 vec![
                     Op::Put(b"a1".to_vec(), b"1".to_vec()),
                     Op::Put(b"a2".to_vec(), b"2".to_vec()),
-                    Op::Put(b"b1".to_vec(), b"3".to_vec()),
+                    Op::Put(b"a3".to_vec(), b"3".to_vec()),
+                    Op::Put(b"b1".to_vec(), b"4".to_vec()),
                     Op::Remove(b"a1".to_vec()),
                 ],
             )
             .unwrap();
-        let mut seen = Vec::new();
-        store
-            .scan_prefix(Space::Rollups, b"a", |k, v| {
+        let seen = |reverse| {
+            let mut seen = Vec::new();
+            let visit = |k: &[u8], v: &[u8]| {
                 seen.push((k.to_vec(), v.to_vec()));
                 true
-            })
-            .unwrap();
-        assert_eq!(seen, vec![(b"a2".to_vec(), b"2".to_vec())]);
-        assert_eq!(store.get(Space::Entries, b"k").unwrap().unwrap(), b"entry");
+            };
+            if reverse {
+                store.scan_prefix_rev(Space::Rollups, b"a", visit).unwrap();
+            } else {
+                store.scan_prefix(Space::Rollups, b"a", visit).unwrap();
+            }
+            seen
+        };
+        let pair = |k: &[u8], v: &[u8]| (k.to_vec(), v.to_vec());
+        assert_eq!(seen(false), vec![pair(b"a2", b"2"), pair(b"a3", b"3")]);
+        assert_eq!(seen(true), vec![pair(b"a3", b"3"), pair(b"a2", b"2")]);
+        assert_eq!(
+            &store.get(Space::Answers, b"k").unwrap().unwrap()[..],
+            b"entry"
+        );
     }
 
     #[test]
@@ -231,5 +258,24 @@ mod tests {
             Err(other) => panic!("expected Locked, got {other}"),
             Ok(_) => panic!("second open succeeded"),
         }
+    }
+
+    #[test]
+    fn trees_of_earlier_layouts_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("entries.v1")
+                .unwrap()
+                .insert(b"k", b"v")
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert!(!store
+            .db
+            .tree_names()
+            .iter()
+            .any(|t| t.as_ref() == b"entries.v1"));
     }
 }

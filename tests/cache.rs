@@ -267,13 +267,18 @@ async fn a_damaged_entry_is_dropped_and_fetched_again() {
     let d = Daemon::start(&fake.url()).await;
     let body = chat("to be damaged");
     post(&d.url("/chat/completions"), &body).await;
+    d.app.cache.flush().unwrap();
     let listed = d.app.cache.list(10).unwrap();
     assert_eq!(listed.len(), 1);
     let key = chatcache::cache::key::CacheKey::from_hex(&listed[0].key).unwrap();
-    let mut raw = d.app.cache.show(key).unwrap().unwrap().encode();
+    let entry = d.app.cache.show(key).unwrap().unwrap();
+    let mut raw = entry.encode();
     let n = raw.len();
     raw[n - 3] ^= 0x20;
-    d.app.cache.raw_put(key, &raw).unwrap();
+    // Damaged behind the cache's back, as a bad disk would.
+    let storage = chatcache::cache::sled_store::SledStore::new(d.app.store.clone());
+    let summary = entry.summary(raw.len(), 0);
+    chatcache::cache::storage::Storage::put(&storage, &key, &raw, &summary).unwrap();
     let r = post(&d.url("/chat/completions"), &body).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(
@@ -297,6 +302,8 @@ async fn eviction_keeps_the_store_under_its_limit() {
         )
         .await;
         assert_eq!(r.status, StatusCode::OK);
+        // Stores and evictions are the cache writer's, after the answer.
+        d.app.cache.flush().unwrap();
         assert!(
             d.app.cache.stats().bytes <= 16 * 1024,
             "over the limit after {i}"

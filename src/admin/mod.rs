@@ -169,7 +169,7 @@ async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<B
         }
         (&Method::GET, "/cache/stats") => {
             let cache = app.cache.clone();
-            json(&blocking(move || Ok(cache.stats())).await?)
+            json(&blocking(move || cache.settle().map(|()| cache.stats()).map_err(internal)).await?)
         }
         (&Method::GET, "/metrics") => {
             // Rendering reads the store's size on disk: keep it off the async workers.

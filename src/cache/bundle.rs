@@ -96,7 +96,7 @@ pub fn import(
         );
         let mut meta = parsed.meta;
         meta.request = serde_json::value::RawValue::from_string(String::from_utf8(canonical)?)?;
-        cache.put(key, &Entry::new(meta, parsed.body.into()))?;
+        cache.put(key, Entry::new(meta, parsed.body.into()))?;
         count.entries += 1;
         progress(count.entries);
     }
@@ -107,27 +107,19 @@ pub fn import(
 mod tests {
     use super::*;
     use crate::cache::entry::tests::sample;
+    use crate::cache::tests::open;
     use crate::cache::{now_ms, Lookup};
-    use crate::store::Store;
-    use std::time::Duration;
-
-    fn cache() -> (tempfile::TempDir, Cache) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("store"), 1 << 20).unwrap();
-        let answers = dir.path().join("answers");
-        let cache = Cache::open(store, &answers, 1 << 30, Duration::from_secs(3600), 1 << 20);
-        (dir, cache.unwrap())
-    }
 
     #[test]
     fn export_then_import_rekeys_into_the_new_partition() {
-        let (_a, from) = cache();
+        let a = open(1 << 30);
+        let from = &a.cache;
         let mut e = sample(true);
         e.meta.created_ms = now_ms();
         let old_key = cache_key("POST", "/chat/completions", "alice-fp", br#"{"model":"m"}"#);
-        from.put(old_key, &e).unwrap();
+        from.put(old_key, e.clone()).unwrap();
         let mut bundle = Vec::new();
-        let n = export(&from, &mut bundle, |_| {}).unwrap();
+        let n = export(from, &mut bundle, |_| {}).unwrap();
         assert_eq!(n.entries, 1);
         let text = String::from_utf8(bundle.clone()).unwrap();
         assert!(
@@ -135,8 +127,9 @@ mod tests {
             "partition leaked into the bundle"
         );
 
-        let (_b, to) = cache();
-        let n = import(&to, &bundle[..], "bob-fp", &["user".into()], |_| {}).unwrap();
+        let b = open(1 << 30);
+        let to = &b.cache;
+        let n = import(to, &bundle[..], "bob-fp", &["user".into()], |_| {}).unwrap();
         assert_eq!(n.entries, 1);
         let new_key = cache_key("POST", "/chat/completions", "bob-fp", br#"{"model":"m"}"#);
         let (l, got) = to.get(new_key, None).unwrap();
@@ -147,8 +140,8 @@ mod tests {
 
     #[test]
     fn a_bad_line_is_an_error_naming_it() {
-        let (_a, to) = cache();
-        let err = import(&to, &b"\n{nope\n"[..], "p", &[], |_| {}).unwrap_err();
+        let a = open(1 << 30);
+        let err = import(&a.cache, &b"\n{nope\n"[..], "p", &[], |_| {}).unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
     }
 }

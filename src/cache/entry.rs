@@ -6,6 +6,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::cache::storage::Summary;
 use crate::cost::{CostSource, Money};
 
 const MAGIC: &[u8; 4] = b"CCE1";
@@ -91,7 +92,8 @@ impl Entry {
         out
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
+    /// Reads a record made by `encode`. The body shares `bytes` (no copy is made).
+    pub fn decode(bytes: Bytes) -> Result<Entry, DecodeError> {
         if bytes.len() < HEADER_LEN {
             return Err(DecodeError::Truncated);
         }
@@ -110,7 +112,7 @@ impl Entry {
             .ok_or(DecodeError::Truncated)?;
         let meta: EntryMeta =
             serde_json::from_slice(&bytes[HEADER_LEN..meta_end]).map_err(|_| DecodeError::Meta)?;
-        Ok(Entry::new(meta, Bytes::copy_from_slice(&bytes[meta_end..])))
+        Ok(Entry::new(meta, bytes.slice(meta_end..)))
     }
 
     /// The body split into the chunks it arrived in (one chunk for plain answers, or when
@@ -130,6 +132,20 @@ impl Entry {
                 (piece, *ms)
             })
             .collect()
+    }
+
+    /// What scans of the store need to know of the entry, stored as `record_len` bytes.
+    pub fn summary(&self, record_len: usize, last_used_s: u32) -> Summary {
+        Summary {
+            bytes: record_len as u64,
+            created_ms: self.meta.created_ms,
+            last_used_s,
+            status: self.meta.status,
+            stream: self.meta.stream,
+            method: self.meta.method.clone(),
+            path: self.meta.path.clone(),
+            model: self.meta.model.clone(),
+        }
     }
 
     /// About what the entry takes in memory: its body, its request, its stream timings,
@@ -183,7 +199,7 @@ pub(crate) mod tests {
     #[test]
     fn round_trips_with_cost_text_verbatim() {
         let e = sample(true);
-        let d = Entry::decode(&e.encode()).unwrap();
+        let d = Entry::decode(e.encode().into()).unwrap();
         assert_eq!(d.body, e.body);
         assert_eq!(d.meta.cost.as_ref().unwrap().get(), "0.000114");
         let chunks: Vec<_> = d
@@ -200,12 +216,16 @@ pub(crate) mod tests {
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x40;
-            assert!(Entry::decode(&bad).is_err(), "flip at {i} went unnoticed");
+            assert!(
+                Entry::decode(bad.into()).is_err(),
+                "flip at {i} went unnoticed"
+            );
         }
+        let bytes = Bytes::from(bytes);
         assert_eq!(
-            Entry::decode(&bytes[..10]).unwrap_err(),
+            Entry::decode(bytes.slice(..10)).unwrap_err(),
             DecodeError::Truncated
         );
-        assert!(Entry::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert!(Entry::decode(bytes.slice(..bytes.len() - 1)).is_err());
     }
 }

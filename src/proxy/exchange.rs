@@ -295,30 +295,19 @@ pub async fn drive(
     };
     leader.flight.set_cost(usage.cost.clone());
 
-    let record = async {
-        if ex.endpoint.billable() {
-            let line = ex.ledger_line(ex.policy.upstream_outcome(), head.status.as_u16(), acc);
-            if let Err(e) = app.account_durably(line, ex.prompt()).await {
-                tracing::error!(parent: &ex.span(), error = %e, "could not make the ledger line durable");
-            }
+    // The last byte waits for the ledger line to be durable, and for nothing else: the
+    // entry is handed to the cache's writer (and served from memory until it is stored)
+    // before the flight ends, so the next identical request finds one or the other.
+    if ex.endpoint.billable() {
+        let line = ex.ledger_line(ex.policy.upstream_outcome(), head.status.as_u16(), acc);
+        if let Err(e) = app.account_durably(line, ex.prompt()).await {
+            tracing::error!(parent: &ex.span(), error = %e, "could not make the ledger line durable");
         }
-    };
-    let store = async {
-        if let (Some(key), true) = (ex.key, clean && ex.policy.store) {
-            let entry = entry_of(&ex, &head, &t.chunk_times, body.clone(), &usage, source);
-            let cache = app.cache.clone();
-            match tokio::task::spawn_blocking(move || cache.put(key, &entry)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(parent: &ex.span(), error = %e, "could not store the answer; serving it uncached")
-                }
-                Err(e) => {
-                    tracing::error!(parent: &ex.span(), error = %e, "cache store task failed")
-                }
-            }
-        }
-    };
-    tokio::join!(record, store);
+    }
+    if let (Some(key), true) = (ex.key, clean && ex.policy.store) {
+        let entry = entry_of(&ex, &head, &t.chunk_times, body.clone(), &usage, source);
+        app.cache.store(key, Arc::new(entry));
+    }
     if ex.endpoint == Endpoint::Models && clean {
         if let Some(p) = Prices::from_models_json(&body) {
             app.set_prices(p);
@@ -338,9 +327,9 @@ fn note_accepted(app: &Arc<App>, ex: &Exchange) {
         return;
     }
     if let Some(fp) = ex.attr.fingerprint.clone() {
-        let cache = app.cache.clone();
+        let store = app.store.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = cache.mark_accepted(&fp) {
+            if let Err(e) = crate::attribution::mark_accepted(&store, &fp) {
                 tracing::warn!(error = %e, "could not record an accepted credential");
             }
         });

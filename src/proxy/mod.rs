@@ -188,20 +188,14 @@ async fn may_hit(app: &Arc<App>, attr: &Attribution) -> bool {
     let Some(fp) = attr.fingerprint.clone() else {
         return false;
     };
-    let cache = app.cache.clone();
+    let store = app.store.clone();
     matches!(
-        tokio::task::spawn_blocking(move || cache.was_accepted(&fp)).await,
+        tokio::task::spawn_blocking(move || attribution::was_accepted(&store, &fp)).await,
         Ok(Ok(true))
     )
 }
 
 async fn lookup(app: &Arc<App>, key: CacheKey, max_age: Option<Duration>) -> Option<Arc<Entry>> {
-    if let Some(entry) = app.cache.get_hot(key, max_age) {
-        return Some(entry);
-    }
-    if !app.cache.may_contain(key) {
-        return None;
-    }
     if let Some(entry) = app.cache.get_now(key, max_age) {
         return Some(entry);
     }

@@ -1,0 +1,174 @@
+//! The answer cache's storage on the data dir's sled database (`Space::Answers`). One
+//! tree holds three kinds of record, so that one atomic batch changes them together:
+//! `e‖key` → the entry's record, `m‖key` → its summary, and `u‖last use (BE)‖key` → its
+//! size, which keeps entries in order of use for eviction without reading them.
+
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use crate::cache::key::CacheKey;
+use crate::cache::storage::{Storage, StorageResult, Summary};
+use crate::store::{Op, Space, Store};
+
+const ENTRY: u8 = b'e';
+const SUMMARY: u8 = b'm';
+const USE: u8 = b'u';
+
+pub struct SledStore {
+    store: Store,
+    /// Changes read a summary and then write a batch that depends on it: one at a time.
+    /// Lookups never take it.
+    writes: Mutex<()>,
+}
+
+fn record_key(kind: u8, key: &CacheKey) -> Vec<u8> {
+    let mut k = Vec::with_capacity(33);
+    k.push(kind);
+    k.extend_from_slice(&key.0);
+    k
+}
+
+fn use_key(last_used_s: u32, key: &CacheKey) -> Vec<u8> {
+    let mut k = Vec::with_capacity(37);
+    k.push(USE);
+    k.extend_from_slice(&last_used_s.to_be_bytes());
+    k.extend_from_slice(&key.0);
+    k
+}
+
+fn key_of(bytes: &[u8]) -> Option<CacheKey> {
+    <[u8; 32]>::try_from(bytes).ok().map(CacheKey)
+}
+
+impl SledStore {
+    pub fn new(store: Store) -> SledStore {
+        SledStore {
+            store,
+            writes: Mutex::new(()),
+        }
+    }
+
+    fn writing(&self) -> MutexGuard<'_, ()> {
+        // The guard protects no data, only the order of changes.
+        self.writes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Storage for SledStore {
+    fn lookup(&self, key: &CacheKey) -> StorageResult<Option<Bytes>> {
+        self.store.get(Space::Answers, &record_key(ENTRY, key))
+    }
+
+    fn summary(&self, key: &CacheKey) -> StorageResult<Option<Summary>> {
+        Ok(self
+            .store
+            .get(Space::Answers, &record_key(SUMMARY, key))?
+            .and_then(|b| Summary::decode(&b)))
+    }
+
+    fn put(
+        &self,
+        key: &CacheKey,
+        record: &[u8],
+        summary: &Summary,
+    ) -> StorageResult<Option<Summary>> {
+        let _w = self.writing();
+        let old = self.summary(key)?;
+        let mut ops = Vec::with_capacity(4);
+        if let Some(o) = &old {
+            ops.push(Op::Remove(use_key(o.last_used_s, key)));
+        }
+        ops.push(Op::Put(record_key(ENTRY, key), record.to_vec()));
+        ops.push(Op::Put(record_key(SUMMARY, key), summary.encode()));
+        ops.push(Op::Put(
+            use_key(summary.last_used_s, key),
+            summary.bytes.to_le_bytes().to_vec(),
+        ));
+        self.store.apply(Space::Answers, ops)?;
+        Ok(old)
+    }
+
+    fn remove(&self, key: &CacheKey) -> StorageResult<Option<Summary>> {
+        let _w = self.writing();
+        let old = self.summary(key)?;
+        let mut ops = vec![
+            Op::Remove(record_key(ENTRY, key)),
+            Op::Remove(record_key(SUMMARY, key)),
+        ];
+        if let Some(o) = &old {
+            ops.push(Op::Remove(use_key(o.last_used_s, key)));
+        }
+        self.store.apply(Space::Answers, ops)?;
+        Ok(old)
+    }
+
+    fn touch(&self, uses: &[(CacheKey, u32)]) -> StorageResult<()> {
+        let _w = self.writing();
+        let mut ops = Vec::new();
+        for (key, last_used_s) in uses {
+            let Some(mut s) = self.summary(key)? else {
+                continue;
+            };
+            if s.last_used_s >= *last_used_s {
+                continue;
+            }
+            ops.push(Op::Remove(use_key(s.last_used_s, key)));
+            s.last_used_s = *last_used_s;
+            ops.push(Op::Put(
+                use_key(s.last_used_s, key),
+                s.bytes.to_le_bytes().to_vec(),
+            ));
+            ops.push(Op::Put(record_key(SUMMARY, key), s.encode()));
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.store.apply(Space::Answers, ops)
+    }
+
+    fn scan(&self, visit: &mut dyn FnMut(CacheKey, &Summary) -> bool) -> StorageResult<()> {
+        self.store.scan_prefix(Space::Answers, &[SUMMARY], |k, v| {
+            match (key_of(&k[1..]), Summary::decode(v)) {
+                (Some(key), Some(s)) => visit(key, &s),
+                _ => true,
+            }
+        })
+    }
+
+    fn scan_by_use(
+        &self,
+        newest_first: bool,
+        visit: &mut dyn FnMut(CacheKey, u32, u64) -> bool,
+    ) -> StorageResult<()> {
+        let each = |k: &[u8], v: &[u8]| {
+            let parsed = (|| {
+                let last = u32::from_be_bytes(k.get(1..5)?.try_into().ok()?);
+                let key = key_of(k.get(5..)?)?;
+                let bytes = u64::from_le_bytes(v.try_into().ok()?);
+                Some((key, last, bytes))
+            })();
+            match parsed {
+                Some((key, last, bytes)) => visit(key, last, bytes),
+                None => true,
+            }
+        };
+        if newest_first {
+            self.store.scan_prefix_rev(Space::Answers, &[USE], each)
+        } else {
+            self.store.scan_prefix(Space::Answers, &[USE], each)
+        }
+    }
+
+    fn flush(&self) -> StorageResult<()> {
+        self.store.flush()
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.store.size_on_disk()
+    }
+
+    fn location(&self) -> String {
+        format!("{} (sled)", self.store.dir().display())
+    }
+}

@@ -1,0 +1,172 @@
+//! The storage seam of the answer cache: what a place that keeps answers must do (look
+//! one up, put, remove, note uses, scan summaries for eviction, list, purge and export,
+//! flush), and the summary of an entry that scans read instead of its body. The sled
+//! implementation is `sled_store`; nothing above this seam knows where answers live.
+
+use bytes::Bytes;
+
+use crate::cache::key::CacheKey;
+use crate::store::StoreError;
+
+pub type StorageResult<T> = Result<T, StoreError>;
+
+/// What scans need of an entry, kept apart from it so that they never read bodies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Bytes the entry's record takes.
+    pub bytes: u64,
+    pub created_ms: u64,
+    /// Seconds since the epoch.
+    pub last_used_s: u32,
+    pub status: u16,
+    pub stream: bool,
+    pub method: String,
+    /// Path as keyed (project prefix removed).
+    pub path: String,
+    pub model: Option<String>,
+}
+
+const SUMMARY_VERSION: u8 = 1;
+
+impl Summary {
+    /// `version | bytes | created_ms | last_used_s | status | stream | method | path | model`,
+    /// integers little-endian, strings length-prefixed (u16), an absent model as 0xFFFF.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + self.method.len() + self.path.len());
+        out.push(SUMMARY_VERSION);
+        out.extend_from_slice(&self.bytes.to_le_bytes());
+        out.extend_from_slice(&self.created_ms.to_le_bytes());
+        out.extend_from_slice(&self.last_used_s.to_le_bytes());
+        out.extend_from_slice(&self.status.to_le_bytes());
+        out.push(u8::from(self.stream));
+        for text in [Some(&self.method), Some(&self.path), self.model.as_ref()] {
+            match text {
+                Some(t) => {
+                    // Paths and model names longer than this are cut: a summary only names.
+                    let t = &t.as_bytes()[..t.len().min(u16::MAX as usize - 1)];
+                    out.extend_from_slice(&(t.len() as u16).to_le_bytes());
+                    out.extend_from_slice(t);
+                }
+                None => out.extend_from_slice(&u16::MAX.to_le_bytes()),
+            }
+        }
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Summary> {
+        let mut r = Reader(b);
+        if r.take(1)?[0] != SUMMARY_VERSION {
+            return None;
+        }
+        let bytes = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
+        let created_ms = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
+        let last_used_s = u32::from_le_bytes(r.take(4)?.try_into().ok()?);
+        let status = u16::from_le_bytes(r.take(2)?.try_into().ok()?);
+        let stream = r.take(1)?[0] != 0;
+        let method = r.text()??;
+        let path = r.text()??;
+        let model = r.text()?;
+        Some(Summary {
+            bytes,
+            created_ms,
+            last_used_s,
+            status,
+            stream,
+            method,
+            path,
+            model,
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    /// `Some(None)` for an absent text; `None` when the bytes are not a summary.
+    fn text(&mut self) -> Option<Option<String>> {
+        let len = u16::from_le_bytes(self.take(2)?.try_into().ok()?);
+        if len == u16::MAX {
+            return Some(None);
+        }
+        let t = self.take(len as usize)?;
+        Some(Some(String::from_utf8_lossy(t).into_owned()))
+    }
+}
+
+/// A place that keeps answers. Every call blocks; callers run them on threads that may.
+pub trait Storage: Send + Sync {
+    /// The record stored under `key`, as `put` was given it.
+    fn lookup(&self, key: &CacheKey) -> StorageResult<Option<Bytes>>;
+
+    /// The summary of the entry under `key`.
+    fn summary(&self, key: &CacheKey) -> StorageResult<Option<Summary>>;
+
+    /// Stores `record` under `key` with its summary, replacing any entry there; returns
+    /// the summary of the one it replaced.
+    fn put(
+        &self,
+        key: &CacheKey,
+        record: &[u8],
+        summary: &Summary,
+    ) -> StorageResult<Option<Summary>>;
+
+    /// Removes the entry under `key`, returning its summary if there was one.
+    fn remove(&self, key: &CacheKey) -> StorageResult<Option<Summary>>;
+
+    /// Notes that each key was last used at the given second.
+    fn touch(&self, uses: &[(CacheKey, u32)]) -> StorageResult<()>;
+
+    /// Visits every entry's summary, in no particular order, until `visit` returns false.
+    fn scan(&self, visit: &mut dyn FnMut(CacheKey, &Summary) -> bool) -> StorageResult<()>;
+
+    /// Visits entries by last use with their sizes, least recent first (or most recent
+    /// first when `newest_first`), until `visit` returns false.
+    fn scan_by_use(
+        &self,
+        newest_first: bool,
+        visit: &mut dyn FnMut(CacheKey, u32, u64) -> bool,
+    ) -> StorageResult<()>;
+
+    /// Makes everything stored so far durable.
+    fn flush(&self) -> StorageResult<()>;
+
+    /// Bytes it occupies on disk.
+    fn size_on_disk(&self) -> u64;
+
+    /// Where it keeps answers, for `cache stats`.
+    fn location(&self) -> String;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_round_trip_and_damage_is_refused() {
+        let s = Summary {
+            bytes: 1234,
+            created_ms: 1_700_000_000_123,
+            last_used_s: 1_700_000_001,
+            status: 200,
+            stream: true,
+            method: "POST".into(),
+            path: "/chat/completions".into(),
+            model: Some("GPT-4 Turbo".into()),
+        };
+        assert_eq!(Summary::decode(&s.encode()), Some(s.clone()));
+        let none = Summary { model: None, ..s };
+        let bytes = none.encode();
+        assert_eq!(Summary::decode(&bytes), Some(none));
+        assert_eq!(Summary::decode(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(Summary::decode(&[9]), None);
+    }
+}
