@@ -69,12 +69,13 @@ impl App {
             config.cache.ignore_fields.clone(),
             config.admin.show_prompts,
         );
+        let flights = Arc::new(Flights::new(recording_bounds(&config.cache)));
         Ok(Arc::new(App {
             parsed,
             store,
             config,
             upstream,
-            flights: Arc::new(Flights::default()),
+            flights,
             spend,
             fingerprints,
             held_key,
@@ -134,6 +135,16 @@ impl App {
             Ok(Err(e)) => tracing::error!(error = %e, "could not flush the cache"),
             Err(e) => tracing::error!(error = %e, "the task to flush the cache failed"),
         }
+    }
+}
+
+/// An answer is recorded up to `cache.max_entry`; past it, it may run this far ahead of
+/// the slowest client reading it.
+fn recording_bounds(cache: &crate::config::CacheConfig) -> crate::cache::flight::Bounds {
+    let max_entry = cache.max_entry;
+    crate::cache::flight::Bounds {
+        max_entry,
+        window: max_entry.min(1 << 20),
     }
 }
 

@@ -135,11 +135,11 @@ impl Entry {
     }
 
     /// What scans of the store need to know of the entry, stored as `record_len` bytes.
-    pub fn summary(&self, record_len: usize, last_used_s: u32) -> Summary {
+    pub fn summary(&self, record_len: usize, last_used: u64) -> Summary {
         Summary {
             bytes: record_len as u64,
             created_ms: self.meta.created_ms,
-            last_used_s,
+            last_used,
             status: self.meta.status,
             stream: self.meta.stream,
             method: self.meta.method.clone(),

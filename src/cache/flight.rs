@@ -1,7 +1,12 @@
-//! Single-flight: one upstream call per key at a time. An answer in flight is a shared,
-//! append-only recording; every client (the one that caused it included) reads it from
-//! the start at its own pace, so followers join live and hold only an index into it.
+//! Single-flight, the cache lock: one upstream call per key at a time. An answer in flight
+//! is a shared, append-only recording; every client (the one that caused it included)
+//! reads it with a reader of its own, from the start and at its own pace, so followers
+//! join live and hold only a position in it. The recording is bounded by
+//! `cache.max_entry`: an answer that outgrows it is no longer kept whole (it will not be
+//! stored), takes no new followers, and keeps only what its slowest reader still needs,
+//! at most `window` bytes ahead of it, the leader waiting for readers beyond that.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
@@ -9,7 +14,9 @@ use foldhash::HashMap;
 use http::{HeaderMap, StatusCode};
 use tokio::sync::watch;
 
-use crate::body::Body;
+use http_body::Frame;
+
+use crate::body::{Body, BoxError};
 use crate::cache::key::CacheKey;
 use crate::cost::Money;
 use crate::error::ApiError;
@@ -34,36 +41,86 @@ pub enum End {
     Released,
 }
 
+/// How large a recording may grow, and how far ahead of its slowest reader an answer
+/// that outgrew it may run.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub max_entry: u64,
+    pub window: u64,
+}
+
 #[derive(Default)]
 struct State {
     head: Option<Head>,
-    chunks: Vec<Bytes>,
+    /// The recording from piece `base` on.
+    chunks: VecDeque<Bytes>,
+    base: usize,
+    /// Bytes in `chunks`, and in the whole answer so far.
+    held: u64,
+    total: u64,
+    /// Past `max_entry`: pieces go once every reader has them.
+    outgrown: bool,
     end: Option<End>,
     /// What the answer cost upstream (its cost text), for followers' `saved`.
     cost: Option<Money>,
+    /// Each reader's next piece.
+    cursors: HashMap<u64, usize>,
+    next_reader: u64,
+}
+
+impl State {
+    fn len(&self) -> usize {
+        self.base + self.chunks.len()
+    }
+
+    /// Drops the pieces every reader has had (only once the answer has outgrown the bound:
+    /// before that, a follower may still join and read from the start).
+    fn trim(&mut self) {
+        if !self.outgrown {
+            return;
+        }
+        let keep_from = self.cursors.values().copied().min().unwrap_or(self.len());
+        while self.base < keep_from {
+            let Some(c) = self.chunks.pop_front() else {
+                break;
+            };
+            self.held -= c.len() as u64;
+            self.base += 1;
+        }
+    }
 }
 
 pub struct Flight {
     state: Mutex<State>,
     version: watch::Sender<u64>,
+    bounds: Bounds,
+}
+
+/// What waiting for a whole answer found.
+pub enum Whole {
+    Complete(Bytes),
+    /// It outgrew the bound: read it piece by piece instead.
+    Outgrown,
+    Ended(End),
 }
 
 impl Flight {
-    pub fn new() -> Arc<Flight> {
+    pub fn new(bounds: Bounds) -> Arc<Flight> {
         Arc::new(Flight {
             state: Mutex::new(State::default()),
             version: watch::Sender::new(0),
+            bounds,
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock cannot leave State half-written (every update is
-        // a single push or assignment), so a poisoned lock is still safe to use.
+        // A panic while holding this lock cannot leave State half-written (every update
+        // completes before anything that can panic), so a poisoned lock is still safe.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn bump(&self) {
-        self.version.send_modify(|v| *v += 1);
+        self.version.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     pub fn set_head(&self, head: Head) {
@@ -71,9 +128,32 @@ impl Flight {
         self.bump();
     }
 
-    pub fn push(&self, chunk: Bytes) {
-        self.lock().chunks.push(chunk);
+    /// Appends a piece. Once the answer has outgrown the bound, waits while more than
+    /// `window` bytes are held for readers that have not had them.
+    pub async fn push(&self, chunk: Bytes) {
+        let mut rx = self.version.subscribe();
+        {
+            let mut s = self.lock();
+            s.total += chunk.len() as u64;
+            s.held += chunk.len() as u64;
+            s.chunks.push_back(chunk);
+            if !s.outgrown && s.total > self.bounds.max_entry {
+                s.outgrown = true;
+            }
+            s.trim();
+        }
         self.bump();
+        loop {
+            {
+                let s = self.lock();
+                if !s.outgrown || s.held <= self.bounds.window {
+                    return;
+                }
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     pub fn set_cost(&self, cost: Option<Money>) {
@@ -84,9 +164,15 @@ impl Flight {
         self.lock().cost.clone()
     }
 
-    /// Everything received so far, as one buffer.
-    pub fn snapshot(&self) -> Bytes {
-        concat(&self.lock().chunks)
+    /// The whole answer as one buffer, unless it outgrew the bound.
+    pub fn recording(&self) -> Option<Bytes> {
+        let s = self.lock();
+        (!s.outgrown).then(|| concat(s.chunks.iter()))
+    }
+
+    /// Whether the answer outgrew the bound (it is then not stored).
+    pub fn outgrown(&self) -> bool {
+        self.lock().outgrown
     }
 
     /// Sets the end once; later calls are ignored.
@@ -105,12 +191,51 @@ impl Flight {
         self.lock().end.is_some()
     }
 
-    /// Waits for the head. `Err` carries the end if the flight ended without one.
-    pub async fn head(&self) -> Result<Head, End> {
+    /// Waits for the end, holding no piece back.
+    pub async fn end(&self) -> End {
         let mut rx = self.version.subscribe();
         loop {
+            if let Some(e) = &self.lock().end {
+                return e.clone();
+            }
+            if rx.changed().await.is_err() {
+                return End::Released;
+            }
+        }
+    }
+
+    /// A reader from the first piece on; `None` once the answer has outgrown the bound
+    /// (its first pieces are gone: a newcomer must fetch for itself).
+    pub fn reader(self: &Arc<Self>) -> Option<Reader> {
+        let mut s = self.lock();
+        if s.outgrown {
+            return None;
+        }
+        let id = s.next_reader;
+        s.next_reader += 1;
+        s.cursors.insert(id, 0);
+        drop(s);
+        Some(Reader {
+            flight: self.clone(),
+            rx: self.version.subscribe(),
+            id,
+        })
+    }
+}
+
+/// One client's position in an answer in flight. Dropped, it stops holding pieces back.
+pub struct Reader {
+    flight: Arc<Flight>,
+    rx: watch::Receiver<u64>,
+    id: u64,
+}
+
+impl Reader {
+    /// Waits for the head. `Err` carries the end if the flight ended without one.
+    pub async fn head(&mut self) -> Result<Head, End> {
+        loop {
             {
-                let s = self.lock();
+                let s = self.flight.lock();
                 if let Some(h) = &s.head {
                     return Ok(h.clone());
                 }
@@ -118,115 +243,117 @@ impl Flight {
                     return Err(e.clone());
                 }
             }
-            if rx.changed().await.is_err() {
+            if self.rx.changed().await.is_err() {
                 return Err(End::Released);
             }
         }
     }
 
-    /// Waits for the end and returns the whole body on a clean one.
-    pub async fn whole(&self) -> Result<Bytes, End> {
-        let mut rx = self.version.subscribe();
+    /// Waits for the end (or for the answer to outgrow the bound).
+    pub async fn whole(&mut self) -> Whole {
         loop {
             {
-                let s = self.lock();
+                let s = self.flight.lock();
+                if s.outgrown {
+                    return Whole::Outgrown;
+                }
                 match &s.end {
-                    Some(End::Complete) => return Ok(concat(&s.chunks)),
-                    Some(other) => return Err(other.clone()),
+                    Some(End::Complete) => return Whole::Complete(concat(s.chunks.iter())),
+                    Some(other) => return Whole::Ended(other.clone()),
                     None => {}
                 }
             }
-            if rx.changed().await.is_err() {
-                return Err(End::Released);
+            if self.rx.changed().await.is_err() {
+                return Whole::Ended(End::Released);
             }
         }
     }
 
-    /// The chunks from index `from` on, and the end if reached; waits while there is
-    /// neither.
-    async fn next_from(
-        &self,
-        from: usize,
-        rx: &mut watch::Receiver<u64>,
-    ) -> (Vec<Bytes>, Option<End>) {
+    /// The pieces this reader has not had yet, and the end once reached; waits while
+    /// there is neither.
+    pub async fn next(&mut self) -> (Bytes, Option<End>) {
         loop {
             {
-                let s = self.lock();
-                if s.chunks.len() > from || s.end.is_some() {
-                    return (s.chunks[from.min(s.chunks.len())..].to_vec(), s.end.clone());
+                let mut s = self.flight.lock();
+                let at = s.cursors.get(&self.id).copied().unwrap_or(s.len());
+                if at < s.len() || s.end.is_some() {
+                    let from = at.saturating_sub(s.base);
+                    let out = concat(s.chunks.iter().skip(from));
+                    let len = s.len();
+                    s.cursors.insert(self.id, len);
+                    s.trim();
+                    let end = s.end.clone();
+                    drop(s);
+                    // The leader may be waiting for room.
+                    self.flight.bump();
+                    return (out, end);
                 }
             }
-            if rx.changed().await.is_err() {
-                return (Vec::new(), Some(End::Released));
+            if self.rx.changed().await.is_err() {
+                return (Bytes::new(), Some(End::Released));
             }
         }
     }
 
-    /// A body that yields every chunk from the first on as it arrives, and ends when the
-    /// flight does: cleanly after `Complete`, with an SSE error frame after `Failed`.
-    pub fn stream_body(self: Arc<Self>) -> Body {
-        use futures_util::StreamExt;
-        use http_body_util::{BodyExt, StreamBody};
+    pub fn flight(&self) -> &Arc<Flight> {
+        &self.flight
+    }
 
-        struct Reader {
-            flight: Arc<Flight>,
-            rx: watch::Receiver<u64>,
-            at: usize,
-            done: bool,
-        }
-        let rx = self.version.subscribe();
-        let reader = Reader {
-            flight: self,
-            rx,
-            at: 0,
-            done: false,
-        };
-        let frames = futures_util::stream::unfold(reader, |mut r| async move {
-            if r.done {
-                return None;
-            }
-            let (chunks, end) = r.flight.next_from(r.at, &mut r.rx).await;
-            r.at += chunks.len();
-            let mut out = concat(&chunks);
-            match end {
-                Some(End::Complete) => r.done = true,
-                Some(End::Failed(e)) => {
-                    r.done = true;
-                    let mut b = BytesMut::from(&out[..]);
-                    b.extend_from_slice(&e.sse_frame());
-                    out = b.freeze();
-                }
-                Some(End::Released) => {
-                    r.done = true;
-                    let e = ApiError::UpstreamBroken("the answer was abandoned".into());
-                    let mut b = BytesMut::from(&out[..]);
-                    b.extend_from_slice(&e.sse_frame());
-                    out = b.freeze();
-                }
-                None => {}
-            }
-            Some((Ok(http_body::Frame::data(out)), r))
-        })
-        .filter(
-            |f: &Result<http_body::Frame<Bytes>, crate::body::BoxError>| {
-                let keep = match f {
-                    Ok(frame) => frame.data_ref().is_none_or(|d| !d.is_empty()),
-                    Err(_) => true,
+    /// A body that yields every piece from this reader's position on as it arrives, and
+    /// ends when the flight does: cleanly after `Complete`; after a failure, with an SSE
+    /// error frame for a stream, or as a broken body (the client sees a failed transfer,
+    /// never a short answer that looks whole).
+    pub fn into_body(self, sse: bool) -> Body {
+        use http_body_util::{BodyExt, StreamBody};
+        let frames = futures_util::stream::unfold(Some(self), move |reader| async move {
+            let mut r = reader?;
+            loop {
+                let (data, end) = r.next().await;
+                let failure = match end {
+                    None if data.is_empty() => continue,
+                    None => return Some((Ok(Frame::data(data)), Some(r))),
+                    Some(End::Complete) if data.is_empty() => return None,
+                    Some(End::Complete) => return Some((Ok(Frame::data(data)), None)),
+                    Some(End::Failed(e)) => e,
+                    Some(End::Released) => {
+                        ApiError::UpstreamBroken("the answer was abandoned".into())
+                    }
                 };
-                std::future::ready(keep)
-            },
-        );
+                let item: Result<Frame<Bytes>, BoxError> = if sse {
+                    let mut b = BytesMut::from(&data[..]);
+                    b.extend_from_slice(&failure.sse_frame());
+                    Ok(Frame::data(b.freeze()))
+                } else if !data.is_empty() {
+                    // What arrived goes out first; the next poll ends the body broken.
+                    return Some((Ok(Frame::data(data)), Some(r)));
+                } else {
+                    Err(failure.to_string().into())
+                };
+                return Some((item, None));
+            }
+        });
         BodyExt::boxed(StreamBody::new(frames))
     }
 }
 
-fn concat(chunks: &[Bytes]) -> Bytes {
-    match chunks {
-        [] => Bytes::new(),
-        [one] => one.clone(),
-        many => {
-            let mut b = BytesMut::with_capacity(many.iter().map(Bytes::len).sum());
-            for c in many {
+impl Drop for Reader {
+    fn drop(&mut self) {
+        {
+            let mut s = self.flight.lock();
+            s.cursors.remove(&self.id);
+            s.trim();
+        }
+        self.flight.bump();
+    }
+}
+
+fn concat<'a>(mut chunks: impl ExactSizeIterator<Item = &'a Bytes> + Clone) -> Bytes {
+    match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.next().cloned().unwrap_or_default(),
+        _ => {
+            let mut b = BytesMut::with_capacity(chunks.clone().map(Bytes::len).sum());
+            for c in chunks {
                 b.extend_from_slice(c);
             }
             b.freeze()
@@ -234,10 +361,11 @@ fn concat(chunks: &[Bytes]) -> Bytes {
     }
 }
 
-/// The flights in progress, by cache key (hashed with foldhash, as the index's are).
-#[derive(Default)]
+/// The flights in progress, by cache key (hashed with foldhash, as a HashMap of blake3
+/// keys can be cheaply).
 pub struct Flights {
     map: Mutex<HashMap<CacheKey, Arc<Flight>>>,
+    bounds: Bounds,
 }
 
 pub enum Role {
@@ -248,6 +376,13 @@ pub enum Role {
 }
 
 impl Flights {
+    pub fn new(bounds: Bounds) -> Flights {
+        Flights {
+            map: Mutex::default(),
+            bounds,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<CacheKey, Arc<Flight>>> {
         // Map operations are single inserts/removes: a poisoned lock holds a valid map.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
@@ -258,12 +393,20 @@ impl Flights {
         if let Some(f) = map.get(&key) {
             return Role::Follower(f.clone());
         }
-        let flight = Flight::new();
+        let flight = Flight::new(self.bounds);
         map.insert(key, flight.clone());
         Role::Leader(Leader {
             flights: Some((self.clone(), key)),
             flight,
         })
+    }
+
+    /// A flight nobody else can join (answers that are not cached).
+    pub fn solo(&self) -> Leader {
+        Leader {
+            flights: None,
+            flight: Flight::new(self.bounds),
+        }
     }
 
     pub fn in_flight(&self) -> usize {
@@ -279,14 +422,6 @@ pub struct Leader {
 }
 
 impl Leader {
-    /// A flight nobody else can join (answers that are not cached).
-    pub fn solo() -> Leader {
-        Leader {
-            flights: None,
-            flight: Flight::new(),
-        }
-    }
-
     /// Stops new requests from joining; those already reading go on.
     pub fn unregister(&mut self) {
         if let Some((flights, key)) = self.flights.take() {
@@ -311,80 +446,4 @@ impl Drop for Leader {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::BodyExt;
-
-    fn key() -> CacheKey {
-        CacheKey([7; 32])
-    }
-
-    fn head() -> Head {
-        Head {
-            status: StatusCode::OK,
-            headers: HeaderMap::new(),
-            stream: true,
-        }
-    }
-
-    #[tokio::test]
-    async fn second_join_follows_and_reads_everything_live() {
-        let flights = Arc::new(Flights::default());
-        let Role::Leader(leader) = flights.join(key()) else {
-            panic!("first join must lead")
-        };
-        leader.flight.set_head(head());
-        leader.flight.push(Bytes::from_static(b"one "));
-        let Role::Follower(f) = flights.join(key()) else {
-            panic!("second join must follow")
-        };
-        let reader = tokio::spawn(f.clone().stream_body().collect());
-        leader.flight.push(Bytes::from_static(b"two"));
-        leader.finish(End::Complete);
-        let got = reader.await.unwrap().unwrap().to_bytes();
-        assert_eq!(&got[..], b"one two");
-        assert_eq!(flights.in_flight(), 0);
-        assert!(matches!(flights.join(key()), Role::Leader(_)));
-    }
-
-    #[tokio::test]
-    async fn dropped_leader_releases_followers() {
-        let flights = Arc::new(Flights::default());
-        let Role::Leader(leader) = flights.join(key()) else {
-            panic!()
-        };
-        let Role::Follower(f) = flights.join(key()) else {
-            panic!()
-        };
-        let waiting = tokio::spawn(async move { f.head().await });
-        drop(leader);
-        assert!(matches!(waiting.await.unwrap(), Err(End::Released)));
-        assert_eq!(flights.in_flight(), 0);
-    }
-
-    #[tokio::test]
-    async fn failure_mid_stream_ends_with_an_error_frame() {
-        let flight = Flight::new();
-        flight.set_head(head());
-        flight.push(Bytes::from_static(b"data: a\n\n"));
-        flight.finish(End::Failed(ApiError::UpstreamBroken("reset".into())));
-        let got = flight.stream_body().collect().await.unwrap().to_bytes();
-        let text = String::from_utf8(got.to_vec()).unwrap();
-        assert!(
-            text.starts_with("data: a\n\nevent: error\ndata: {"),
-            "{text}"
-        );
-    }
-
-    #[tokio::test]
-    async fn whole_waits_for_the_end() {
-        let flight = Flight::new();
-        let f2 = flight.clone();
-        let w = tokio::spawn(async move { f2.whole().await });
-        flight.push(Bytes::from_static(b"{\"a\":"));
-        flight.push(Bytes::from_static(b"1}"));
-        assert!(!w.is_finished());
-        flight.finish(End::Complete);
-        assert_eq!(&w.await.unwrap().unwrap()[..], b"{\"a\":1}");
-    }
-}
+mod tests;

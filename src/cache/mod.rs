@@ -36,8 +36,22 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn secs(ms: u64) -> u32 {
-    u32::try_from(ms / 1000).unwrap_or(u32::MAX)
+/// Stamps of use: the time in milliseconds, made strictly increasing, so that eviction's
+/// order of use has no ties (answers stored in one millisecond keep their order).
+#[derive(Default)]
+pub(crate) struct UseStamps(AtomicU64);
+
+impl UseStamps {
+    pub(crate) fn next(&self) -> u64 {
+        let now = now_ms();
+        let prev = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                Some(s.saturating_add(1).max(now))
+            })
+            .unwrap_or(now);
+        prev.saturating_add(1).max(now)
+    }
 }
 
 /// Uses noted in memory and not yet written; more than this in one second are dropped
@@ -76,7 +90,6 @@ pub struct EntrySummary {
     pub status: u16,
     pub bytes: u64,
     pub created_ms: u64,
-    /// To the second.
     pub last_used_ms: u64,
 }
 
@@ -122,7 +135,8 @@ struct Shared {
     hot: SizedLru<CacheKey, Arc<Entry>>,
     pending: Mutex<Pending>,
     /// Uses noted by lookups, written to the store by the writer each second.
-    uses: Mutex<HashMap<CacheKey, u32>>,
+    uses: Mutex<HashMap<CacheKey, u64>>,
+    stamps: UseStamps,
     limits: Limits,
     entries: AtomicU64,
     bytes: AtomicU64,
@@ -157,10 +171,11 @@ impl Shared {
         Duration::from_millis(now.saturating_sub(created_ms)) > self.limits.max_age
     }
 
-    fn note_use(&self, key: CacheKey, now: u64) {
+    fn note_use(&self, key: CacheKey) {
+        let stamp = self.stamps.next();
         let mut uses = lock(&self.uses);
         if uses.len() < MAX_NOTED_USES || uses.contains_key(&key) {
-            uses.insert(key, secs(now));
+            uses.insert(key, stamp);
         }
     }
 
@@ -184,6 +199,7 @@ impl Cache {
             hot: SizedLru::new(limits.hot_bytes),
             pending: Mutex::default(),
             uses: Mutex::default(),
+            stamps: UseStamps::default(),
             limits,
             entries: AtomicU64::new(entries),
             bytes: AtomicU64::new(bytes),
@@ -207,7 +223,7 @@ impl Cache {
         let now = now_ms();
         match s.age(&entry, now, max_age) {
             Lookup::Fresh => {
-                s.note_use(key, now);
+                s.note_use(key);
                 Some(entry)
             }
             _ => None,
@@ -244,7 +260,7 @@ impl Cache {
         }
         match s.age(&entry, now, max_age) {
             Lookup::Fresh => {
-                s.note_use(key, now);
+                s.note_use(key);
                 let entry = Arc::new(entry);
                 s.hot.insert(&key, entry.clone(), entry.memory_size());
                 Ok((Lookup::Fresh, Some(entry)))
@@ -349,7 +365,7 @@ impl Cache {
                     status: s.status,
                     bytes: s.bytes,
                     created_ms: s.created_ms,
-                    last_used_ms: u64::from(s.last_used_s) * 1000,
+                    last_used_ms: s.last_used,
                 });
             }
         }

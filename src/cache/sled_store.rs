@@ -1,7 +1,7 @@
 //! The answer cache's storage on the data dir's sled database (`Space::Answers`). One
 //! tree holds three kinds of record, so that one atomic batch changes them together:
-//! `e‖key` → the entry's record, `m‖key` → its summary, and `u‖last use (BE)‖key` → its
-//! size, which keeps entries in order of use for eviction without reading them.
+//! `e‖key` → the entry's record, `m‖key` → its summary, and `u‖last use stamp (BE)‖key` →
+//! its size, which keeps entries in order of use for eviction without reading them.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -29,10 +29,10 @@ fn record_key(kind: u8, key: &CacheKey) -> Vec<u8> {
     k
 }
 
-fn use_key(last_used_s: u32, key: &CacheKey) -> Vec<u8> {
-    let mut k = Vec::with_capacity(37);
+fn use_key(last_used: u64, key: &CacheKey) -> Vec<u8> {
+    let mut k = Vec::with_capacity(41);
     k.push(USE);
-    k.extend_from_slice(&last_used_s.to_be_bytes());
+    k.extend_from_slice(&last_used.to_be_bytes());
     k.extend_from_slice(&key.0);
     k
 }
@@ -77,12 +77,12 @@ impl Storage for SledStore {
         let old = self.summary(key)?;
         let mut ops = Vec::with_capacity(4);
         if let Some(o) = &old {
-            ops.push(Op::Remove(use_key(o.last_used_s, key)));
+            ops.push(Op::Remove(use_key(o.last_used, key)));
         }
         ops.push(Op::Put(record_key(ENTRY, key), record.to_vec()));
         ops.push(Op::Put(record_key(SUMMARY, key), summary.encode()));
         ops.push(Op::Put(
-            use_key(summary.last_used_s, key),
+            use_key(summary.last_used, key),
             summary.bytes.to_le_bytes().to_vec(),
         ));
         self.store.apply(Space::Answers, ops)?;
@@ -97,26 +97,26 @@ impl Storage for SledStore {
             Op::Remove(record_key(SUMMARY, key)),
         ];
         if let Some(o) = &old {
-            ops.push(Op::Remove(use_key(o.last_used_s, key)));
+            ops.push(Op::Remove(use_key(o.last_used, key)));
         }
         self.store.apply(Space::Answers, ops)?;
         Ok(old)
     }
 
-    fn touch(&self, uses: &[(CacheKey, u32)]) -> StorageResult<()> {
+    fn touch(&self, uses: &[(CacheKey, u64)]) -> StorageResult<()> {
         let _w = self.writing();
         let mut ops = Vec::new();
-        for (key, last_used_s) in uses {
+        for (key, last_used) in uses {
             let Some(mut s) = self.summary(key)? else {
                 continue;
             };
-            if s.last_used_s >= *last_used_s {
+            if s.last_used >= *last_used {
                 continue;
             }
-            ops.push(Op::Remove(use_key(s.last_used_s, key)));
-            s.last_used_s = *last_used_s;
+            ops.push(Op::Remove(use_key(s.last_used, key)));
+            s.last_used = *last_used;
             ops.push(Op::Put(
-                use_key(s.last_used_s, key),
+                use_key(s.last_used, key),
                 s.bytes.to_le_bytes().to_vec(),
             ));
             ops.push(Op::Put(record_key(SUMMARY, key), s.encode()));
@@ -139,12 +139,12 @@ impl Storage for SledStore {
     fn scan_by_use(
         &self,
         newest_first: bool,
-        visit: &mut dyn FnMut(CacheKey, u32, u64) -> bool,
+        visit: &mut dyn FnMut(CacheKey, u64, u64) -> bool,
     ) -> StorageResult<()> {
         let each = |k: &[u8], v: &[u8]| {
             let parsed = (|| {
-                let last = u32::from_be_bytes(k.get(1..5)?.try_into().ok()?);
-                let key = key_of(k.get(5..)?)?;
+                let last = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
+                let key = key_of(k.get(9..)?)?;
                 let bytes = u64::from_le_bytes(v.try_into().ok()?);
                 Some((key, last, bytes))
             })();

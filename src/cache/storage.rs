@@ -16,8 +16,9 @@ pub struct Summary {
     /// Bytes the entry's record takes.
     pub bytes: u64,
     pub created_ms: u64,
-    /// Seconds since the epoch.
-    pub last_used_s: u32,
+    /// When it was last used: a use stamp (`cache::UseStamps`), milliseconds since the
+    /// epoch made unique.
+    pub last_used: u64,
     pub status: u16,
     pub stream: bool,
     pub method: String,
@@ -26,17 +27,17 @@ pub struct Summary {
     pub model: Option<String>,
 }
 
-const SUMMARY_VERSION: u8 = 1;
+const SUMMARY_VERSION: u8 = 2;
 
 impl Summary {
-    /// `version | bytes | created_ms | last_used_s | status | stream | method | path | model`,
+    /// `version | bytes | created_ms | last_used | status | stream | method | path | model`,
     /// integers little-endian, strings length-prefixed (u16), an absent model as 0xFFFF.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(32 + self.method.len() + self.path.len());
         out.push(SUMMARY_VERSION);
         out.extend_from_slice(&self.bytes.to_le_bytes());
         out.extend_from_slice(&self.created_ms.to_le_bytes());
-        out.extend_from_slice(&self.last_used_s.to_le_bytes());
+        out.extend_from_slice(&self.last_used.to_le_bytes());
         out.extend_from_slice(&self.status.to_le_bytes());
         out.push(u8::from(self.stream));
         for text in [Some(&self.method), Some(&self.path), self.model.as_ref()] {
@@ -60,7 +61,7 @@ impl Summary {
         }
         let bytes = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
         let created_ms = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
-        let last_used_s = u32::from_le_bytes(r.take(4)?.try_into().ok()?);
+        let last_used = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
         let status = u16::from_le_bytes(r.take(2)?.try_into().ok()?);
         let stream = r.take(1)?[0] != 0;
         let method = r.text()??;
@@ -69,7 +70,7 @@ impl Summary {
         Some(Summary {
             bytes,
             created_ms,
-            last_used_s,
+            last_used,
             status,
             stream,
             method,
@@ -122,8 +123,8 @@ pub trait Storage: Send + Sync {
     /// Removes the entry under `key`, returning its summary if there was one.
     fn remove(&self, key: &CacheKey) -> StorageResult<Option<Summary>>;
 
-    /// Notes that each key was last used at the given second.
-    fn touch(&self, uses: &[(CacheKey, u32)]) -> StorageResult<()>;
+    /// Notes that each key was last used at the given stamp (later stamps only).
+    fn touch(&self, uses: &[(CacheKey, u64)]) -> StorageResult<()>;
 
     /// Visits every entry's summary, in no particular order, until `visit` returns false.
     fn scan(&self, visit: &mut dyn FnMut(CacheKey, &Summary) -> bool) -> StorageResult<()>;
@@ -133,7 +134,7 @@ pub trait Storage: Send + Sync {
     fn scan_by_use(
         &self,
         newest_first: bool,
-        visit: &mut dyn FnMut(CacheKey, u32, u64) -> bool,
+        visit: &mut dyn FnMut(CacheKey, u64, u64) -> bool,
     ) -> StorageResult<()>;
 
     /// Makes everything stored so far durable.
@@ -155,7 +156,7 @@ mod tests {
         let s = Summary {
             bytes: 1234,
             created_ms: 1_700_000_000_123,
-            last_used_s: 1_700_000_001,
+            last_used: 1_700_000_001_000,
             status: 200,
             stream: true,
             method: "POST".into(),

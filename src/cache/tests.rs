@@ -117,7 +117,7 @@ fn list_gives_the_most_recently_used_first_up_to_the_limit() {
         c.put(key(i), fresh()).unwrap();
     }
     // Used a second later than they were stored: key(1) and key(3) come first.
-    let later = secs(now_ms()) + 1;
+    let later = now_ms() + 1_000;
     t.raw
         .touch(&[(key(1), later), (key(3), later + 1)])
         .unwrap();
@@ -138,7 +138,7 @@ fn damaged_entry_is_dropped_not_served() {
     let last = raw.len() - 1;
     raw[last] ^= 1;
     t.raw
-        .put(&key(1), &raw, &e.summary(raw.len(), secs(now_ms())))
+        .put(&key(1), &raw, &e.summary(raw.len(), now_ms()))
         .unwrap();
     assert_eq!(lookup(c, key(1)), Lookup::Corrupt);
     c.flush().unwrap();
@@ -185,7 +185,7 @@ fn eviction_keeps_under_limit_and_drops_least_recent() {
         assert!(c.stats().bytes <= per * 10, "over the limit after put {i}");
         if i == 5 {
             // Used later than everything stored so far: it outlives its neighbours.
-            t.raw.touch(&[(key(0), secs(now_ms()) + 60)]).unwrap();
+            t.raw.touch(&[(key(0), now_ms() + 60_000)]).unwrap();
         }
     }
     assert!(c.stats().evictions >= 20);
@@ -267,7 +267,7 @@ fn a_reopened_cache_finds_its_entries_and_the_noted_uses() {
     for i in 0..3 {
         t.cache.put(key(i), fresh()).unwrap();
     }
-    t.cache.shared.note_use(key(0), now_ms() + 5_000);
+    t.cache.shared.note_use(key(0));
     let t = t.restart(1 << 30);
     let c = &t.cache;
     assert_eq!(c.stats().entries, 3);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::cache::entry::Entry;
 use crate::cache::key::CacheKey;
 use crate::cache::storage::{StorageResult, Summary};
-use crate::cache::{lock, now_ms, secs, Purge, Shared};
+use crate::cache::{lock, now_ms, Purge, Shared};
 
 /// How often noted uses are written.
 const TICK: Duration = Duration::from_secs(1);
@@ -111,7 +111,7 @@ impl Writer {
     fn put(&self, key: CacheKey, entry: &Arc<Entry>) -> StorageResult<()> {
         let s = &self.shared;
         let record = entry.encode();
-        let summary = entry.summary(record.len(), secs(now_ms()));
+        let summary = entry.summary(record.len(), s.stamps.next());
         let stored = s.storage.put(&key, &record, &summary);
         // Stored or not, it no longer waits: on failure the answer goes unstored.
         {
@@ -172,7 +172,7 @@ impl Writer {
         if uses.is_empty() {
             return Ok(());
         }
-        let mut uses: Vec<(CacheKey, u32)> = uses.into_iter().collect();
+        let mut uses: Vec<(CacheKey, u64)> = uses.into_iter().collect();
         uses.sort_unstable();
         for chunk in uses.chunks(4096) {
             self.shared.storage.touch(chunk)?;

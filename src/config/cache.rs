@@ -7,6 +7,9 @@ use serde::Deserialize;
 
 use super::{err, positive, ConfigError};
 
+/// `cache.max_entry` unless set: far above any chat answer, small beside the machine.
+pub const DEFAULT_MAX_ENTRY: u64 = 4 << 20;
+
 /// Who shares cache entries (`cache.scope`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -35,6 +38,7 @@ pub(super) struct RawCache {
     models_ttl: Option<Duration>,
     replay_pace: Option<ReplayPace>,
     memory: Option<ByteSize>,
+    max_entry: Option<ByteSize>,
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +50,8 @@ pub struct CacheConfig {
     pub models_ttl: Duration,
     pub replay_pace: ReplayPace,
     pub memory: u64,
+    /// The largest answer recorded (and so stored); larger ones pass through unrecorded.
+    pub max_entry: u64,
 }
 
 pub(super) fn validate(c: RawCache) -> Result<CacheConfig, ConfigError> {
@@ -57,6 +63,7 @@ pub(super) fn validate(c: RawCache) -> Result<CacheConfig, ConfigError> {
         models_ttl: positive("cache.models_ttl", c.models_ttl, 300)?,
         replay_pace: c.replay_pace.unwrap_or(ReplayPace::Instant),
         memory: c.memory.map(|b| b.as_u64()).unwrap_or(8 << 20),
+        max_entry: c.max_entry.map(|b| b.as_u64()).unwrap_or(DEFAULT_MAX_ENTRY),
     };
     for field in &cache.ignore_fields {
         if matches!(field.as_str(), "model" | "messages" | "stream") {
@@ -64,6 +71,9 @@ pub(super) fn validate(c: RawCache) -> Result<CacheConfig, ConfigError> {
                 "cache.ignore_fields: {field:?} decides the answer and cannot be ignored"
             )));
         }
+    }
+    if cache.max_entry == 0 {
+        return Err(err("cache.max_entry must be more than 0"));
     }
     Ok(cache)
 }

@@ -1,29 +1,29 @@
-//! Handling of one client request: attribution, body checks, cache policy and lookup,
-//! single-flight, and the answer with its `x-chatcache` outcome.
+//! Handling of one API request: the request read into an `Exchange`, answered as a hit
+//! (`hit`) or a miss (`miss`, which drives upstream exchanges through `drive`), and the
+//! outcome written into the `x-chatcache` header and the metrics, in one place.
 
+pub mod drive;
 pub mod exchange;
 pub mod headers;
+pub mod hit;
+pub mod miss;
 pub mod policy;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::app::App;
-use crate::attribution::{self, Attribution};
-use crate::body::{full, Body};
-use crate::cache::entry::Entry;
-use crate::cache::flight::{End, Flight, Head, Leader, Role};
-use crate::cache::key::{cache_key, CacheKey};
-use crate::cache::{now_ms, Lookup};
+use crate::attribution;
+use crate::body::Body;
+use crate::cache::key::cache_key;
 use crate::error::ApiError;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::policy::{Endpoint, Policy};
 use crate::spend::{BudgetState, Outcome};
-use crate::stream::replay::replay_body;
 
 pub const OUTCOME_HEADER: HeaderName = HeaderName::from_static("x-chatcache");
 pub const BUDGET_HEADER: HeaderName = HeaderName::from_static("x-chatcache-budget-remaining");
@@ -38,8 +38,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let uri = req.uri().clone();
     let path = uri.path();
     let endpoint = Endpoint::of(&method, attribution::forwarded_path(path));
-    // One span per request at debug level (an info span costs a tenth of a hit's CPU);
-    // upstream exchanges get an info span of their own in `lead`.
+    // One span per request at debug level: an info span costs a noticeable share of a
+    // hit's CPU.
     let span = tracing::debug_span!(
         "request",
         %method,
@@ -47,23 +47,22 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         status = tracing::field::Empty,
         cache = tracing::field::Empty
     );
-    let mut resp = match proxy(&app, req, endpoint, started)
+    let (mut resp, outcome) = match answer(&app, req, endpoint, started)
         .instrument(span.clone())
         .await
     {
-        Ok(r) => r,
+        Ok((mut resp, outcome)) => {
+            resp.headers_mut()
+                .insert(OUTCOME_HEADER, HeaderValue::from_static(outcome.as_str()));
+            (resp, outcome.as_str())
+        }
         Err(e) => {
             if let ApiError::Internal(detail) = &e {
                 span.in_scope(|| tracing::error!(%method, %path, %detail, "internal error"));
             }
-            e.into_response()
+            (e.into_response(), "local")
         }
     };
-    let outcome = resp
-        .headers()
-        .get(OUTCOME_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("local");
     app.metrics
         .request(endpoint.as_str(), outcome, resp.status().as_u16());
     span.record("status", resp.status().as_u16());
@@ -89,12 +88,35 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     resp
 }
 
-async fn proxy(
+/// Reads the request, then answers it from the cache or upstream.
+async fn answer(
     app: &Arc<App>,
     req: Request<Incoming>,
     endpoint: Endpoint,
     started: Instant,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<(Response<Body>, Outcome), ApiError> {
+    let ex = read(app, req, endpoint, started).await?;
+    let project = ex.attr.project.clone();
+    let (resp, outcome) = if let Some(entry) = hit::lookup(app, &ex, max_age(app, &ex)).await {
+        hit::serve(app, &ex, entry).await
+    } else if ex.policy.offline {
+        return Err(ApiError::CacheMiss);
+    } else {
+        // Boxed: a hit's future stays small (it is moved several times per request) and
+        // does not carry the state of the upstream path it never takes.
+        Box::pin(miss::fetch(app, ex)).await?
+    };
+    Ok((with_budget(app, &project, resp), outcome))
+}
+
+/// The request as the proxy works with it: attributed, its body read and checked, its
+/// policy and cache key settled.
+async fn read(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    endpoint: Endpoint,
+    started: Instant,
+) -> Result<Exchange, ApiError> {
     let (parts, body) = req.into_parts();
     let attr = attribution::resolve(app, parts.uri.path(), &parts.headers)?;
     let path = attribution::forwarded_path(parts.uri.path());
@@ -117,8 +139,8 @@ async fn proxy(
             Some(j) => j.key(parts.method.as_str(), &path_q, &partition),
             None => cache_key(parts.method.as_str(), &path_q, &partition, &[]),
         });
-    let ex = Exchange {
-        method: parts.method.clone(),
+    Ok(Exchange {
+        method: parts.method,
         path_q,
         endpoint,
         json,
@@ -128,232 +150,31 @@ async fn proxy(
         policy,
         attr,
         started,
-    };
+    })
+}
 
-    let max_age = match endpoint {
-        Endpoint::Models => Some(policy.max_age.map_or(app.config.cache.models_ttl, |m| {
-            m.min(app.config.cache.models_ttl)
-        })),
-        _ => policy.max_age,
-    };
-    if let (Some(key), true) = (ex.key, policy.lookup) {
-        if may_hit(app, &ex.attr).await {
-            if let Some(entry) = lookup(app, key, max_age).await {
-                return Ok(with_budget(
-                    app,
-                    &ex.attr.project,
-                    serve_hit(app, &ex, entry).await,
-                ));
-            }
+/// The oldest answer the request accepts (`/models` answers are kept shorter).
+fn max_age(app: &App, ex: &Exchange) -> Option<Duration> {
+    let requested = ex.policy.max_age;
+    match ex.endpoint {
+        Endpoint::Models => {
+            let ttl = app.config.cache.models_ttl;
+            Some(requested.map_or(ttl, |m| m.min(ttl)))
         }
-    }
-    if policy.offline {
-        return Err(ApiError::CacheMiss);
-    }
-    Box::pin(upstream(app, ex)).await
-}
-
-/// Answers a request the cache did not: checks budget and ledger, then fetches.
-async fn upstream(app: &Arc<App>, ex: Exchange) -> Result<Response<Body>, ApiError> {
-    let (endpoint, policy) = (ex.endpoint, ex.policy);
-    if endpoint.billable() {
-        if let BudgetState::Exhausted { budget, spent } = app.spend.budget(&ex.attr.project) {
-            return Err(ApiError::BudgetExceeded {
-                project: ex.attr.project.to_string(),
-                budget,
-                spent,
-            });
-        }
-        if !app.spend.writable().await {
-            return Err(ApiError::LedgerUnavailable);
-        }
-    }
-    let ex = Arc::new(ex.for_upstream());
-    let resp = match ex.key {
-        Some(key) if policy.lookup => coalesce(app, &ex, key).await?,
-        Some(_) if policy.store => lead(app, &ex, Leader::solo()).await?,
-        _ if endpoint.billable() || endpoint == Endpoint::Models => {
-            lead(app, &ex, Leader::solo()).await?
-        }
-        _ => exchange::pass(app, &ex).await?,
-    };
-    Ok(with_budget(app, &ex.attr.project, resp))
-}
-
-/// Under `cache.scope = "shared"`, only credentials upstream has accepted before get hits.
-async fn may_hit(app: &Arc<App>, attr: &Attribution) -> bool {
-    if app.config.cache.scope != crate::config::Scope::Shared {
-        return true;
-    }
-    let Some(fp) = attr.fingerprint.clone() else {
-        return false;
-    };
-    let store = app.store.clone();
-    matches!(
-        tokio::task::spawn_blocking(move || attribution::was_accepted(&store, &fp)).await,
-        Ok(Ok(true))
-    )
-}
-
-async fn lookup(app: &Arc<App>, key: CacheKey, max_age: Option<Duration>) -> Option<Arc<Entry>> {
-    if let Some(entry) = app.cache.get_now(key, max_age) {
-        return Some(entry);
-    }
-    let cache = app.cache.clone();
-    match tokio::task::spawn_blocking(move || cache.get(key, max_age)).await {
-        Ok(Ok((Lookup::Fresh, entry))) => entry,
-        Ok(Ok(_)) => None,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "cache lookup failed; going upstream");
-            None
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cache lookup task failed");
-            None
-        }
+        _ => requested,
     }
 }
 
-async fn serve_hit(app: &Arc<App>, ex: &Exchange, entry: Arc<Entry>) -> Response<Body> {
-    if ex.endpoint.billable() {
-        let acc = exchange::Accounting::saved_from_entry(&entry.meta);
-        app.account(
-            ex.ledger_line(Outcome::Hit, entry.meta.status, acc),
-            ex.prompt(),
-        )
-        .await;
-    }
-    let age = now_ms().saturating_sub(entry.meta.created_ms) / 1000;
-    let body = if entry.meta.stream {
-        replay_body(entry.chunks(), app.config.cache.replay_pace)
-    } else {
-        full(entry.body.clone())
-    };
-    let status = http::StatusCode::from_u16(entry.meta.status).unwrap_or(http::StatusCode::OK);
-    let mut resp = respond(status, entry.replay_headers(), body, "hit");
-    // One allocation where `HeaderValue::from(u64)` makes two; digits are always valid.
-    if let Ok(age) = HeaderValue::from_str(itoa::Buffer::new().format(age)) {
-        resp.headers_mut().insert(header::AGE, age);
-    }
-    resp
-}
-
-/// Joins an identical request in flight, or leads one.
-async fn coalesce(
-    app: &Arc<App>,
-    ex: &Arc<Exchange>,
-    key: CacheKey,
-) -> Result<Response<Body>, ApiError> {
-    // A follower whose leader gave up before answering tries again; after a few rounds
-    // it fetches on its own rather than wait behind a run of failures.
-    for _ in 0..3 {
-        match app.flights.join(key) {
-            Role::Leader(leader) => return lead(app, ex, leader).await,
-            Role::Follower(flight) => {
-                if let Some(resp) = follow(app, ex, flight).await {
-                    return Ok(resp);
-                }
-            }
-        }
-    }
-    lead(app, ex, Leader::solo()).await
-}
-
-/// Reads somebody else's answer; None if that answer was given up before it started.
-async fn follow(app: &Arc<App>, ex: &Arc<Exchange>, flight: Arc<Flight>) -> Option<Response<Body>> {
-    let head = flight.head().await.ok()?;
-    let body = if head.stream {
-        let (app, ex, f) = (app.clone(), ex.clone(), flight.clone());
-        tokio::spawn(async move {
-            if f.whole().await.is_ok() {
-                record_coalesced(&app, &ex, &f, head_status(&f).await).await;
-            }
-        });
-        flight.stream_body()
-    } else {
-        let bytes = flight.whole().await.ok()?;
-        record_coalesced(app, ex, &flight, head.status.as_u16()).await;
-        full(bytes)
-    };
-    Some(respond(head.status, &head.headers, body, "coalesced"))
-}
-
-async fn head_status(f: &Flight) -> u16 {
-    f.head().await.map(|h| h.status.as_u16()).unwrap_or(200)
-}
-
-async fn record_coalesced(app: &App, ex: &Exchange, flight: &Flight, status: u16) {
-    if ex.endpoint.billable() {
-        let acc = exchange::Accounting::saved(flight.cost());
-        app.account(ex.ledger_line(Outcome::Coalesced, status, acc), ex.prompt())
-            .await;
-    }
-}
-
-/// Fetches from upstream in a task of its own (which goes on if this client leaves, so the
-/// answer is still recorded and accounted for), and answers from its recording.
-async fn lead(
-    app: &Arc<App>,
-    ex: &Arc<Exchange>,
-    leader: Leader,
-) -> Result<Response<Body>, ApiError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    // At debug level, like the request's span: an info span costs about 7k instructions
-    // an exchange (creating it, formatting its fields, entering it on every poll). The
-    // exchange's own warnings make their context when they are written.
-    let span = tracing::debug_span!("exchange", method = %ex.method, path = %ex.path_q);
-    app.exchanges
-        .spawn(exchange::drive(app.clone(), ex.clone(), leader, tx).instrument(span));
-    let outcome = ex.policy.upstream_outcome().as_str();
-    match rx.await {
-        Ok(exchange::First::Answer(flight, head)) => answer_from(flight, head, outcome).await,
-        Ok(exchange::First::Direct(mut resp)) => {
-            resp.headers_mut()
-                .insert(OUTCOME_HEADER, HeaderValue::from_static(outcome));
-            Ok(resp)
-        }
-        Ok(exchange::First::Failed(e)) => Err(e),
-        Err(_) => Err(ApiError::Internal(
-            "the upstream exchange ended without answering".into(),
-        )),
-    }
-}
-
-async fn answer_from(
-    flight: Arc<Flight>,
-    head: Head,
-    outcome: &'static str,
-) -> Result<Response<Body>, ApiError> {
-    if head.stream {
-        return Ok(respond(
-            head.status,
-            &head.headers,
-            flight.stream_body(),
-            outcome,
-        ));
-    }
-    match flight.whole().await {
-        Ok(bytes) => Ok(respond(head.status, &head.headers, full(bytes), outcome)),
-        Err(End::Failed(e)) => Err(e),
-        Err(_) => Err(ApiError::UpstreamBroken("the answer was abandoned".into())),
-    }
-}
-
-pub fn respond(
-    status: http::StatusCode,
-    headers: &HeaderMap,
-    body: Body,
-    outcome: &'static str,
-) -> Response<Body> {
+/// A response with the given head; the outcome header is added by `handle`.
+pub fn respond(status: http::StatusCode, headers: &HeaderMap, body: Body) -> Response<Body> {
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
-    // Room for the headers added here and by the callers (age, budget), so none regrows.
+    // Room for the headers added by the callers (outcome, age, budget), so none regrows.
     let out = resp.headers_mut();
     out.reserve(headers.len() + 3);
     for (k, v) in headers {
         out.append(k, v.clone());
     }
-    out.insert(OUTCOME_HEADER, HeaderValue::from_static(outcome));
     resp
 }
 

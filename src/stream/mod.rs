@@ -1,5 +1,6 @@
 //! Streamed (SSE) answers: parsing, tee to clients while recording, and replay.
 
+pub mod cost_scan;
 pub mod frame;
 pub mod replay;
 pub mod sse;

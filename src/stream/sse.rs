@@ -23,8 +23,14 @@ pub struct Event {
 }
 
 /// Incremental SSE parser; feed it body bytes with [`SseParser::push`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SseParser {
+    /// Most bytes of one event kept (a line being read and the data so far); a larger
+    /// event is stepped over whole.
+    limit: usize,
+    /// The line being read, or the event being built, went past `limit`.
+    line_too_long: bool,
+    event_too_long: bool,
     /// Bytes of the current line whose line end has not arrived yet.
     line: Vec<u8>,
     /// The previous chunk ended with a CR, so an LF starting the next chunk belongs to it.
@@ -39,9 +45,30 @@ pub struct SseParser {
     id: String,
 }
 
+impl Default for SseParser {
+    fn default() -> Self {
+        SseParser::with_limit(usize::MAX)
+    }
+}
+
 impl SseParser {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A parser that steps over events larger than `limit` bytes.
+    pub fn with_limit(limit: usize) -> Self {
+        SseParser {
+            limit,
+            line_too_long: false,
+            event_too_long: false,
+            line: Vec::new(),
+            after_cr: false,
+            started: false,
+            event: String::new(),
+            data: String::new(),
+            id: String::new(),
+        }
     }
 
     /// Feeds the next piece of the body; pushes every event completed by it onto `out`.
@@ -54,7 +81,10 @@ impl SseParser {
             }
         }
         while let Some(end) = memchr::memchr2(b'\n', b'\r', rest) {
-            if self.line.is_empty() {
+            if std::mem::take(&mut self.line_too_long) {
+                self.line.clear();
+                self.event_too_long = true;
+            } else if self.line.is_empty() {
                 self.process_line(&rest[..end], out);
             } else {
                 self.line.extend_from_slice(&rest[..end]);
@@ -74,7 +104,13 @@ impl SseParser {
                 }
             }
         }
-        self.line.extend_from_slice(rest);
+        if self.line.len() + rest.len() > self.limit {
+            self.line_too_long = true;
+            self.line.clear();
+        }
+        if !self.line_too_long {
+            self.line.extend_from_slice(rest);
+        }
     }
 
     /// The body ended: returns the event left without its terminating blank line, if it has data
@@ -84,13 +120,15 @@ impl SseParser {
     pub fn finish(&mut self) -> Option<Event> {
         let line = std::mem::take(&mut self.line);
         let mut ignored = Vec::new();
-        if !line.is_empty() {
+        if std::mem::take(&mut self.line_too_long) {
+            self.event_too_long = true;
+        } else if !line.is_empty() {
             // Only an empty line dispatches; a line that is just the BOM can only be the first
             // line, before any data. So `ignored` stays empty.
             self.process_line(&line, &mut ignored);
         }
         let event = self.take_event();
-        *self = Self::default();
+        *self = Self::with_limit(self.limit);
         event
     }
 
@@ -113,7 +151,11 @@ impl SseParser {
         };
         // `:` and ` ` are ASCII, so decoding the value alone equals decoding the whole line.
         match name {
-            b"data" => {
+            b"data" if self.data.len() + value.len() >= self.limit => {
+                self.event_too_long = true;
+                self.data.clear();
+            }
+            b"data" if !self.event_too_long => {
                 push_lossy(&mut self.data, value);
                 self.data.push('\n');
             }
@@ -134,7 +176,7 @@ impl SseParser {
     fn take_event(&mut self) -> Option<Event> {
         let event = std::mem::take(&mut self.event);
         let mut data = std::mem::take(&mut self.data);
-        if data.is_empty() {
+        if std::mem::take(&mut self.event_too_long) || data.is_empty() {
             return None;
         }
         data.pop(); // the `\n` after the last data line
@@ -510,5 +552,30 @@ mod tests {
             .map(|d| read_frame(None, d).frame)
             .collect();
         assert_eq!(frames, vec![Frame::Chunk, Frame::Cost, Frame::Done]);
+    }
+
+    #[test]
+    fn events_over_the_limit_are_stepped_over_and_the_next_one_is_read() {
+        let big = format!("data: {}\n\n", "x".repeat(500));
+        let many_lines = format!("{}\n", "data: yyyyyyyyyy\n".repeat(20));
+        let text = format!("{big}{many_lines}data: {{\"total_tokens_cost\":1}}\n\n");
+        for piece in [1, 7, 64, text.len()] {
+            let mut p = SseParser::with_limit(100);
+            let mut out = Vec::new();
+            for chunk in text.as_bytes().chunks(piece) {
+                p.push(chunk, &mut out);
+            }
+            assert!(p.finish().is_none());
+            let data: Vec<&str> = out.iter().map(|e| e.data.as_str()).collect();
+            assert_eq!(data, ["{\"total_tokens_cost\":1}"], "pieces of {piece}");
+            assert!(p.line.capacity() <= 200, "held {} bytes", p.line.capacity());
+        }
+        let mut p = SseParser::with_limit(100);
+        let mut out = Vec::new();
+        p.push(format!("data: {}", "z".repeat(300)).as_bytes(), &mut out);
+        assert!(
+            p.finish().is_none(),
+            "a last event over the limit is stepped over too"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The tee: reads an upstream answer piece by piece into the shared recording that every
 //! client reads from (so each piece goes out the moment it arrives), noting when each
-//! piece came and, for SSE, watching for the cost frame, `[DONE]` and the text produced.
+//! piece came and watching for the cost: for SSE the cost frame (with `[DONE]` and the
+//! text produced), for a plain answer its cost fields, read as they pass.
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +9,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::cache::flight::Flight;
+use crate::cost::Usage;
 use crate::error::ApiError;
+use crate::stream::cost_scan::CostScan;
 use crate::stream::frame::{api_frames, read_frame, Frame};
 use crate::stream::sse::{Event, SseParser};
 
@@ -31,26 +34,31 @@ pub struct Tee {
     pub chunk_times: Vec<(u32, u32)>,
     /// The data of the stream's trailing cost frame.
     pub cost_frame: Option<String>,
+    /// The cost fields of a plain answer, read as it passed.
+    pub plain_usage: Option<Usage>,
     /// Characters of assistant text seen in stream chunks (for estimates).
     pub output_chars: usize,
-    pub first_byte_ms: Option<u64>,
 }
 
+/// Reads `body` into `flight`. An SSE event larger than `max_event` is stepped over (cost
+/// frames are small), so reading a stream holds no more than that of it.
 pub async fn tee(
     mut body: Incoming,
     flight: &Flight,
     idle: Duration,
     sse: bool,
     started: Instant,
+    max_event: usize,
 ) -> Tee {
     let mut t = Tee {
         end: TeeEnd::Clean,
         chunk_times: Vec::new(),
         cost_frame: None,
+        plain_usage: None,
         output_chars: 0,
-        first_byte_ms: None,
     };
-    let mut parser = SseParser::new();
+    let mut parser = SseParser::with_limit(max_event);
+    let mut costs = CostScan::default();
     let mut events: Vec<Event> = Vec::new();
     let mut saw_end_marker = false;
     let mut in_band_error = false;
@@ -76,13 +84,17 @@ pub async fn tee(
             continue;
         }
         let ms = started.elapsed().as_millis() as u64;
-        t.first_byte_ms.get_or_insert(ms);
-        t.chunk_times
-            .push((data.len() as u32, ms.min(u64::from(u32::MAX)) as u32));
+        // Timings matter only for an answer that will be stored: one within the bound.
+        if !flight.outgrown() {
+            t.chunk_times
+                .push((data.len() as u32, ms.min(u64::from(u32::MAX)) as u32));
+        }
         // A piece handed over by hyper is a view into its whole read buffer; kept as it is,
         // every recorded piece would pin one such buffer until the answer is dropped.
-        flight.push(bytes::Bytes::copy_from_slice(&data));
-        if sse {
+        flight.push(bytes::Bytes::copy_from_slice(&data)).await;
+        if !sse {
+            costs.push(&data);
+        } else {
             // The readers send the piece on first; what it means is looked into after.
             tokio::task::yield_now().await;
             parser.push(&data, &mut events);
@@ -91,6 +103,7 @@ pub async fn tee(
             }
         }
     }
+    t.plain_usage = costs.usage();
     if sse {
         if let Some(ev) = parser.finish() {
             note_event(&ev, &mut t, &mut saw_end_marker, &mut in_band_error);

@@ -1,0 +1,100 @@
+//! A request answered from the cache: whether its credential may be served, the lookup
+//! (memory first, then the store on a blocking thread), and the replayed answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{header, HeaderValue, Response};
+
+use crate::app::App;
+use crate::attribution::{self, Attribution};
+use crate::body::{full, Body};
+use crate::cache::entry::Entry;
+use crate::cache::key::CacheKey;
+use crate::cache::{now_ms, Lookup};
+use crate::proxy::exchange::{Accounting, Exchange};
+use crate::proxy::respond;
+use crate::spend::Outcome;
+use crate::stream::replay::replay_body;
+
+/// A plain answer larger than this is sent in pieces of this size.
+const PIECE: usize = 64 * 1024;
+
+/// The fresh stored answer to `ex`, if it may be served one.
+pub async fn lookup(
+    app: &Arc<App>,
+    ex: &Exchange,
+    max_age: Option<Duration>,
+) -> Option<Arc<Entry>> {
+    let key = ex.key.filter(|_| ex.policy.lookup)?;
+    if !may_hit(app, &ex.attr).await {
+        return None;
+    }
+    if let Some(entry) = app.cache.get_now(key, max_age) {
+        return Some(entry);
+    }
+    stored(app, key, max_age).await
+}
+
+async fn stored(app: &Arc<App>, key: CacheKey, max_age: Option<Duration>) -> Option<Arc<Entry>> {
+    let cache = app.cache.clone();
+    match tokio::task::spawn_blocking(move || cache.get(key, max_age)).await {
+        Ok(Ok((Lookup::Fresh, entry))) => entry,
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cache lookup failed; going upstream");
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cache lookup task failed");
+            None
+        }
+    }
+}
+
+/// Under `cache.scope = "shared"`, only credentials upstream has accepted before get hits.
+async fn may_hit(app: &Arc<App>, attr: &Attribution) -> bool {
+    if app.config.cache.scope != crate::config::Scope::Shared {
+        return true;
+    }
+    let Some(fp) = attr.fingerprint.clone() else {
+        return false;
+    };
+    let store = app.store.clone();
+    matches!(
+        tokio::task::spawn_blocking(move || attribution::was_accepted(&store, &fp)).await,
+        Ok(Ok(true))
+    )
+}
+
+/// The recorded answer, its ledger line written (cost 0, the recorded cost saved).
+pub async fn serve(app: &Arc<App>, ex: &Exchange, entry: Arc<Entry>) -> (Response<Body>, Outcome) {
+    if ex.endpoint.billable() {
+        let acc = Accounting::saved_from_entry(&entry.meta);
+        app.account(
+            ex.ledger_line(Outcome::Hit, entry.meta.status, acc),
+            ex.prompt(),
+        )
+        .await;
+    }
+    let age = now_ms().saturating_sub(entry.meta.created_ms) / 1000;
+    let body = if entry.meta.stream {
+        replay_body(entry.chunks(), app.config.cache.replay_pace)
+    } else if entry.body.len() <= PIECE {
+        full(entry.body.clone())
+    } else {
+        // Pieces of the stored buffer, not copies of it.
+        let pieces = (0..entry.body.len())
+            .step_by(PIECE)
+            .map(|at| (entry.body.slice(at..(at + PIECE).min(entry.body.len())), 0))
+            .collect();
+        replay_body(pieces, crate::config::ReplayPace::Instant)
+    };
+    let status = http::StatusCode::from_u16(entry.meta.status).unwrap_or(http::StatusCode::OK);
+    let mut resp = respond(status, entry.replay_headers(), body);
+    // One allocation where `HeaderValue::from(u64)` makes two; digits are always valid.
+    if let Ok(age) = HeaderValue::from_str(itoa::Buffer::new().format(age)) {
+        resp.headers_mut().insert(header::AGE, age);
+    }
+    (resp, Outcome::Hit)
+}

@@ -1,0 +1,164 @@
+//! A request the cache did not answer: admission (budget, ledger), then single-flight —
+//! join an identical request in flight, or lead one — and the answer read from the
+//! flight's recording.
+
+use std::sync::Arc;
+
+use http::Response;
+use tracing::Instrument;
+
+use crate::app::App;
+use crate::body::{full, Body};
+use crate::cache::flight::{End, Flight, Head, Leader, Reader, Role, Whole};
+use crate::cache::key::CacheKey;
+use crate::error::ApiError;
+use crate::proxy::drive::{self, First};
+use crate::proxy::exchange::{Accounting, Exchange};
+use crate::proxy::policy::Endpoint;
+use crate::proxy::respond;
+use crate::spend::{BudgetState, Outcome};
+
+/// Answers `ex` from upstream, or from an identical request's answer in flight.
+pub async fn fetch(app: &Arc<App>, ex: Exchange) -> Result<(Response<Body>, Outcome), ApiError> {
+    admit(app, &ex).await?;
+    let ex = Arc::new(ex.for_upstream());
+    let (endpoint, policy) = (ex.endpoint, ex.policy);
+    match ex.key {
+        Some(key) if policy.lookup => coalesce(app, &ex, key).await,
+        Some(_) if policy.store => lead(app, &ex, app.flights.solo()).await,
+        _ if endpoint.billable() || endpoint == Endpoint::Models => {
+            lead(app, &ex, app.flights.solo()).await
+        }
+        _ => Ok((drive::pass(app, &ex).await?, Outcome::Bypass)),
+    }
+}
+
+/// Refuses what may not go upstream: a project over its budget, a ledger that cannot
+/// record what it would cost.
+async fn admit(app: &Arc<App>, ex: &Exchange) -> Result<(), ApiError> {
+    if !ex.endpoint.billable() {
+        return Ok(());
+    }
+    if let BudgetState::Exhausted { budget, spent } = app.spend.budget(&ex.attr.project) {
+        return Err(ApiError::BudgetExceeded {
+            project: ex.attr.project.to_string(),
+            budget,
+            spent,
+        });
+    }
+    if !app.spend.writable().await {
+        return Err(ApiError::LedgerUnavailable);
+    }
+    Ok(())
+}
+
+/// Joins an identical request in flight, or leads one.
+async fn coalesce(
+    app: &Arc<App>,
+    ex: &Arc<Exchange>,
+    key: CacheKey,
+) -> Result<(Response<Body>, Outcome), ApiError> {
+    // A follower whose leader gave up before answering tries again; after a few rounds
+    // it fetches on its own rather than wait behind a run of failures. An answer that has
+    // outgrown the recording bound takes no followers: they fetch for themselves.
+    for _ in 0..3 {
+        match app.flights.join(key) {
+            Role::Leader(leader) => return lead(app, ex, leader).await,
+            Role::Follower(flight) => {
+                let Some(reader) = flight.reader() else {
+                    break;
+                };
+                if let Some(resp) = follow(app, ex, reader).await {
+                    return Ok((resp, Outcome::Coalesced));
+                }
+            }
+        }
+    }
+    lead(app, ex, app.flights.solo()).await
+}
+
+/// Reads somebody else's answer; None if that answer was given up before it started.
+async fn follow(app: &Arc<App>, ex: &Arc<Exchange>, mut reader: Reader) -> Option<Response<Body>> {
+    let head = reader.head().await.ok()?;
+    let status = head.status.as_u16();
+    let flight = reader.flight().clone();
+    let body = if head.stream {
+        account_when_complete(app, ex, flight, status);
+        reader.into_body(true)
+    } else {
+        match reader.whole().await {
+            Whole::Complete(bytes) => {
+                account_coalesced(app, ex, &flight, status).await;
+                full(bytes)
+            }
+            Whole::Outgrown => {
+                account_when_complete(app, ex, flight, status);
+                reader.into_body(false)
+            }
+            Whole::Ended(_) => return None,
+        }
+    };
+    Some(respond(head.status, &head.headers, body))
+}
+
+/// Writes a follower's ledger line once the answer it reads has ended cleanly.
+fn account_when_complete(app: &Arc<App>, ex: &Arc<Exchange>, flight: Arc<Flight>, status: u16) {
+    let (app, ex) = (app.clone(), ex.clone());
+    tokio::spawn(async move {
+        if matches!(flight.end().await, End::Complete) {
+            account_coalesced(&app, &ex, &flight, status).await;
+        }
+    });
+}
+
+async fn account_coalesced(app: &App, ex: &Exchange, flight: &Flight, status: u16) {
+    if ex.endpoint.billable() {
+        let acc = Accounting::saved(flight.cost());
+        app.account(ex.ledger_line(Outcome::Coalesced, status, acc), ex.prompt())
+            .await;
+    }
+}
+
+/// Fetches from upstream in a task of its own (which goes on if this client leaves, so the
+/// answer is still recorded and accounted for), and answers from its recording.
+async fn lead(
+    app: &Arc<App>,
+    ex: &Arc<Exchange>,
+    leader: Leader,
+) -> Result<(Response<Body>, Outcome), ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // At debug level, like the request's span: an info span costs several thousand
+    // instructions an exchange. The exchange's own warnings make their context when
+    // they are written.
+    let span = tracing::debug_span!("exchange", method = %ex.method, path = %ex.path_q);
+    app.exchanges
+        .spawn(drive::drive(app.clone(), ex.clone(), leader, tx).instrument(span));
+    let outcome = ex.policy.upstream_outcome();
+    match rx.await {
+        Ok(First::Answer(reader, head)) => Ok((answer_from(reader, head).await?, outcome)),
+        Ok(First::Direct(resp)) => Ok((resp, outcome)),
+        Ok(First::Failed(e)) => Err(e),
+        Err(_) => Err(ApiError::Internal(
+            "the upstream exchange ended without answering".into(),
+        )),
+    }
+}
+
+/// A stream is sent as it arrives. A plain answer is sent once whole (so that one that
+/// breaks gets an error status, not a short body), unless it outgrows the recording
+/// bound: then it is sent as it arrives too.
+async fn answer_from(mut reader: Reader, head: Head) -> Result<Response<Body>, ApiError> {
+    let body = if head.stream {
+        reader.into_body(true)
+    } else {
+        match reader.whole().await {
+            Whole::Complete(bytes) => full(bytes),
+            Whole::Outgrown => reader.into_body(false),
+            Whole::Ended(End::Failed(e)) => return Err(e),
+            Whole::Ended(_) => {
+                return Err(ApiError::UpstreamBroken("the answer was abandoned".into()))
+            }
+        }
+    };
+    Ok(respond(head.status, &head.headers, body))
+}
