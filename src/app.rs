@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::recent::Recent;
 use crate::request::json::ParseMemo;
 use crate::secret::Fingerprinter;
-use crate::spend::{LedgerLine, Spend, SpendError};
+use crate::spend::{LedgerLine, Reservation, Spend, SpendError};
 use crate::store::{Store, StoreError};
 use crate::upstream::Upstream;
 
@@ -110,14 +110,16 @@ impl App {
     }
 
     /// Accounts for an answer upstream served: resolves once its ledger line is on disk.
+    /// Its cost takes the place of what the request had reserved of its budget.
     pub async fn account_durably(
         &self,
         line: LedgerLine,
         prompt: Option<&str>,
+        reservation: Option<Reservation>,
     ) -> Result<(), SpendError> {
         let line = Arc::new(line);
         self.note(&line, prompt);
-        self.spend.record(line).await
+        self.spend.record_reserved(line, reservation).await
     }
 
     fn note(&self, line: &Arc<LedgerLine>, prompt: Option<&str>) {

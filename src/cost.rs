@@ -233,6 +233,20 @@ pub fn estimate(
     (usage, CostSource::Estimated)
 }
 
+/// The most a request can cost: its prompt at one token a character (no tokenizer makes
+/// fewer characters of a token) and all of its `max_tokens`, at `/models` prices. `None`
+/// when either is unknown.
+pub fn worst_case(
+    prices: Option<&Prices>,
+    model: &str,
+    input_chars: usize,
+    max_tokens: Option<u64>,
+) -> Option<f64> {
+    let (in_price, out_price) = prices.and_then(|p| p.get(model))?;
+    let max_tokens = max_tokens?;
+    Some((input_chars as f64 * in_price + max_tokens as f64 * out_price) / 1000.0)
+}
+
 fn round12(v: f64) -> f64 {
     (v * 1e12).round() / 1e12
 }

@@ -22,6 +22,12 @@ pub enum ApiError {
         budget: f64,
         spent: f64,
     },
+    #[error("project {project:?} has {remaining:.6} of its budget left (with requests in flight counted at their worst case), and this request may cost up to {worst_case:.6}; set max_tokens to bound it")]
+    BudgetTooSmall {
+        project: String,
+        remaining: f64,
+        worst_case: f64,
+    },
     #[error("request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("no such admin endpoint")]
@@ -49,7 +55,9 @@ impl ApiError {
         match self {
             ApiError::InvalidJson(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::BudgetExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
+            ApiError::BudgetExceeded { .. } | ApiError::BudgetTooSmall { .. } => {
+                StatusCode::PAYMENT_REQUIRED
+            }
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
@@ -67,7 +75,7 @@ impl ApiError {
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized(_) => "invalid_token",
-            ApiError::BudgetExceeded { .. } => "budget_exceeded",
+            ApiError::BudgetExceeded { .. } | ApiError::BudgetTooSmall { .. } => "budget_exceeded",
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::NotFound => "not_found",
             ApiError::Forbidden => "forbidden",

@@ -7,7 +7,7 @@ mod projects;
 mod upstream;
 
 pub use cache::{CacheConfig, ReplayPace, Scope};
-pub use projects::{check_project_name, BudgetPeriod, ProjectConfig};
+pub use projects::{check_project_name, BudgetPeriod, ProjectConfig, DEFAULT_MAX_REQUEST_COST};
 pub use upstream::UpstreamConfig;
 
 use cache::RawCache;

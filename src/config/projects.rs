@@ -20,6 +20,7 @@ pub enum BudgetPeriod {
 pub(super) struct RawProject {
     budget: Option<f64>,
     budget_period: Option<BudgetPeriod>,
+    max_request_cost: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -33,7 +34,13 @@ pub(super) struct RawToken {
 pub struct ProjectConfig {
     pub budget: Option<f64>,
     pub budget_period: BudgetPeriod,
+    /// What a request of this project is taken to cost at most when its own worst case
+    /// cannot be worked out (no `max_tokens`, or no price for its model).
+    pub max_request_cost: f64,
 }
+
+/// `max_request_cost` unless set.
+pub const DEFAULT_MAX_REQUEST_COST: f64 = 0.25;
 
 /// Projects and tokens in one map each.
 pub(super) type Projects = (BTreeMap<String, ProjectConfig>, BTreeMap<String, Arc<str>>);
@@ -46,9 +53,14 @@ pub(super) fn validate(
     let mut projects = BTreeMap::new();
     for (name, p) in raw_projects {
         check_project_name(&name)?;
-        if let Some(b) = p.budget {
-            if !(b.is_finite() && b >= 0.0) {
-                return Err(err(format!("projects.{name}.budget must be a number >= 0")));
+        for (field, v) in [
+            ("budget", p.budget),
+            ("max_request_cost", p.max_request_cost),
+        ] {
+            if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+                return Err(err(format!(
+                    "projects.{name}.{field} must be a number >= 0"
+                )));
             }
         }
         projects.insert(
@@ -56,6 +68,7 @@ pub(super) fn validate(
             ProjectConfig {
                 budget: p.budget,
                 budget_period: p.budget_period.unwrap_or(BudgetPeriod::Month),
+                max_request_cost: p.max_request_cost.unwrap_or(DEFAULT_MAX_REQUEST_COST),
             },
         );
     }

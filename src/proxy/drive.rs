@@ -19,6 +19,7 @@ use crate::cost::{estimate, CostSource, Prices, Usage};
 use crate::error::ApiError;
 use crate::proxy::exchange::{response_headers, Accounting, Exchange};
 use crate::proxy::policy::Endpoint;
+use crate::spend::Reservation;
 use crate::stream::tee::{tee, Tee, TeeEnd};
 
 /// What the exchange tells the client that caused it, once it knows.
@@ -44,10 +45,14 @@ pub async fn pass(app: &Arc<App>, ex: &Exchange) -> Result<Response<Body>, ApiEr
 
 /// Runs one exchange to its end. `first` hears how it started; the leader's flight hears
 /// everything else. Dropping `leader` unfinished (any early return) releases followers.
+///
+/// `reservation` is what the request holds of its project's budget: it gives way to the
+/// real cost when the line is recorded, and is released on any other way out.
 pub async fn drive(
     app: Arc<App>,
     ex: Arc<Exchange>,
     leader: Leader,
+    reservation: Option<Reservation>,
     first: oneshot::Sender<First>,
 ) {
     let req = match ex.upstream_request(&app) {
@@ -157,7 +162,7 @@ pub async fn drive(
     // before the flight ends, so the next identical request finds one or the other.
     if ex.endpoint.billable() {
         let line = ex.ledger_line(ex.policy.upstream_outcome(), head.status.as_u16(), acc);
-        if let Err(e) = app.account_durably(line, ex.prompt()).await {
+        if let Err(e) = app.account_durably(line, ex.prompt(), reservation).await {
             tracing::error!(parent: &ex.span(), error = %e, "could not make the ledger line durable");
         }
     }

@@ -16,7 +16,7 @@ use crate::proxy::drive::{self, First};
 use crate::proxy::exchange::{Accounting, Exchange};
 use crate::proxy::policy::Endpoint;
 use crate::proxy::respond;
-use crate::spend::{BudgetState, Outcome};
+use crate::spend::{BudgetState, Outcome, Reservation};
 
 /// Answers `ex` from upstream, or from an identical request's answer in flight.
 pub async fn fetch(app: &Arc<App>, ex: Exchange) -> Result<(Response<Body>, Outcome), ApiError> {
@@ -50,6 +50,33 @@ async fn admit(app: &Arc<App>, ex: &Exchange) -> Result<(), ApiError> {
         return Err(ApiError::LedgerUnavailable);
     }
     Ok(())
+}
+
+/// Holds the request's worst-case cost against its project's budget (only a request that
+/// leads an upstream call: followers and hits cost nothing).
+fn reserve(app: &App, ex: &Exchange) -> Result<Option<Reservation>, ApiError> {
+    let project = &ex.attr.project;
+    if !ex.endpoint.billable() {
+        return Ok(None);
+    }
+    let Some(settings) = app.config.projects.get(&**project) else {
+        return Ok(None);
+    };
+    let json = ex.json.as_deref();
+    let worst = crate::cost::worst_case(
+        app.prices().as_deref(),
+        ex.model().unwrap_or(""),
+        json.map_or(0, |j| j.input_chars),
+        json.and_then(|j| j.max_tokens),
+    )
+    .unwrap_or(settings.max_request_cost);
+    app.spend
+        .reserve(project, worst)
+        .map_err(|r| ApiError::BudgetTooSmall {
+            project: project.to_string(),
+            remaining: (r.budget - r.spent - r.reserved).max(0.0),
+            worst_case: r.worst_case,
+        })
 }
 
 /// Joins an identical request in flight, or leads one.
@@ -126,13 +153,14 @@ async fn lead(
     ex: &Arc<Exchange>,
     leader: Leader,
 ) -> Result<(Response<Body>, Outcome), ApiError> {
+    let reservation = reserve(app, ex)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     // At debug level, like the request's span: an info span costs several thousand
     // instructions an exchange. The exchange's own warnings make their context when
     // they are written.
     let span = tracing::debug_span!("exchange", method = %ex.method, path = %ex.path_q);
     app.exchanges
-        .spawn(drive::drive(app.clone(), ex.clone(), leader, tx).instrument(span));
+        .spawn(drive::drive(app.clone(), ex.clone(), leader, reservation, tx).instrument(span));
     let outcome = ex.policy.upstream_outcome();
     match rx.await {
         Ok(First::Answer(reader, head)) => Ok((answer_from(reader, head).await?, outcome)),

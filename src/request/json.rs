@@ -19,6 +19,8 @@ pub struct JsonRequest {
     pub canonical: Vec<u8>,
     pub model: Option<Arc<str>>,
     pub stream: bool,
+    /// The request's `max_tokens`, for its worst-case cost.
+    pub max_tokens: Option<u64>,
     /// Characters of prompt text, for estimates.
     pub input_chars: usize,
     /// The last user message, kept only when `admin.show_prompts` is on (dashboard).
@@ -58,6 +60,7 @@ impl JsonRequest {
             canonical,
             model: prompt.model.map(Arc::from),
             stream: prompt.stream,
+            max_tokens: prompt.max_tokens,
             input_chars: prompt.chars,
             prompt: prompt.last_user_text,
             last_key: Mutex::new(None),

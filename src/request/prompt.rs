@@ -14,6 +14,8 @@ use serde_json::value::RawValue;
 pub struct Prompt {
     pub model: Option<String>,
     pub stream: bool,
+    /// The most output tokens the request lets the model write.
+    pub max_tokens: Option<u64>,
     /// Characters of text: the messages' contents, `text` and `input`.
     pub chars: usize,
     /// The content of the last user message if it is a string, else `text`, else `input`
@@ -47,6 +49,9 @@ impl PromptReader {
         match key {
             "model" => self.read.model = string(value),
             "stream" => self.read.stream = value == b"true",
+            "max_tokens" => {
+                self.read.max_tokens = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok())
+            }
             "messages" => {
                 let m = read_messages(value, self.keep_text);
                 self.read.chars += m.chars;
@@ -259,6 +264,7 @@ mod tests {
                 .and_then(Value::as_str)
                 .map(str::to_string),
             stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
+            max_tokens: body.get("max_tokens").and_then(Value::as_u64),
             chars,
             last_user_text: last_user_text.filter(|_| keep_text),
         }
@@ -267,7 +273,7 @@ mod tests {
     #[test]
     fn reads_a_chat_request() {
         let body = json!({
-            "model": "m", "stream": true, "user": "u",
+            "model": "m", "stream": true, "user": "u", "max_tokens": 300,
             "messages": [
                 {"role": "system", "content": "ab"},
                 {"role": "user", "content": [{"type": "text", "text": "cd"}, "é"]},
@@ -282,6 +288,7 @@ mod tests {
             Prompt {
                 model: Some("m".into()),
                 stream: true,
+                max_tokens: Some(300),
                 chars: 2 + 3 + 3 + 2,
                 last_user_text: Some("xyz".into()),
             }

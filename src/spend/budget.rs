@@ -1,6 +1,7 @@
 //! Budgets: per project with a budget, the money spent in the current period (UTC day,
 //! UTC month, or all time), kept in memory — seeded from the rollups at open and
-//! increased as lines are recorded.
+//! increased as lines are recorded — and the worst-case cost of requests in flight,
+//! reserved at admission and replaced by the real cost when their line is recorded.
 
 use std::collections::BTreeMap;
 
@@ -29,6 +30,8 @@ struct Tracker {
     /// The period `spent` belongs to: a day "YYYY-MM-DD", a month "YYYY-MM", or "".
     window: String,
     spent: f64,
+    /// Worst-case costs of the requests admitted and not yet recorded.
+    reserved: f64,
 }
 
 /// The period a UTC day ("YYYY-MM-DD") falls in; comparable as strings.
@@ -38,6 +41,15 @@ fn window_of(period: BudgetPeriod, day: &str) -> &str {
         BudgetPeriod::Month => day.get(..7).unwrap_or(day),
         BudgetPeriod::Total => "",
     }
+}
+
+/// A request whose worst case does not fit what is left of its project's budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Refusal {
+    pub budget: f64,
+    pub spent: f64,
+    pub reserved: f64,
+    pub worst_case: f64,
 }
 
 /// In-memory spend per budgeted project.
@@ -63,6 +75,7 @@ impl Budgets {
                         period: p.budget_period,
                         window,
                         spent: 0.0,
+                        reserved: 0.0,
                     },
                 ))
             })
@@ -112,6 +125,43 @@ impl Budgets {
         }
     }
 
+    /// Reserves `amount` for a request of `project` at `now` if its spend, what is
+    /// reserved and `amount` fit the budget. `Ok(false)`: the project has no budget, and
+    /// nothing was reserved.
+    pub fn reserve(
+        &mut self,
+        project: &str,
+        amount: f64,
+        now: OffsetDateTime,
+    ) -> Result<bool, Refusal> {
+        let state = self.state_at(project, now);
+        let Some(t) = self.projects.get_mut(project) else {
+            return Ok(false);
+        };
+        let spent = match state {
+            BudgetState::Remaining(r) => t.budget - r,
+            BudgetState::Exhausted { spent, .. } => spent,
+            BudgetState::Unlimited => return Ok(false),
+        };
+        if spent + t.reserved + amount > t.budget {
+            return Err(Refusal {
+                budget: t.budget,
+                spent,
+                reserved: t.reserved,
+                worst_case: amount,
+            });
+        }
+        t.reserved += amount;
+        Ok(true)
+    }
+
+    /// Gives back what `reserve` took.
+    pub fn release(&mut self, project: &str, amount: f64) {
+        if let Some(t) = self.projects.get_mut(project) {
+            t.reserved = (t.reserved - amount).max(0.0);
+        }
+    }
+
     /// The state of `project` at `now` (UTC).
     pub fn state_at(&self, project: &str, now: OffsetDateTime) -> BudgetState {
         let Some(t) = self.projects.get(project) else {
@@ -149,6 +199,7 @@ mod tests {
             ProjectConfig {
                 budget: Some(budget),
                 budget_period: period,
+                max_request_cost: crate::config::DEFAULT_MAX_REQUEST_COST,
             },
         );
         p.insert(
@@ -156,6 +207,7 @@ mod tests {
             ProjectConfig {
                 budget: None,
                 budget_period: BudgetPeriod::Day,
+                max_request_cost: crate::config::DEFAULT_MAX_REQUEST_COST,
             },
         );
         Budgets::new(&p, now)
@@ -251,5 +303,29 @@ mod tests {
         b.add_rollup(&group("2026-11-24"), &c);
         b.add_rollup(&group("2026-11-25"), &c);
         assert_eq!(b.state_at("a", now), BudgetState::Remaining(0.6));
+    }
+
+    #[test]
+    fn reservations_hold_the_budget_for_requests_in_flight() {
+        let now = datetime!(2026-11-25 10:00 UTC);
+        let mut b = budgets(BudgetPeriod::Month, 1.0, now);
+        assert_eq!(b.reserve("a", 0.4, now), Ok(true));
+        assert_eq!(b.reserve("a", 0.4, now), Ok(true));
+        let refused = b.reserve("a", 0.4, now).unwrap_err();
+        assert_eq!((refused.spent, refused.reserved), (0.0, 0.8));
+        assert_eq!(
+            b.reserve("free", 100.0, now),
+            Ok(false),
+            "no budget, no reservation"
+        );
+        // The first answer cost less than its worst case: its line replaces its reservation.
+        b.add_line(&spend("a", now, "0.1"));
+        b.release("a", 0.4);
+        assert_eq!(
+            b.reserve("a", 0.5, now),
+            Ok(true),
+            "0.1 spent + 0.4 + 0.5 fit"
+        );
+        assert!(b.reserve("a", 0.01, now).is_err());
     }
 }

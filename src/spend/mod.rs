@@ -10,6 +10,7 @@ mod ledger;
 mod line;
 mod render;
 mod report;
+mod reserve;
 mod rollup;
 mod writer;
 
@@ -25,10 +26,11 @@ use thiserror::Error;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
-pub use budget::{BudgetState, Budgets};
+pub use budget::{BudgetState, Budgets, Refusal};
 pub use ledger::{read_all, ReadStats};
 pub use line::{new_id, LedgerLine, Outcome};
 pub use report::{render_csv, render_json, render_table, Dim, Report, ReportQuery, Row};
+pub use reserve::Reservation;
 pub use rollup::Counters;
 
 use crate::config::ProjectConfig;

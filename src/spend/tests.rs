@@ -410,6 +410,7 @@ fn budgeted(period: BudgetPeriod, budget: f64) -> BTreeMap<String, ProjectConfig
         ProjectConfig {
             budget: Some(budget),
             budget_period: period,
+            max_request_cost: crate::config::DEFAULT_MAX_REQUEST_COST,
         },
     );
     p

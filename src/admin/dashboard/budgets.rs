@@ -69,6 +69,7 @@ mod tests {
         ProjectConfig {
             budget,
             budget_period: period,
+            max_request_cost: crate::config::DEFAULT_MAX_REQUEST_COST,
         }
     }
 

@@ -1,0 +1,63 @@
+//! Reservations: before a request of a budgeted project goes upstream, its worst-case cost
+//! is held against the budget, so that requests in flight count before their cost is
+//! known; the reservation gives way to the real cost when the request's line is recorded,
+//! and is released if the request dies first.
+
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+
+use super::budget::Refusal;
+use super::{LedgerLine, Spend, SpendError};
+
+/// What a request holds against its project's budget. Dropped, it is released.
+pub struct Reservation {
+    spend: Spend,
+    project: Arc<str>,
+    amount: f64,
+}
+
+impl Spend {
+    /// Holds `worst_case` against `project`'s budget, or refuses: `Ok(None)` when the
+    /// project has no budget.
+    pub fn reserve(
+        &self,
+        project: &Arc<str>,
+        worst_case: f64,
+    ) -> Result<Option<Reservation>, Refusal> {
+        let held = self
+            .budgets()
+            .reserve(project, worst_case, OffsetDateTime::now_utc())?;
+        Ok(held.then(|| Reservation {
+            spend: self.clone(),
+            project: project.clone(),
+            amount: worst_case,
+        }))
+    }
+
+    /// `record`, with the line's cost taking the place of `reservation` in one step.
+    pub async fn record_reserved(
+        &self,
+        line: impl Into<Arc<LedgerLine>>,
+        reservation: Option<Reservation>,
+    ) -> Result<(), SpendError> {
+        let line = line.into();
+        let done = {
+            let mut budgets = self.budgets();
+            budgets.add_line(&line);
+            if let Some(mut r) = reservation {
+                budgets.release(&r.project, std::mem::take(&mut r.amount));
+            }
+            self.hand_over(line)
+        };
+        super::durable(done).await
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.amount > 0.0 {
+            self.spend.budgets().release(&self.project, self.amount);
+        }
+    }
+}
