@@ -87,6 +87,20 @@ impl App {
         }))
     }
 
+    /// Who a request is for (see `attribution::resolve`).
+    pub fn attribute(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<crate::attribution::Attribution, crate::error::ApiError> {
+        let creds = crate::attribution::Credentials {
+            tokens: &self.config.tokens,
+            held_key: self.held_key.as_ref(),
+            fingerprints: &self.fingerprints,
+        };
+        crate::attribution::resolve(&creds, path, headers)
+    }
+
     pub fn prices(&self) -> Option<Arc<Prices>> {
         self.prices.read().ok().and_then(|p| p.clone())
     }

@@ -2,14 +2,15 @@
 //! `default`), the credential sent upstream and its fingerprint, and the cache partition.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::app::App;
+use crate::cache::key::Partition;
 use crate::config::{check_project_name, Scope};
 use crate::error::ApiError;
-use crate::secret::token_hash;
+use crate::secret::{token_hash, Fingerprinter};
 use crate::store::{Space, Store, StoreResult};
 
 pub const DEFAULT_PROJECT: &str = "default";
@@ -38,7 +39,19 @@ pub fn forwarded_path(path: &str) -> &str {
     split_project_prefix(path).map_or(path, |(_, rest)| rest)
 }
 
-pub fn resolve(app: &App, path: &str, headers: &HeaderMap) -> Result<Attribution, ApiError> {
+/// What attribution needs of the daemon: its local tokens, the upstream key it may hold,
+/// and the fingerprinter of credentials.
+pub struct Credentials<'a> {
+    pub tokens: &'a BTreeMap<String, Arc<str>>,
+    pub held_key: Option<&'a HeaderValue>,
+    pub fingerprints: &'a Fingerprinter,
+}
+
+pub fn resolve(
+    creds: &Credentials,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<Attribution, ApiError> {
     let prefix_project = split_project_prefix(path).map(|(name, _)| name);
     let header_project = single_header(headers, &PROJECT_HEADER)?;
     let namespace = single_header(headers, &NAMESPACE_HEADER)?;
@@ -58,11 +71,11 @@ pub fn resolve(app: &App, path: &str, headers: &HeaderMap) -> Result<Attribution
     }
     let token_project = client_auth
         .as_ref()
-        .filter(|_| !app.config.tokens.is_empty())
+        .filter(|_| !creds.tokens.is_empty())
         .and_then(bearer)
-        .and_then(|t| app.config.tokens.get(&token_hash(t)).cloned());
+        .and_then(|t| creds.tokens.get(&token_hash(t)).cloned());
 
-    let upstream_auth = match (&app.held_key, &token_project) {
+    let upstream_auth = match (creds.held_key, &token_project) {
         (Some(held), Some(_)) => Some(held.clone()),
         (Some(_), None) if client_auth.is_none() => {
             return Err(ApiError::Unauthorized(
@@ -79,7 +92,7 @@ pub fn resolve(app: &App, path: &str, headers: &HeaderMap) -> Result<Attribution
     };
     let fingerprint = upstream_auth
         .as_ref()
-        .map(|v| app.fingerprints.fingerprint(v.as_bytes()));
+        .map(|v| creds.fingerprints.fingerprint(v.as_bytes()));
 
     let project = match (token_project, prefix_project, header_project) {
         (Some(t), _, _) => t,
@@ -98,16 +111,16 @@ pub fn resolve(app: &App, path: &str, headers: &HeaderMap) -> Result<Attribution
 impl Attribution {
     /// The cache partition this request reads and writes, or None when it may neither
     /// (no credential: nobody to vouch that upstream would have answered it).
-    pub fn partition(&self, scope: Scope) -> Option<Cow<'_, str>> {
+    pub fn partition(&self, scope: Scope) -> Option<Partition<'_>> {
         let fp = self.fingerprint.as_ref()?;
         let base = match scope {
             Scope::Key => Cow::Borrowed(&**fp),
             Scope::Project => Cow::Owned(format!("project:{}", self.project)),
             Scope::Shared => Cow::Borrowed("shared"),
         };
-        Some(match &self.namespace {
-            Some(ns) => Cow::Owned(format!("{base}|ns:{ns}")),
-            None => base,
+        Some(Partition {
+            base,
+            namespace: self.namespace.as_deref(),
         })
     }
 }

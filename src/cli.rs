@@ -131,6 +131,21 @@ pub enum CacheCommand {
     },
     /// Write every entry to a JSON Lines bundle (no credentials in it).
     Export { file: PathBuf },
+    /// Say why a request (its body in FILE, or - for stdin) would be a hit or a miss.
+    Explain {
+        /// The request body, or - to read it from stdin.
+        file: PathBuf,
+        /// The API path it is sent to.
+        #[arg(long, default_value = "/chat/completions")]
+        path: String,
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Environment variable holding the API key (or local token) that would send it.
+        #[arg(long, default_value = "OPENAI_API_KEY")]
+        key_env: String,
+    },
     /// Load a bundle, re-keyed into the partition of the given credential/project.
     Import {
         file: PathBuf,

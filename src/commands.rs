@@ -414,6 +414,34 @@ async fn cache_with(admin: &Admin, cmd: CacheCommand) -> anyhow::Result<()> {
             bar.finish_and_clear();
             println!("exported {entries} entries to {}", file.display());
         }
+        CacheCommand::Explain {
+            file,
+            path,
+            project,
+            namespace,
+            key_env,
+        } => {
+            let body = if file.as_os_str() == "-" {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+                b
+            } else {
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?
+            };
+            let headers = partition_headers(project, namespace, &key_env)?;
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("path", &path);
+            let b = admin
+                .call(
+                    Method::POST,
+                    &format!("/cache/explain?{}", q.finish()),
+                    Bytes::from(body),
+                    headers,
+                )
+                .await?;
+            let v: serde_json::Value = serde_json::from_slice(&b)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
         CacheCommand::Import {
             file,
             project,
@@ -424,18 +452,7 @@ async fn cache_with(admin: &Admin, cmd: CacheCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let size = opened.metadata().map(|m| m.len()).unwrap_or(0);
             let mut input = std::io::BufReader::new(opened);
-            let mut headers = HeaderMap::new();
-            if let Some(p) = project {
-                headers.insert("x-chatcache-project", HeaderValue::from_str(&p)?);
-            }
-            if let Some(n) = namespace {
-                headers.insert("x-chatcache-namespace", HeaderValue::from_str(&n)?);
-            }
-            if let Ok(key) = std::env::var(&key_env) {
-                let mut v = HeaderValue::from_str(&format!("Bearer {}", key.trim()))?;
-                v.set_sensitive(true);
-                headers.insert("x-chatcache-credential", v);
-            }
+            let headers = partition_headers(project, namespace, &key_env)?;
             let bar = progress(Progress::Bytes(size), "importing");
             let mut imported = 0u64;
             let mut batch = Vec::new();
@@ -467,6 +484,28 @@ async fn cache_with(admin: &Admin, cmd: CacheCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The headers that name a cache partition to the admin API: project, namespace, and the
+/// credential from the environment variable `key_env` (sent as `x-chatcache-credential`).
+fn partition_headers(
+    project: Option<String>,
+    namespace: Option<String>,
+    key_env: &str,
+) -> anyhow::Result<HeaderMap> {
+    let mut headers = HeaderMap::new();
+    if let Some(p) = project {
+        headers.insert("x-chatcache-project", HeaderValue::from_str(&p)?);
+    }
+    if let Some(n) = namespace {
+        headers.insert("x-chatcache-namespace", HeaderValue::from_str(&n)?);
+    }
+    if let Ok(key) = std::env::var(key_env) {
+        let mut v = HeaderValue::from_str(&format!("Bearer {}", key.trim()))?;
+        v.set_sensitive(true);
+        headers.insert("x-chatcache-credential", v);
+    }
+    Ok(headers)
 }
 
 /// Lines of a bundle sent per import request.

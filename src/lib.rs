@@ -22,6 +22,7 @@ pub mod config;
 pub mod cost;
 pub mod error;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod recent;
 pub mod request;

@@ -5,6 +5,7 @@
 //! sends the token with the calls it makes).
 
 pub mod dashboard;
+mod explain;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,7 +19,7 @@ use serde::Serialize;
 use crate::app::App;
 use crate::body::{full, Body};
 use crate::cache::bundle::{self, BundleCount};
-use crate::cache::key::CacheKey;
+use crate::cache::key::{CacheKey, Partition};
 use crate::cache::Purge;
 
 use crate::body::read_body;
@@ -244,18 +245,27 @@ async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<B
             );
             Ok(resp)
         }
+        (&Method::POST, "/cache/explain") => explain::explain(app, req, &query).await,
         (&Method::POST, "/cache/import") => {
             let (parts, body) = req.into_parts();
-            let attr = crate::attribution::resolve(&app, "/", &import_headers(&parts.headers))?;
+            let attr = app.attribute("/", &import_headers(&parts.headers))?;
             let partition = attr
                 .partition(app.config.cache.scope)
                 .ok_or_else(|| {
                     ApiError::BadRequest("import needs the credential whose cache partition to fill (x-chatcache-credential)".into())
-                })?
-                .into_owned();
+                })?;
+            let partition = Partition {
+                base: partition.base.into_owned().into(),
+                namespace: None,
+            };
+            let namespace = attr.namespace.clone();
             let cache = app.cache.clone();
             let ignore = app.config.cache.ignore_fields.clone();
             let count: BundleCount = blocking(move || {
+                let partition = Partition {
+                    namespace: namespace.as_deref(),
+                    ..partition
+                };
                 bundle::import(&cache, &body[..], &partition, &ignore, |_| {})
                     .map_err(|e| ApiError::BadRequest(format!("bundle: {e}")))
             })

@@ -6,7 +6,7 @@ use std::io::{BufRead, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::entry::{Entry, EntryMeta};
-use crate::cache::key::{cache_key, canonical_json};
+use crate::cache::key::{cache_key, canonical_json, key_parts, Partition};
 use crate::cache::Cache;
 
 const BUNDLE_VERSION: u32 = 1;
@@ -69,7 +69,7 @@ pub fn export(
 pub fn import(
     cache: &Cache,
     input: impl BufRead,
-    partition: &str,
+    partition: &Partition,
     ignore_fields: &[String],
     mut progress: impl FnMut(u64),
 ) -> anyhow::Result<BundleCount> {
@@ -88,15 +88,12 @@ pub fn import(
         }
         let canonical = canonical_json(parsed.meta.request.get().as_bytes(), ignore_fields)
             .map_err(|e| anyhow::anyhow!("bundle line {}: request: {e}", n + 1))?;
-        let key = cache_key(
-            &parsed.meta.method,
-            &parsed.meta.path,
-            partition,
-            &canonical,
-        );
+        let (method, path) = (&parsed.meta.method, &parsed.meta.path);
+        let key = cache_key(method, path, &partition.text(), &canonical);
+        let parts = key_parts(method, path, partition, &canonical);
         let mut meta = parsed.meta;
         meta.request = serde_json::value::RawValue::from_string(String::from_utf8(canonical)?)?;
-        cache.put(key, Entry::new(meta, parsed.body.into()))?;
+        cache.put(key, parts, Entry::new(meta, parsed.body.into()))?;
         count.entries += 1;
         progress(count.entries);
     }
@@ -110,6 +107,13 @@ mod tests {
     use crate::cache::tests::open;
     use crate::cache::{now_ms, Lookup};
 
+    fn partition(base: &str) -> Partition<'_> {
+        Partition {
+            base: base.into(),
+            namespace: None,
+        }
+    }
+
     #[test]
     fn export_then_import_rekeys_into_the_new_partition() {
         let a = open(1 << 30);
@@ -117,7 +121,7 @@ mod tests {
         let mut e = sample(true);
         e.meta.created_ms = now_ms();
         let old_key = cache_key("POST", "/chat/completions", "alice-fp", br#"{"model":"m"}"#);
-        from.put(old_key, e.clone()).unwrap();
+        from.put(old_key, Default::default(), e.clone()).unwrap();
         let mut bundle = Vec::new();
         let n = export(from, &mut bundle, |_| {}).unwrap();
         assert_eq!(n.entries, 1);
@@ -129,7 +133,14 @@ mod tests {
 
         let b = open(1 << 30);
         let to = &b.cache;
-        let n = import(to, &bundle[..], "bob-fp", &["user".into()], |_| {}).unwrap();
+        let n = import(
+            to,
+            &bundle[..],
+            &partition("bob-fp"),
+            &["user".into()],
+            |_| {},
+        )
+        .unwrap();
         assert_eq!(n.entries, 1);
         let new_key = cache_key("POST", "/chat/completions", "bob-fp", br#"{"model":"m"}"#);
         let (l, got) = to.get(new_key, None).unwrap();
@@ -141,7 +152,7 @@ mod tests {
     #[test]
     fn a_bad_line_is_an_error_naming_it() {
         let a = open(1 << 30);
-        let err = import(&a.cache, &b"\n{nope\n"[..], "p", &[], |_| {}).unwrap_err();
+        let err = import(&a.cache, &b"\n{nope\n"[..], &partition("p"), &[], |_| {}).unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
     }
 }

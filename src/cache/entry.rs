@@ -6,6 +6,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::cache::key::KeyParts;
 use crate::cache::storage::Summary;
 use crate::cost::{CostSource, Money};
 
@@ -135,7 +136,7 @@ impl Entry {
     }
 
     /// What scans of the store need to know of the entry, stored as `record_len` bytes.
-    pub fn summary(&self, record_len: usize, last_used: u64) -> Summary {
+    pub fn summary(&self, record_len: usize, last_used: u64, parts: KeyParts) -> Summary {
         Summary {
             bytes: record_len as u64,
             created_ms: self.meta.created_ms,
@@ -145,6 +146,7 @@ impl Entry {
             method: self.meta.method.clone(),
             path: self.meta.path.clone(),
             model: self.meta.model.clone(),
+            parts,
         }
     }
 

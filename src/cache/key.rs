@@ -37,6 +37,64 @@ impl fmt::Display for CacheKey {
     }
 }
 
+/// Who may share an entry: a base (a credential's fingerprint, a project, or everyone,
+/// by `cache.scope`) and an optional namespace within it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition<'a> {
+    pub base: Cow<'a, str>,
+    pub namespace: Option<&'a str>,
+}
+
+impl<'a> Partition<'a> {
+    /// The text the key hashes.
+    pub fn text(&self) -> Cow<'a, str> {
+        match self.namespace {
+            Some(ns) => Cow::Owned(format!("{}|ns:{ns}", self.base)),
+            None => self.base.clone(),
+        }
+    }
+}
+
+/// What `cache explain` knows of a key besides the key itself, as short digests that say
+/// whether two keys differ in their request or in which part of their partition, and
+/// nothing of what they hold (a credential's fingerprint is not recoverable from them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KeyParts {
+    /// The request without its partition: method, path and canonical body.
+    pub request: [u8; 16],
+    pub base: [u8; 8],
+    pub namespace: [u8; 8],
+}
+
+pub fn key_parts(
+    method: &str,
+    path: &str,
+    partition: &Partition,
+    canonical_body: &[u8],
+) -> KeyParts {
+    let digest = |parts: &[&[u8]]| {
+        let mut h = blake3::Hasher::new();
+        for p in parts {
+            h.update(&(p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        h.finalize()
+    };
+    let request = digest(&[
+        KEY_FORMAT,
+        method.as_bytes(),
+        path.as_bytes(),
+        canonical_body,
+    ]);
+    let base = digest(&[KEY_FORMAT, partition.base.as_bytes()]);
+    let namespace = digest(&[KEY_FORMAT, partition.namespace.unwrap_or("").as_bytes()]);
+    let mut parts = KeyParts::default();
+    parts.request.copy_from_slice(&request.as_bytes()[..16]);
+    parts.base.copy_from_slice(&base.as_bytes()[..8]);
+    parts.namespace.copy_from_slice(&namespace.as_bytes()[..8]);
+    parts
+}
+
 /// The key of a request: method, path (without any `/p/NAME` prefix), partition and the
 /// canonical body, each length-prefixed so no two different tuples hash alike.
 pub fn cache_key(method: &str, path: &str, partition: &str, canonical_body: &[u8]) -> CacheKey {

@@ -6,6 +6,7 @@
 
 pub mod bundle;
 pub mod entry;
+pub mod explain;
 pub mod flight;
 pub mod key;
 pub mod sled_store;
@@ -23,8 +24,8 @@ use foldhash::HashMap;
 use serde::Serialize;
 
 use crate::cache::entry::Entry;
-use crate::cache::key::CacheKey;
-use crate::cache::storage::{Storage, StorageResult};
+use crate::cache::key::{CacheKey, KeyParts};
+use crate::cache::storage::{Gone, Storage, StorageResult};
 use crate::sized_lru::SizedLru;
 use crate::store::StoreError;
 use writer::Job;
@@ -272,7 +273,7 @@ impl Cache {
     /// Hands `entry` to the writer to be stored under `key`, replacing any older one, and
     /// serves it from memory until then. Never blocks. False when too many answers
     /// already wait to be stored: this one then goes unstored.
-    pub fn store(&self, key: CacheKey, entry: Arc<Entry>) -> bool {
+    pub fn store(&self, key: CacheKey, parts: KeyParts, entry: Arc<Entry>) -> bool {
         let size = entry.memory_size();
         {
             let mut p = lock(&self.shared.pending);
@@ -286,13 +287,19 @@ impl Cache {
             }
         }
         self.shared.hot.remove(&key);
-        self.send(Job::Put(key, entry, None));
+        self.send(Job::Put(key, parts, entry, None));
         true
     }
 
     /// Stores `entry` under `key` and waits until it is. Blocking (for imports).
-    pub fn put(&self, key: CacheKey, entry: Entry) -> StorageResult<()> {
-        self.ask(|reply| Job::Put(key, Arc::new(entry), Some(reply)))
+    pub fn put(&self, key: CacheKey, parts: KeyParts, entry: Entry) -> StorageResult<()> {
+        self.ask(|reply| Job::Put(key, parts, Arc::new(entry), Some(reply)))
+    }
+
+    /// Notes that the answer to `key` was not stored because it was an error or broke off
+    /// (for `cache explain`). Never blocks.
+    pub fn not_cacheable(&self, key: CacheKey) {
+        self.send(Job::Bury(key, Gone::NotCacheable));
     }
 
     /// Removes what `what` names; returns how many entries went. Blocking.

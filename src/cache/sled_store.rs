@@ -1,19 +1,23 @@
 //! The answer cache's storage on the data dir's sled database (`Space::Answers`). One
-//! tree holds three kinds of record, so that one atomic batch changes them together:
-//! `e‖key` → the entry's record, `m‖key` → its summary, and `u‖last use stamp (BE)‖key` →
-//! its size, which keeps entries in order of use for eviction without reading them.
+//! tree holds every kind of record, so that one atomic batch changes them together:
+//! `e‖key` → the entry's record, `m‖key` → its summary, `u‖last use stamp (BE)‖key` → its
+//! size (entries in order of use, for eviction without reading them), `r‖request‖key` →
+//! nothing (entries by their request whatever the partition, for `cache explain`), and
+//! `x‖key` → why an entry is gone and when.
 
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 
 use crate::cache::key::CacheKey;
-use crate::cache::storage::{Storage, StorageResult, Summary};
+use crate::cache::storage::{Gone, Storage, StorageResult, Summary};
 use crate::store::{Op, Space, Store};
 
 const ENTRY: u8 = b'e';
 const SUMMARY: u8 = b'm';
 const USE: u8 = b'u';
+const REQUEST: u8 = b'r';
+const GONE: u8 = b'x';
 
 pub struct SledStore {
     store: Store,
@@ -33,6 +37,14 @@ fn use_key(last_used: u64, key: &CacheKey) -> Vec<u8> {
     let mut k = Vec::with_capacity(41);
     k.push(USE);
     k.extend_from_slice(&last_used.to_be_bytes());
+    k.extend_from_slice(&key.0);
+    k
+}
+
+fn request_key(request: &[u8; 16], key: &CacheKey) -> Vec<u8> {
+    let mut k = Vec::with_capacity(49);
+    k.push(REQUEST);
+    k.extend_from_slice(request);
     k.extend_from_slice(&key.0);
     k
 }
@@ -75,10 +87,16 @@ impl Storage for SledStore {
     ) -> StorageResult<Option<Summary>> {
         let _w = self.writing();
         let old = self.summary(key)?;
-        let mut ops = Vec::with_capacity(4);
+        let mut ops = Vec::with_capacity(7);
         if let Some(o) = &old {
             ops.push(Op::Remove(use_key(o.last_used, key)));
+            ops.push(Op::Remove(request_key(&o.parts.request, key)));
         }
+        ops.push(Op::Remove(record_key(GONE, key)));
+        ops.push(Op::Put(
+            request_key(&summary.parts.request, key),
+            Vec::new(),
+        ));
         ops.push(Op::Put(record_key(ENTRY, key), record.to_vec()));
         ops.push(Op::Put(record_key(SUMMARY, key), summary.encode()));
         ops.push(Op::Put(
@@ -98,9 +116,58 @@ impl Storage for SledStore {
         ];
         if let Some(o) = &old {
             ops.push(Op::Remove(use_key(o.last_used, key)));
+            ops.push(Op::Remove(request_key(&o.parts.request, key)));
         }
         self.store.apply(Space::Answers, ops)?;
         Ok(old)
+    }
+
+    fn same_request(
+        &self,
+        request: &[u8; 16],
+        visit: &mut dyn FnMut(CacheKey, &Summary) -> bool,
+    ) -> StorageResult<()> {
+        let mut prefix = vec![REQUEST];
+        prefix.extend_from_slice(request);
+        let mut keys = Vec::new();
+        self.store.scan_prefix(Space::Answers, &prefix, |k, _| {
+            keys.extend(k.get(17..).and_then(key_of));
+            true
+        })?;
+        for key in keys {
+            if let Some(s) = self.summary(&key)? {
+                if !visit(key, &s) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn bury(&self, key: &CacheKey, why: Gone, at_ms: u64) -> StorageResult<()> {
+        self.store
+            .put(Space::Answers, &record_key(GONE, key), &why.encode(at_ms))
+    }
+
+    fn gone(&self, key: &CacheKey) -> StorageResult<Option<(Gone, u64)>> {
+        Ok(self
+            .store
+            .get(Space::Answers, &record_key(GONE, key))?
+            .and_then(|b| Gone::decode(&b)))
+    }
+
+    fn forget_gone(&self, before_ms: u64) -> StorageResult<()> {
+        let mut old = Vec::new();
+        self.store.scan_prefix(Space::Answers, &[GONE], |k, v| {
+            if Gone::decode(v).is_none_or(|(_, at)| at < before_ms) {
+                old.push(Op::Remove(k.to_vec()));
+            }
+            true
+        })?;
+        for chunk in old.chunks(4096) {
+            self.store.apply(Space::Answers, chunk.to_vec())?;
+        }
+        Ok(())
     }
 
     fn touch(&self, uses: &[(CacheKey, u64)]) -> StorageResult<()> {

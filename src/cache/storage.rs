@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use crate::cache::key::CacheKey;
+use crate::cache::key::{CacheKey, KeyParts};
 use crate::store::StoreError;
 
 pub type StorageResult<T> = Result<T, StoreError>;
@@ -25,9 +25,53 @@ pub struct Summary {
     /// Path as keyed (project prefix removed).
     pub path: String,
     pub model: Option<String>,
+    /// What its key was made of (for `cache explain`).
+    pub parts: KeyParts,
 }
 
-const SUMMARY_VERSION: u8 = 2;
+/// Why an entry that was stored is not any more (kept for `cache explain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    Evicted,
+    Expired,
+    Purged,
+    Damaged,
+    /// Never stored: the answer was an error or broke off.
+    NotCacheable,
+}
+
+impl Gone {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gone::Evicted => "evicted",
+            Gone::Expired => "expired",
+            Gone::Purged => "purged",
+            Gone::Damaged => "damaged",
+            Gone::NotCacheable => "not-cacheable",
+        }
+    }
+
+    pub fn encode(self, at_ms: u64) -> [u8; 9] {
+        let mut out = [0u8; 9];
+        out[0] = self as u8;
+        out[1..].copy_from_slice(&at_ms.to_le_bytes());
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Option<(Gone, u64)> {
+        let why = match b.first()? {
+            0 => Gone::Evicted,
+            1 => Gone::Expired,
+            2 => Gone::Purged,
+            3 => Gone::Damaged,
+            4 => Gone::NotCacheable,
+            _ => return None,
+        };
+        Some((why, u64::from_le_bytes(b.get(1..9)?.try_into().ok()?)))
+    }
+}
+
+const SUMMARY_VERSION: u8 = 3;
 
 impl Summary {
     /// `version | bytes | created_ms | last_used | status | stream | method | path | model`,
@@ -40,6 +84,9 @@ impl Summary {
         out.extend_from_slice(&self.last_used.to_le_bytes());
         out.extend_from_slice(&self.status.to_le_bytes());
         out.push(u8::from(self.stream));
+        out.extend_from_slice(&self.parts.request);
+        out.extend_from_slice(&self.parts.base);
+        out.extend_from_slice(&self.parts.namespace);
         for text in [Some(&self.method), Some(&self.path), self.model.as_ref()] {
             match text {
                 Some(t) => {
@@ -64,6 +111,10 @@ impl Summary {
         let last_used = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
         let status = u16::from_le_bytes(r.take(2)?.try_into().ok()?);
         let stream = r.take(1)?[0] != 0;
+        let mut parts = KeyParts::default();
+        parts.request.copy_from_slice(r.take(16)?);
+        parts.base.copy_from_slice(r.take(8)?);
+        parts.namespace.copy_from_slice(r.take(8)?);
         let method = r.text()??;
         let path = r.text()??;
         let model = r.text()?;
@@ -76,6 +127,7 @@ impl Summary {
             method,
             path,
             model,
+            parts,
         })
     }
 }
@@ -137,6 +189,22 @@ pub trait Storage: Send + Sync {
         visit: &mut dyn FnMut(CacheKey, u64, u64) -> bool,
     ) -> StorageResult<()>;
 
+    /// Visits the entries whose request (without its partition) is `request`.
+    fn same_request(
+        &self,
+        request: &[u8; 16],
+        visit: &mut dyn FnMut(CacheKey, &Summary) -> bool,
+    ) -> StorageResult<()>;
+
+    /// Notes why the entry under `key` is gone (or was never stored), and when.
+    fn bury(&self, key: &CacheKey, why: Gone, at_ms: u64) -> StorageResult<()>;
+
+    /// Why the entry under `key` is gone, and when, if that was noted.
+    fn gone(&self, key: &CacheKey) -> StorageResult<Option<(Gone, u64)>>;
+
+    /// Forgets the notes of entries gone before `before_ms`.
+    fn forget_gone(&self, before_ms: u64) -> StorageResult<()>;
+
     /// Makes everything stored so far durable.
     fn flush(&self) -> StorageResult<()>;
 
@@ -162,6 +230,11 @@ mod tests {
             method: "POST".into(),
             path: "/chat/completions".into(),
             model: Some("GPT-4 Turbo".into()),
+            parts: KeyParts {
+                request: [1; 16],
+                base: [2; 8],
+                namespace: [3; 8],
+            },
         };
         assert_eq!(Summary::decode(&s.encode()), Some(s.clone()));
         let none = Summary { model: None, ..s };
@@ -169,5 +242,14 @@ mod tests {
         assert_eq!(Summary::decode(&bytes), Some(none));
         assert_eq!(Summary::decode(&bytes[..bytes.len() - 1]), None);
         assert_eq!(Summary::decode(&[9]), None);
+        for why in [
+            Gone::Evicted,
+            Gone::Expired,
+            Gone::Purged,
+            Gone::Damaged,
+            Gone::NotCacheable,
+        ] {
+            assert_eq!(Gone::decode(&why.encode(42)), Some((why, 42)));
+        }
     }
 }

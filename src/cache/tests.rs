@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::cache::entry::tests::sample;
-use crate::cache::key::cache_key;
+use crate::cache::key::{cache_key, KeyParts};
 use crate::cache::sled_store::SledStore;
 use crate::store::Store;
 
@@ -72,13 +72,13 @@ fn put_get_and_counts() {
     let t = open(1 << 30);
     let c = &t.cache;
     let e = fresh();
-    c.put(key(1), e.clone()).unwrap();
+    c.put(key(1), KeyParts::default(), e.clone()).unwrap();
     let (l, got) = c.get(key(1), None).unwrap();
     assert_eq!(l, Lookup::Fresh);
     assert_eq!(got.unwrap().body, e.body);
     assert_eq!(lookup(c, key(2)), Lookup::Missing);
     assert_eq!(c.stats().entries, 1);
-    c.put(key(1), e.clone()).unwrap();
+    c.put(key(1), KeyParts::default(), e.clone()).unwrap();
     assert_eq!(c.stats().entries, 1, "replacing does not double count");
     assert_eq!(c.stats().bytes, record_len(&e));
     assert!(
@@ -95,10 +95,10 @@ fn a_handed_over_answer_is_served_before_it_is_stored() {
     let c = &t.cache;
     let e = Arc::new(fresh());
     let (arrived, release) = c.shared.evict_gate.arm();
-    assert!(c.store(key(1), e.clone()));
+    assert!(c.store(key(1), KeyParts::default(), e.clone()));
     arrived.recv().unwrap();
     // The writer is held: key(2) waits for it, and is served from memory meanwhile.
-    assert!(c.store(key(2), e.clone()));
+    assert!(c.store(key(2), KeyParts::default(), e.clone()));
     let got = c
         .get_now(key(2), None)
         .expect("served while waiting to be stored");
@@ -114,7 +114,7 @@ fn list_gives_the_most_recently_used_first_up_to_the_limit() {
     let t = open(1 << 30);
     let c = &t.cache;
     for i in 0..5 {
-        c.put(key(i), fresh()).unwrap();
+        c.put(key(i), KeyParts::default(), fresh()).unwrap();
     }
     // Used a second later than they were stored: key(1) and key(3) come first.
     let later = now_ms() + 1_000;
@@ -133,12 +133,16 @@ fn damaged_entry_is_dropped_not_served() {
     let t = open(1 << 30);
     let c = &t.cache;
     let e = fresh();
-    c.put(key(1), e.clone()).unwrap();
+    c.put(key(1), KeyParts::default(), e.clone()).unwrap();
     let mut raw = e.encode();
     let last = raw.len() - 1;
     raw[last] ^= 1;
     t.raw
-        .put(&key(1), &raw, &e.summary(raw.len(), now_ms()))
+        .put(
+            &key(1),
+            &raw,
+            &e.summary(raw.len(), now_ms(), KeyParts::default()),
+        )
         .unwrap();
     assert_eq!(lookup(c, key(1)), Lookup::Corrupt);
     c.flush().unwrap();
@@ -152,7 +156,7 @@ fn age_limits_apply_and_expired_entries_are_dropped() {
     let c = &t.cache;
     let mut e = sample(false);
     e.meta.created_ms = now_ms() - 10_000;
-    c.put(key(1), e.clone()).unwrap();
+    c.put(key(1), KeyParts::default(), e.clone()).unwrap();
     assert_eq!(
         c.get(key(1), Some(Duration::from_secs(5))).unwrap().0,
         Lookup::Stale
@@ -162,7 +166,7 @@ fn age_limits_apply_and_expired_entries_are_dropped() {
         Lookup::Fresh
     );
     e.meta.created_ms = now_ms() - 7_200_000;
-    c.put(key(2), e).unwrap();
+    c.put(key(2), KeyParts::default(), e).unwrap();
     assert_eq!(lookup(c, key(2)), Lookup::Stale, "past cache.max_age");
     c.flush().unwrap();
     assert_eq!(
@@ -179,7 +183,7 @@ fn eviction_keeps_under_limit_and_drops_least_recent() {
     let t = open(per * 10);
     let c = &t.cache;
     for i in 0..30 {
-        c.put(key(i), fresh()).unwrap();
+        c.put(key(i), KeyParts::default(), fresh()).unwrap();
         // Each store is followed by an eviction, once the writer is done with it.
         c.flush().unwrap();
         assert!(c.stats().bytes <= per * 10, "over the limit after put {i}");
@@ -204,13 +208,13 @@ fn hits_are_answered_while_an_eviction_is_held() {
     let t = open(per * 4);
     let c = &t.cache;
     for i in 0..3 {
-        c.put(key(i), fresh()).unwrap();
+        c.put(key(i), KeyParts::default(), fresh()).unwrap();
     }
     // Warm key(0) into memory and leave key(1), key(2) to be read from the store.
     assert_eq!(lookup(c, key(0)), Lookup::Fresh);
     let (arrived, release) = c.shared.evict_gate.arm();
     for i in 3..6 {
-        assert!(c.store(key(i), Arc::new(fresh())));
+        assert!(c.store(key(i), KeyParts::default(), Arc::new(fresh())));
     }
     // The writer is now inside an eviction, and stays there until released.
     arrived.recv().unwrap();
@@ -238,9 +242,9 @@ fn purge_by_model_and_all() {
     let t = open(1 << 30);
     let c = &t.cache;
     let mut e = fresh();
-    c.put(key(1), e.clone()).unwrap();
+    c.put(key(1), KeyParts::default(), e.clone()).unwrap();
     e.meta.model = Some("other".into());
-    c.put(key(2), e).unwrap();
+    c.put(key(2), KeyParts::default(), e).unwrap();
     let by_model = Purge {
         model: Some("other".into()),
         ..Default::default()
@@ -265,7 +269,7 @@ fn purge_by_model_and_all() {
 fn a_reopened_cache_finds_its_entries_and_the_noted_uses() {
     let t = open(1 << 30);
     for i in 0..3 {
-        t.cache.put(key(i), fresh()).unwrap();
+        t.cache.put(key(i), KeyParts::default(), fresh()).unwrap();
     }
     t.cache.shared.note_use(key(0));
     let t = t.restart(1 << 30);

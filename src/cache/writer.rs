@@ -8,8 +8,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::cache::entry::Entry;
-use crate::cache::key::CacheKey;
-use crate::cache::storage::{StorageResult, Summary};
+use crate::cache::key::{CacheKey, KeyParts};
+use crate::cache::storage::{Gone, StorageResult, Summary};
 use crate::cache::{lock, now_ms, Purge, Shared};
 
 /// How often noted uses are written.
@@ -23,7 +23,9 @@ pub(crate) type Reply = mpsc::Sender<StorageResult<()>>;
 
 pub(crate) enum Job {
     /// Store the answer; reply once stored, if asked.
-    Put(CacheKey, Arc<Entry>, Option<Reply>),
+    Put(CacheKey, KeyParts, Arc<Entry>, Option<Reply>),
+    /// Note why there is no entry under the key.
+    Bury(CacheKey, Gone),
     /// A lookup found the entry damaged or expired: drop it if it still is.
     Check(CacheKey),
     Purge(Purge, mpsc::Sender<StorageResult<u64>>),
@@ -85,8 +87,8 @@ impl Writer {
 
     fn handle(&self, job: Job) {
         match job {
-            Job::Put(key, entry, reply) => {
-                let r = self.put(key, &entry);
+            Job::Put(key, parts, entry, reply) => {
+                let r = self.put(key, parts, &entry);
                 if let Err(e) = &r {
                     tracing::warn!(error = %e, "could not store an answer; it was served uncached");
                 }
@@ -95,6 +97,10 @@ impl Writer {
                 }
             }
             Job::Check(key) => self.log("drop a cache entry", self.check(key)),
+            Job::Bury(key, why) => {
+                let buried = self.shared.storage.bury(&key, why, now_ms());
+                self.log("note a missing answer", buried);
+            }
             Job::Purge(what, reply) => {
                 let _ = reply.send(self.purge(&what));
             }
@@ -108,10 +114,10 @@ impl Writer {
         }
     }
 
-    fn put(&self, key: CacheKey, entry: &Arc<Entry>) -> StorageResult<()> {
+    fn put(&self, key: CacheKey, parts: KeyParts, entry: &Arc<Entry>) -> StorageResult<()> {
         let s = &self.shared;
         let record = entry.encode();
-        let summary = entry.summary(record.len(), s.stamps.next());
+        let summary = entry.summary(record.len(), s.stamps.next(), parts);
         let stored = s.storage.put(&key, &record, &summary);
         // Stored or not, it no longer waits: on failure the answer goes unstored.
         {
@@ -146,10 +152,14 @@ impl Writer {
         }
     }
 
-    fn remove(&self, key: &CacheKey) -> StorageResult<bool> {
+    /// Removes the entry under `key`, noting why.
+    fn remove(&self, key: &CacheKey, why: Gone) -> StorageResult<bool> {
         self.shared.hot.remove(key);
         let old = self.shared.storage.remove(key)?;
         self.forget(old.as_ref());
+        if old.is_some() {
+            self.shared.storage.bury(key, why, now_ms())?;
+        }
         Ok(old.is_some())
     }
 
@@ -158,11 +168,14 @@ impl Writer {
             return Ok(());
         };
         let doomed = match Entry::decode(record) {
-            Ok(e) => self.shared.expired(e.meta.created_ms, now_ms()),
-            Err(_) => true,
+            Ok(e) => self
+                .shared
+                .expired(e.meta.created_ms, now_ms())
+                .then_some(Gone::Expired),
+            Err(_) => Some(Gone::Damaged),
         };
-        if doomed {
-            self.remove(&key)?;
+        if let Some(why) = doomed {
+            self.remove(&key, why)?;
         }
         Ok(())
     }
@@ -190,12 +203,15 @@ impl Writer {
             doomed.len() < SWEEP_MAX
         })?;
         for key in &doomed {
-            self.remove(key)?;
+            self.remove(key, Gone::Expired)?;
         }
         if !doomed.is_empty() {
             tracing::info!(removed = doomed.len(), "removed expired cache entries");
         }
-        Ok(())
+        // What was gone before the oldest entry kept could have been stored is not worth
+        // explaining any more.
+        let horizon = now.saturating_sub(self.shared.limits.max_age.as_millis() as u64);
+        self.shared.storage.forget_gone(horizon)
     }
 
     fn over_limit(&self) -> bool {
@@ -219,7 +235,7 @@ impl Writer {
         })?;
         let mut removed = 0u64;
         for key in &doomed {
-            removed += u64::from(self.remove(key)?);
+            removed += u64::from(self.remove(key, Gone::Evicted)?);
         }
         s.evictions.fetch_add(removed, Ordering::Relaxed);
         if removed > 0 {
@@ -247,7 +263,7 @@ impl Writer {
         })?;
         let mut removed = 0;
         for key in &doomed {
-            removed += u64::from(self.remove(key)?);
+            removed += u64::from(self.remove(key, Gone::Purged)?);
         }
         Ok(removed)
     }

@@ -17,8 +17,8 @@ use crate::cache::flight::{End, Head, Leader, Reader};
 use crate::cache::now_ms;
 use crate::cost::{estimate, CostSource, Prices, Usage};
 use crate::error::ApiError;
+use crate::policy::Endpoint;
 use crate::proxy::exchange::{response_headers, Accounting, Exchange};
-use crate::proxy::policy::Endpoint;
 use crate::spend::Reservation;
 use crate::stream::tee::{tee, Tee, TeeEnd};
 
@@ -81,6 +81,9 @@ pub async fn drive(
     // body into a new one.
     drop(parts);
     if !status.is_success() {
+        if let (Some(key), true) = (ex.key, ex.policy.store) {
+            app.cache.not_cacheable(key);
+        }
         if ex.endpoint.billable() {
             let acc = Accounting {
                 upstream_ms: Some(ttfb_ms),
@@ -166,9 +169,14 @@ pub async fn drive(
             tracing::error!(parent: &ex.span(), error = %e, "could not make the ledger line durable");
         }
     }
-    if let (Some(key), Some(body), true) = (ex.key, &body, clean && ex.policy.store) {
-        let entry = entry_of(&ex, &head, &t.chunk_times, body.clone(), &usage, source);
-        app.cache.store(key, Arc::new(entry));
+    let parts = ex.key_parts(app.config.cache.scope);
+    match (ex.key, parts, &body) {
+        (Some(key), Some(parts), Some(body)) if clean && ex.policy.store => {
+            let entry = entry_of(&ex, &head, &t.chunk_times, body.clone(), &usage, source);
+            app.cache.store(key, parts, Arc::new(entry));
+        }
+        (Some(key), _, _) if !clean && ex.policy.store => app.cache.not_cacheable(key),
+        _ => {}
     }
     if ex.endpoint == Endpoint::Models && clean {
         if let Some(p) = body.as_deref().and_then(Prices::from_models_json) {

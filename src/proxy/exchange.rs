@@ -12,11 +12,11 @@ use http_body_util::Full;
 use crate::app::App;
 use crate::attribution::Attribution;
 use crate::cache::entry::EntryMeta;
-use crate::cache::key::CacheKey;
+use crate::cache::key::{key_parts, CacheKey, KeyParts};
 use crate::cost::{CostSource, Money, Usage};
 use crate::error::ApiError;
+use crate::policy::{Endpoint, Policy};
 use crate::proxy::headers::{copy_end_to_end, owned};
-use crate::proxy::policy::{Endpoint, Policy};
 use crate::request::json::JsonRequest;
 use crate::spend::{LedgerLine, Outcome};
 
@@ -85,6 +85,18 @@ impl Exchange {
     /// The last user message, when `admin.show_prompts` is on.
     pub fn prompt(&self) -> Option<&str> {
         self.json.as_ref()?.prompt.as_deref()
+    }
+
+    /// What the request's cache key was made of (see `cache::key::KeyParts`).
+    pub fn key_parts(&self, scope: crate::config::Scope) -> Option<KeyParts> {
+        let partition = self.attr.partition(scope)?;
+        let canonical = self.json.as_ref().map_or(&[][..], |j| &j.canonical[..]);
+        Some(key_parts(
+            self.method.as_str(),
+            &self.path_q,
+            &partition,
+            canonical,
+        ))
     }
 
     pub fn ledger_line(&self, outcome: Outcome, status: u16, acc: Accounting) -> LedgerLine {

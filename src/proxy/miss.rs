@@ -12,9 +12,9 @@ use crate::body::{full, Body};
 use crate::cache::flight::{End, Flight, Head, Leader, Reader, Role, Whole};
 use crate::cache::key::CacheKey;
 use crate::error::ApiError;
+use crate::policy::Endpoint;
 use crate::proxy::drive::{self, First};
 use crate::proxy::exchange::{Accounting, Exchange};
-use crate::proxy::policy::Endpoint;
 use crate::proxy::respond;
 use crate::spend::{BudgetState, Outcome, Reservation};
 

@@ -7,7 +7,6 @@ pub mod exchange;
 pub mod headers;
 pub mod hit;
 pub mod miss;
-pub mod policy;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,14 +18,16 @@ use tracing::Instrument;
 use crate::app::App;
 use crate::attribution;
 use crate::body::Body;
-use crate::cache::key::cache_key;
 use crate::error::ApiError;
+use crate::policy::Endpoint;
 use crate::proxy::exchange::Exchange;
-use crate::proxy::policy::{Endpoint, Policy};
+use crate::request::keyed;
 use crate::spend::{BudgetState, Outcome};
 
 pub const OUTCOME_HEADER: HeaderName = HeaderName::from_static("x-chatcache");
 pub const BUDGET_HEADER: HeaderName = HeaderName::from_static("x-chatcache-budget-remaining");
+const EXPLAIN_HEADER: HeaderName = HeaderName::from_static("x-chatcache-explain");
+const REASON_HEADER: HeaderName = HeaderName::from_static("x-chatcache-reason");
 
 /// Answers a request for the API.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
@@ -47,10 +48,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         status = tracing::field::Empty,
         cache = tracing::field::Empty
     );
-    let (mut resp, outcome) = match answer(&app, req, endpoint, started)
-        .instrument(span.clone())
-        .await
-    {
+    let (mut resp, outcome) = match answer(&app, req, started).instrument(span.clone()).await {
         Ok((mut resp, outcome)) => {
             resp.headers_mut()
                 .insert(OUTCOME_HEADER, HeaderValue::from_static(outcome.as_str()));
@@ -92,21 +90,55 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 async fn answer(
     app: &Arc<App>,
     req: Request<Incoming>,
-    endpoint: Endpoint,
     started: Instant,
 ) -> Result<(Response<Body>, Outcome), ApiError> {
-    let ex = read(app, req, endpoint, started).await?;
+    let ex = read(app, req, started).await?;
     let project = ex.attr.project.clone();
     let (resp, outcome) = if let Some(entry) = hit::lookup(app, &ex, max_age(app, &ex)).await {
         hit::serve(app, &ex, entry).await
     } else if ex.policy.offline {
         return Err(ApiError::CacheMiss);
     } else {
+        let reason = match ex.headers.get(EXPLAIN_HEADER) {
+            Some(v) if v == "1" => miss_reason(app, &ex).await,
+            _ => None,
+        };
         // Boxed: a hit's future stays small (it is moved several times per request) and
         // does not carry the state of the upstream path it never takes.
-        Box::pin(miss::fetch(app, ex)).await?
+        let (mut resp, outcome) = Box::pin(miss::fetch(app, ex)).await?;
+        if let Some(r) = reason {
+            resp.headers_mut()
+                .insert(REASON_HEADER, HeaderValue::from_static(r));
+        }
+        (resp, outcome)
     };
     Ok((with_budget(app, &project, resp), outcome))
+}
+
+/// Why the cache does not answer `ex` (`cache explain`'s reason, a short token: headers
+/// never carry prompt text).
+async fn miss_reason(app: &Arc<App>, ex: &Exchange) -> Option<&'static str> {
+    let (app, attr, method, path_q) = (
+        app.clone(),
+        ex.attr.clone(),
+        ex.method.clone(),
+        ex.path_q.clone(),
+    );
+    let (json, policy, key, body) = (ex.json.clone(), ex.policy, ex.key, ex.body.clone());
+    let found = tokio::task::spawn_blocking(move || {
+        let q = crate::request::keyed::question(
+            &app.config,
+            &attr,
+            &method,
+            &path_q,
+            json.as_deref(),
+            &policy,
+            key,
+            &body,
+        )?;
+        app.cache.reason(&q).ok().map(|(token, _)| token)
+    });
+    found.await.ok().flatten()
 }
 
 /// The request as the proxy works with it: attributed, its body read and checked, its
@@ -114,40 +146,29 @@ async fn answer(
 async fn read(
     app: &Arc<App>,
     req: Request<Incoming>,
-    endpoint: Endpoint,
     started: Instant,
 ) -> Result<Exchange, ApiError> {
     let (parts, body) = req.into_parts();
-    let attr = attribution::resolve(app, parts.uri.path(), &parts.headers)?;
-    let path = attribution::forwarded_path(parts.uri.path());
+    let attr = app.attribute(parts.uri.path(), &parts.headers)?;
     let body = crate::body::read_body(body, &parts.headers, app.config.limits.max_body).await?;
-    let json = if endpoint.takes_json() {
-        Some(app.parsed.parse(&body)?)
-    } else {
-        None
-    };
-    let policy = Policy::new(app.config.mode, &parts.headers);
-    let path_q = match parts.uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_string(),
-    };
-    let key = endpoint
-        .cacheable()
-        .then(|| attr.partition(app.config.cache.scope))
-        .flatten()
-        .map(|partition| match &json {
-            Some(j) => j.key(parts.method.as_str(), &path_q, &partition),
-            None => cache_key(parts.method.as_str(), &path_q, &partition, &[]),
-        });
+    let k = keyed::read(
+        &app.config,
+        &app.parsed,
+        &attr,
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        &body,
+    )?;
     Ok(Exchange {
         method: parts.method,
-        path_q,
-        endpoint,
-        json,
-        key,
+        path_q: k.path_q,
+        endpoint: k.endpoint,
+        json: k.json,
+        key: k.key,
         headers: parts.headers,
         body,
-        policy,
+        policy: k.policy,
         attr,
         started,
     })

@@ -2,4 +2,5 @@
 //! flag and prompt, and the memo of bodies already read.
 
 pub mod json;
+pub mod keyed;
 pub mod prompt;
