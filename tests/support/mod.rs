@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod fake_upstream;
 pub mod faults;
 pub mod h2;
+pub mod hold;
 pub mod http1;
 pub mod respond;
 pub mod skip;
