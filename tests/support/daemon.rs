@@ -238,6 +238,39 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// An unlabelled gauge or counter as the daemon's metrics endpoint shows it now.
+pub async fn metric(d: &Daemon, name: &str) -> f64 {
+    let r = send(
+        Method::GET,
+        &d.url("/_chatcache/metrics"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    r.text()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics"))
+}
+
+/// Waits (up to 5 s) until the daemon's metric `name` reads `want`. For states the daemon
+/// reaches on its own that nothing outside it can otherwise see (a request waiting behind
+/// another one in flight).
+pub async fn metric_reaches(d: &Daemon, name: &str, want: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = metric(d, name).await;
+        if now == want {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("{name} stayed at {now}, not {want}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The real binary, with every setting from the environment removed.
 pub fn binary() -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_chatcache"));
