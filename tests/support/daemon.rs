@@ -78,6 +78,13 @@ impl Daemon {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Tells the daemon to stop (as SIGTERM does) without waiting for it; `stop` then waits.
+    pub fn signal_stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
     /// Graceful stop; returns the data dir's owner so a restart can reuse it.
     pub async fn stop(mut self) -> Option<tempfile::TempDir> {
         if let Some(tx) = self.stop.take() {
