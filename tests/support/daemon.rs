@@ -234,7 +234,8 @@ pub fn ledger_lines(data_dir: &Path) -> Vec<serde_json::Value> {
     out
 }
 
-/// Waits until `cond` holds, up to 5 s.
+/// Waits until `cond` holds, up to 5 s. Only for what the daemon finishes on its own
+/// threads with nothing to wait on from outside (a ledger line its writer appends).
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !cond() {
@@ -460,7 +461,8 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Opens the app; on a restart in this process the store's own I/O threads may still hold
-/// its lock for a moment after the last daemon let go, so a locked store is retried briefly.
+/// its lock for a moment after the last daemon let go, and the store says nothing when they
+/// let go, so a locked store is retried until a deadline.
 async fn open_when_free(config: Config) -> Arc<App> {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
