@@ -252,6 +252,8 @@ async fn fds_down_to(bound: usize, what: &str) -> usize {
 
 #[tokio::test]
 async fn aborted_streams_leak_nothing() {
+    // Up to a hundred streams at once, each four descriptors here (client, daemon both
+    // ways, fake upstream).
     support::raise_fd_limit(2048);
     let fake = FakeUpstream::start_with_frame_delay(1).await;
     let d = Daemon::start(&fake.url()).await;
