@@ -329,34 +329,6 @@ async fn sigterm_with_several_streams_in_flight_loses_nothing() {
     drop(keep);
 }
 
-/// Reads one HTTP/1 answer with a Content-Length body, leaving the connection open.
-async fn read_one_answer(s: &mut TcpStream) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        let text = String::from_utf8_lossy(&got).into_owned();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len = head
-                .lines()
-                .find_map(|l| {
-                    let (name, value) = l.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse::<usize>().ok())?
-                })
-                .unwrap_or(0);
-            if body.len() >= len {
-                return text;
-            }
-        }
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("an answer in time")
-            .unwrap();
-        assert!(n > 0, "closed before the answer was whole: {text}");
-        got.extend_from_slice(&buf[..n]);
-    }
-}
-
 /// Writes `pieces` on one connection, 30 ms apart (a client whose bytes come in separate
 /// writes is what is tested, so the pause stays), and reads the answer to its end.
 async fn send_in_pieces(addr: std::net::SocketAddr, pieces: &[&[u8]]) -> String {

@@ -2,6 +2,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod api;
+pub mod client;
 pub mod daemon;
 pub mod fake_upstream;
 pub mod faults;
