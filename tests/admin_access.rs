@@ -298,7 +298,10 @@ async fn daemon_on_host_addr(upstream: &str, extra: &str) -> (Daemon, tempfile::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn from_another_host_admin_needs_the_token_and_the_proxy_still_works() {
     if let Some(why) = netns_unavailable() {
-        println!("skipping the network namespace test: {why}");
+        support::skip::cannot_run(
+            "from_another_host_admin_needs_the_token_and_the_proxy_still_works",
+            &why,
+        );
         return;
     }
     let guest = TestHost::create();

@@ -145,6 +145,7 @@ async fn a_failing_leader_releases_its_followers_and_nothing_is_stored() {
     let fake = FakeUpstream::start().await;
     let d = Arc::new(Daemon::start(&fake.url()).await);
     let body = chat("leader fails");
+    let upstream = fake.hold("leader");
     let leader = {
         let (d, body) = (d.clone(), body.clone());
         tokio::spawn(async move {
@@ -153,13 +154,14 @@ async fn a_failing_leader_releases_its_followers_and_nothing_is_stored() {
                 &body,
                 &[
                     ("authorization", KEY),
-                    ("x-fake-fault", "slow-first-byte=300,status=500"),
+                    ("x-fake-fault", "hold=leader,status=500"),
                 ],
             )
             .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The leader's request is upstream, so its flight is open to join.
+    upstream.arrived().await;
     let mut followers = Vec::new();
     for _ in 0..5 {
         let (d, body) = (d.clone(), body.clone());
@@ -167,6 +169,14 @@ async fn a_failing_leader_releases_its_followers_and_nothing_is_stored() {
             post(&d.url("/chat/completions"), &body).await
         }));
     }
+    // All five wait behind the leader before it fails.
+    metric_reaches(&d, "chatcache_requests_in_flight", 6.0).await;
+    assert_eq!(
+        fake.count("/chat/completions"),
+        1,
+        "followers wait upstream-free"
+    );
+    upstream.release();
     let l = leader.await.unwrap();
     assert_eq!(
         l.status,
@@ -456,7 +466,7 @@ async fn exports_stalled_by_clients_that_do_not_read_hold_up_no_other_work() {
         assert_eq!(r.status(), StatusCode::OK);
         stalled.push(r);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every export's writer has started (its head came) and none can finish: nobody reads.
 
     // A new answer is still stored (work done on a blocking thread) and then served.
     let fresh = chat("asked while the exports wait");

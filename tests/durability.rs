@@ -326,6 +326,8 @@ async fn crash_cycles(cycles: usize) {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
+        // The crash comes at a random moment of the load: when is what is varied, not
+        // something waited for.
         tokio::time::sleep(Duration::from_millis(seed % 60)).await;
         child.signal("KILL");
         child.wait();

@@ -417,3 +417,81 @@ async fn slow_first_byte_and_no_end() {
     let text = String::from_utf8(seen).unwrap();
     assert!(text.contains("\"finish_reason\": \"stop\"") && text.contains("input_tokens"));
 }
+
+/// Everything the peer has sent so far, without waiting for more.
+fn read_available(s: &TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.try_read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn raw_request(path: &str, body: &str, fault: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\nx-fake-fault: {fault}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test]
+async fn hold_keeps_an_answer_until_the_gate_opens() {
+    let fake = FakeUpstream::start().await;
+
+    // Before the first byte: nothing at all is written while held.
+    let gate = fake.hold("plain");
+    let mut s = TcpStream::connect(fake.addr).await.unwrap();
+    let req = raw_request("/chat/completions", &chat_body(false, "held"), "hold=plain");
+    s.write_all(req.as_bytes()).await.unwrap();
+    gate.arrived().await;
+    assert_eq!(gate.held(), 1);
+    assert_eq!(read_available(&s), "", "a held answer sends nothing");
+    gate.release();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+
+    // After two frames of a stream: the head and those frames, and no end.
+    let gate = fake.hold("mid");
+    let mut s = TcpStream::connect(fake.addr).await.unwrap();
+    let req = raw_request(
+        "/chat/completions",
+        &chat_body(true, "held"),
+        "hold=mid@2,gap=0",
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    gate.arrived().await;
+    let so_far = read_available(&s);
+    assert!(so_far.starts_with("HTTP/1.1 200"), "{so_far}");
+    assert_eq!(so_far.matches("data: ").count(), 2, "{so_far}");
+    assert!(
+        !so_far.contains("\r\n0\r\n\r\n"),
+        "held stream ended: {so_far}"
+    );
+    gate.release();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.ends_with("\r\n0\r\n\r\n"), "{rest}");
+    assert!(rest.contains("total_tokens_cost"), "{rest}");
+
+    // An open gate lets later requests straight through; the spec round-trips.
+    let got = call(
+        &fake,
+        request("GET", "/credits", "", &[("x-fake-fault", "hold=plain")]),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(gate.held(), 1);
+    let parsed = Fault::parse_list("hold=mid@2,hold=x").unwrap();
+    assert_eq!(Fault::spec_of(&parsed), "hold=mid@2,hold=x");
+    assert!(Fault::parse_list("hold=").is_err());
+}

@@ -200,6 +200,8 @@ async fn host_absolute_uri_and_redirect_tricks_never_reach_another_host() {
 
 #[tokio::test]
 async fn slowloris_connections_do_not_stop_cached_answers_and_are_closed() {
+    // A thousand connections, each two descriptors here (this end and the daemon's).
+    support::raise_fd_limit(4096);
     let fake = FakeUpstream::start().await;
     let d = Daemon::start_with(&fake.url(), "[limits]\nheader_read_timeout = \"1s\"\n").await;
     let body = chat("cached before the attack");
@@ -220,11 +222,12 @@ async fn slowloris_connections_do_not_stop_cached_answers_and_are_closed() {
         "hit took {:?} under attack",
         t0.elapsed()
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The header timeout (1 s) closes each one: its read ends (with an answer, an end or
+    // an error) instead of waiting.
     let mut closed = 0;
     for s in &mut slow {
         let mut buf = [0u8; 512];
-        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
             Ok(Ok(_)) | Ok(Err(_)) => closed += 1,
             Err(_) => {}
         }
@@ -266,7 +269,8 @@ async fn connection_header_tricks_keep_exactly_one_authorization() {
 #[tokio::test]
 async fn sigterm_with_several_streams_in_flight_loses_nothing() {
     let fake = FakeUpstream::start().await;
-    let d = Daemon::start(&fake.url()).await;
+    let mut d = Daemon::start(&fake.url()).await;
+    let upstream = fake.hold("drain");
     let mut streams = Vec::new();
     for i in 0..5 {
         let url = d.url("/chat/completions");
@@ -276,7 +280,7 @@ async fn sigterm_with_several_streams_in_flight_loses_nothing() {
                 &url,
                 &[
                     ("authorization", KEY),
-                    ("x-fake-fault", "gap=100"),
+                    ("x-fake-fault", "hold=drain@1"),
                     ("x-fake-words", "6"),
                 ],
                 chat_stream(&format!("drain me {i}")),
@@ -284,7 +288,23 @@ async fn sigterm_with_several_streams_in_flight_loses_nothing() {
             .await
         }));
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // All five are streaming, each held upstream after its first frame.
+    upstream.arrived_n(5).await;
+    // An idle keep-alive connection, which the daemon closes once it has begun to drain.
+    let mut idle = TcpStream::connect(d.addr).await.unwrap();
+    let health = format!(
+        "GET /_chatcache/health HTTP/1.1\r\nHost: {}\r\n\r\n",
+        d.addr
+    );
+    idle.write_all(health.as_bytes()).await.unwrap();
+    assert_eq!(status_of(&read_one_answer(&mut idle).await), 200);
+    d.signal_stop();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest))
+        .await
+        .expect("the daemon began to drain")
+        .unwrap();
+    upstream.release();
     let dir = d.data_dir.clone();
     let keep = d.stop().await;
     for s in streams {
@@ -309,7 +329,8 @@ async fn sigterm_with_several_streams_in_flight_loses_nothing() {
     drop(keep);
 }
 
-/// Writes `pieces` on one connection, 30 ms apart, and reads the answer to its end.
+/// Writes `pieces` on one connection, 30 ms apart (a client whose bytes come in separate
+/// writes is what is tested, so the pause stays), and reads the answer to its end.
 async fn send_in_pieces(addr: std::net::SocketAddr, pieces: &[&[u8]]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     for (i, piece) in pieces.iter().enumerate() {
@@ -345,6 +366,7 @@ async fn first_bytes_split_across_writes_still_pick_the_right_protocol() {
     // its own SETTINGS frame (type 4), so it speaks HTTP/2.
     let mut s = TcpStream::connect(d.addr).await.unwrap();
     s.write_all(b"PRI * HTTP/2").await.unwrap();
+    // Apart, as a client that writes them separately sends them (what is tested here).
     tokio::time::sleep(Duration::from_millis(30)).await;
     s.write_all(b".0\r\n\r\nSM\r\n\r\n").await.unwrap();
     s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();

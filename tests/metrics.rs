@@ -95,30 +95,44 @@ async fn counters_move_as_requests_are_made() {
     );
     assert_eq!(value(&after, "chatcache_requests_in_flight", &[]), 0.0);
 
-    // A slow request shows up in flight while it waits, and a stream while it streams.
+    // A request shows up in flight while it waits upstream, and a stream while it streams.
     let url = d.url("/chat/completions");
-    let slow = tokio::spawn(async move {
+    let upstream = fake.hold("waiting");
+    let waiting = tokio::spawn(async move {
         post_with(
             &url,
-            &chat_stream("slow one"),
-            &[
-                ("authorization", KEY),
-                ("x-fake-fault", "slow-first-byte=300,gap=100"),
-            ],
+            &support::daemon::chat("waits upstream"),
+            &[("authorization", KEY), ("x-fake-fault", "hold=waiting")],
         )
         .await
     });
-    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    upstream.arrived().await;
     assert_eq!(
         value(&scrape(&d).await, "chatcache_requests_in_flight", &[]),
         1.0
     );
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    upstream.release();
+    assert_eq!(waiting.await.unwrap().status, StatusCode::OK);
+
+    let upstream = fake.hold("streaming");
+    let resp = open(
+        Method::POST,
+        &d.url("/chat/completions"),
+        &[("authorization", KEY), ("x-fake-fault", "hold=streaming@1")],
+        chat_stream("streams while it is watched"),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(
         value(&scrape(&d).await, "chatcache_streams_in_flight", &[]),
         1.0
     );
-    assert_eq!(slow.await.unwrap().status, StatusCode::OK);
+    upstream.release();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("total_tokens_cost"));
     assert_eq!(
         value(&scrape(&d).await, "chatcache_streams_in_flight", &[]),
         0.0

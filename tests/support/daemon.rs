@@ -1,5 +1,5 @@
-//! The daemon under test, run in-process on 127.0.0.1:0 with its own data dir, and a
-//! small HTTP client for talking to it.
+//! The daemon under test, run in-process on 127.0.0.1:0 with its own data dir, or as the
+//! real binary; what tests check in its data dir. Its HTTP client is `client` (re-exported).
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -7,16 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use chatcache::app::App;
 use chatcache::config::{Config, Overrides};
 use chatcache::store::StoreError;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::oneshot;
+
+pub use super::client::*;
 
 pub struct Daemon {
     pub addr: SocketAddr,
@@ -78,6 +74,13 @@ impl Daemon {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Tells the daemon to stop (as SIGTERM does) without waiting for it; `stop` then waits.
+    pub fn signal_stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
     /// Graceful stop; returns the data dir's owner so a restart can reuse it.
     pub async fn stop(mut self) -> Option<tempfile::TempDir> {
         if let Some(tx) = self.stop.take() {
@@ -91,122 +94,6 @@ impl Daemon {
         }
         self._dir.take()
     }
-}
-
-pub struct Resp {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Resp {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-fn request(
-    method: Method,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: impl Into<Bytes>,
-) -> Request<Full<Bytes>> {
-    let mut req = Request::new(Full::new(body.into()));
-    *req.method_mut() = method;
-    *req.uri_mut() = url.parse().unwrap();
-    for (k, v) in headers {
-        req.headers_mut().append(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-    }
-    req
-}
-
-/// Sends a request and reads the whole answer.
-pub async fn send(
-    method: Method,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: impl Into<Bytes>,
-) -> Resp {
-    let resp = client()
-        .request(request(method, url, headers, body))
-        .await
-        .unwrap_or_else(|e| panic!("request to {url} failed: {e:?}"));
-    let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_else(|e| panic!("body of {url} broke: {e}"));
-    Resp {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
-}
-
-/// Sends a request and returns the answer with its body unread.
-pub async fn open(
-    method: Method,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: impl Into<Bytes>,
-) -> http::Response<Incoming> {
-    try_open(method, url, headers, body).await.unwrap()
-}
-
-/// As `open`, for requests that may fail (a daemon being killed).
-pub async fn try_open(
-    method: Method,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: impl Into<Bytes>,
-) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
-    client().request(request(method, url, headers, body)).await
-}
-
-pub const KEY: &str = "Bearer sk-test-0123456789abcdef";
-
-pub async fn post(url: &str, body: &str) -> Resp {
-    send(
-        Method::POST,
-        url,
-        &[("authorization", KEY), ("content-type", "application/json")],
-        body.to_string(),
-    )
-    .await
-}
-
-pub async fn post_with(url: &str, body: &str, headers: &[(&str, &str)]) -> Resp {
-    let mut h = vec![("content-type", "application/json")];
-    h.extend_from_slice(headers);
-    send(Method::POST, url, &h, body.to_string()).await
-}
-
-pub async fn get(url: &str) -> Resp {
-    send(Method::GET, url, &[("authorization", KEY)], Bytes::new()).await
-}
-
-pub fn chat(content: &str) -> String {
-    serde_json::json!({"model": "GPT-4 Turbo", "messages": [{"role": "user", "content": content}]})
-        .to_string()
-}
-
-pub fn chat_stream(content: &str) -> String {
-    serde_json::json!({"model": "GPT-4 Turbo", "messages": [{"role": "user", "content": content}], "stream": true}).to_string()
 }
 
 /// Every line of every ledger file, parsed.
@@ -227,7 +114,8 @@ pub fn ledger_lines(data_dir: &Path) -> Vec<serde_json::Value> {
     out
 }
 
-/// Waits until `cond` holds, up to 5 s.
+/// Waits until `cond` holds, up to 5 s. Only for what the daemon finishes on its own
+/// threads with nothing to wait on from outside (a ledger line its writer appends).
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !cond() {
@@ -420,7 +308,8 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Opens the app; on a restart in this process the store's own I/O threads may still hold
-/// its lock for a moment after the last daemon let go, so a locked store is retried briefly.
+/// its lock for a moment after the last daemon let go, and the store says nothing when they
+/// let go, so a locked store is retried until a deadline.
 async fn open_when_free(config: Config) -> Arc<App> {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {

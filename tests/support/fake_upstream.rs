@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use super::faults::{Fault, FaultSet, FAULT_HEADER};
+use super::hold::{Gate, Gates};
 use super::http1::{self, Request};
 use super::respond::{self, After};
 use super::tls::{self, TestCa};
@@ -57,6 +58,7 @@ struct Shared {
     default_faults: Mutex<Vec<Fault>>,
     frame_delay_ms: AtomicU64,
     conns: Mutex<Vec<JoinHandle<()>>>,
+    gates: Gates,
 }
 
 /// A running fake upstream. Dropping it stops it too (without waiting).
@@ -102,6 +104,7 @@ impl FakeUpstream {
             default_faults: Mutex::new(Vec::new()),
             frame_delay_ms: AtomicU64::new(frame_delay_ms),
             conns: Mutex::new(Vec::new()),
+            gates: Gates::default(),
         });
         let is_tls = tls.is_some();
         let accept = tokio::spawn(accept_loop(listener, tls, shared.clone()));
@@ -155,6 +158,12 @@ impl FakeUpstream {
     /// Default pause between stream frames from now on.
     pub fn set_frame_delay(&self, ms: u64) {
         self.shared.frame_delay_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The gate that requests sent with `x-fake-fault: hold=NAME` wait at: the test learns
+    /// when they are held (`arrived`) and lets them go (`release`).
+    pub fn hold(&self, name: &str) -> Gate {
+        Gate::new(name, self.shared.gates.get(name))
     }
 
     /// Closes the listener and every connection; afterwards the port refuses connections.
@@ -256,6 +265,7 @@ async fn serve<S: Transport>(stream: S, shared: Arc<Shared>) {
                         &FaultSet::default(),
                         Duration::ZERO,
                         true,
+                        None,
                     )
                     .await;
                     let _ = io.shutdown().await;
@@ -280,7 +290,11 @@ async fn serve<S: Transport>(stream: S, shared: Arc<Shared>) {
             ),
         };
         let delay = Duration::from_millis(shared.frame_delay_ms.load(Ordering::Relaxed));
-        match respond::write_reply(&mut io, reply, &faults, delay, close).await {
+        let hold = faults
+            .hold
+            .as_ref()
+            .map(|(gate, after)| (shared.gates.get(gate), *after));
+        match respond::write_reply(&mut io, reply, &faults, delay, close, hold).await {
             Ok(After::KeepAlive) => continue,
             Ok(After::Close) => {
                 let _ = io.shutdown().await;

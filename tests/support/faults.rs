@@ -36,6 +36,10 @@ pub enum Fault {
     Redirect(String),
     /// `no-end`: send the frames, then hang without ending until the client goes away.
     NoEnd,
+    /// `hold=NAME`: hold the answer before its first byte until the test opens the gate
+    /// `NAME` (see `FakeUpstream::hold`); `hold=NAME@K`: hold a stream after its first K
+    /// frames (its head and those frames sent).
+    Hold { gate: String, after_frames: usize },
 }
 
 impl Fault {
@@ -98,6 +102,19 @@ impl FromStr for Fault {
             ("cl-and-te", None) => Fault::ClAndTe,
             ("two-cl", None) => Fault::TwoCl,
             ("no-end", None) => Fault::NoEnd,
+            ("hold", Some(arg)) => {
+                let (gate, after_frames) = match arg.split_once('@') {
+                    Some((gate, k)) => (gate, num(Some(k))? as usize),
+                    None => (arg, 0),
+                };
+                if gate.is_empty() {
+                    return Err(format!("fault {s:?} needs a gate name"));
+                }
+                Fault::Hold {
+                    gate: gate.to_string(),
+                    after_frames,
+                }
+            }
             _ => return Err(format!("unknown fault {s:?}")),
         })
     }
@@ -118,6 +135,11 @@ impl fmt::Display for Fault {
             Fault::TwoCl => f.write_str("two-cl"),
             Fault::Redirect(url) => write!(f, "redirect={url}"),
             Fault::NoEnd => f.write_str("no-end"),
+            Fault::Hold {
+                gate,
+                after_frames: 0,
+            } => write!(f, "hold={gate}"),
+            Fault::Hold { gate, after_frames } => write!(f, "hold={gate}@{after_frames}"),
         }
     }
 }
@@ -137,6 +159,8 @@ pub struct FaultSet {
     pub two_cl: bool,
     pub redirect: Option<String>,
     pub no_end: bool,
+    /// The gate to hold at, and after how many stream frames.
+    pub hold: Option<(String, usize)>,
 }
 
 impl FaultSet {
@@ -156,6 +180,7 @@ impl FaultSet {
                 Fault::TwoCl => s.two_cl = true,
                 Fault::Redirect(url) => s.redirect = Some(url.clone()),
                 Fault::NoEnd => s.no_end = true,
+                Fault::Hold { gate, after_frames } => s.hold = Some((gate.clone(), *after_frames)),
             }
         }
         s

@@ -9,7 +9,11 @@ use tokio::time::sleep;
 
 use super::api;
 use super::faults::{FaultSet, WORDS_HEADER};
+use super::hold::GateState;
 use super::http1::{head, write_chunk, Request, LAST_CHUNK};
+
+/// Where an answer waits for its gate: before its first byte (0), or after K stream frames.
+pub type HoldAt = Option<(std::sync::Arc<GateState>, usize)>;
 
 /// Status, headers (without framing headers) and body of one answer.
 pub struct Reply {
@@ -127,7 +131,17 @@ pub async fn write_reply<S: AsyncWrite + Unpin>(
     f: &FaultSet,
     frame_delay: Duration,
     close: bool,
+    hold: HoldAt,
 ) -> io::Result<After> {
+    let streamed = matches!(reply.body, Body::Frames(_)) && !(f.short_body || f.two_cl);
+    let hold_in_stream = match hold {
+        Some((gate, after)) if after > 0 && streamed => Some((gate, after)),
+        Some((gate, _)) => {
+            gate.pass().await;
+            None
+        }
+        None => None,
+    };
     if let Some(ms) = f.slow_first_byte {
         sleep(Duration::from_millis(ms)).await;
     }
@@ -139,7 +153,7 @@ pub async fn write_reply<S: AsyncWrite + Unpin>(
     match body {
         Body::Frames(frames) if !(f.short_body || f.two_cl) => {
             let gap = f.gap.map(Duration::from_millis).unwrap_or(frame_delay);
-            write_frames(io, status, headers, &frames, f, gap, close).await
+            write_frames(io, status, headers, &frames, f, gap, close, hold_in_stream).await
         }
         Body::Frames(frames) => write_fixed(io, status, headers, frames.concat(), f, close).await,
         Body::Fixed(body) => write_fixed(io, status, headers, body, f, close).await,
@@ -220,6 +234,7 @@ fn split_point(i: usize, frame: &[u8]) -> usize {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn write_frames<S: AsyncWrite + Unpin>(
     io: &mut S,
     status: u16,
@@ -228,6 +243,7 @@ async fn write_frames<S: AsyncWrite + Unpin>(
     f: &FaultSet,
     gap: Duration,
     close: bool,
+    hold: HoldAt,
 ) -> io::Result<After> {
     if f.cl_and_te {
         let total: usize = frames.iter().map(Vec::len).sum();
@@ -238,7 +254,12 @@ async fn write_frames<S: AsyncWrite + Unpin>(
     headers.push(hdr("transfer-encoding", "chunked"));
     io.write_all(&head(status, &headers)).await?;
     io.flush().await?;
+    let hold_before = |i: usize| hold.as_ref().filter(|(_, after)| *after == i);
     for (i, frame) in frames.iter().enumerate() {
+        if let Some((gate, _)) = hold_before(i) {
+            io.flush().await?;
+            gate.pass().await;
+        }
         if f.reset_after == Some(i) {
             return Ok(After::Reset);
         }
@@ -253,6 +274,12 @@ async fn write_frames<S: AsyncWrite + Unpin>(
             sleep(Duration::from_millis(1)).await;
         }
         write_chunk(io, b).await?;
+    }
+    if let Some((gate, after)) = &hold {
+        if *after >= frames.len() {
+            io.flush().await?;
+            gate.pass().await;
+        }
     }
     if f.reset_after.is_some() {
         return Ok(After::Reset);
