@@ -171,7 +171,8 @@ async fn over_budget_upstream_requests_get_402_but_hits_still_pass() {
     let fake = FakeUpstream::start().await;
     let d = Daemon::start_with(
         &fake.url(),
-        "[projects.tight]\nbudget = 0.0001\nbudget_period = \"day\"\n",
+        // The first request's worst case (the ceiling) fits; its real cost uses it all up.
+        "[projects.tight]\nbudget = 0.0001\nmax_request_cost = 0.0001\nbudget_period = \"day\"\n",
     )
     .await;
     let h = [("authorization", KEY), ("x-chatcache-project", "tight")];

@@ -270,6 +270,8 @@ async fn aborted_streams_leak_nothing() {
     eprintln!("descriptors: {before} at the start, then {after_first}, then {after_more}");
     assert_eq!(fake.count("/chat/completions"), 1500);
     // Drained answers were recorded: the provider bills them, so they are kept and accounted.
+    // Entries are stored by the cache's writer after the answer; settle waits for it.
+    d.app.cache.settle().unwrap();
     assert_eq!(d.app.cache.stats().entries, 1500);
     d.stop().await;
 }
