@@ -27,9 +27,6 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if matches!(cli.command, Command::Serve) {
-        limit_malloc_arenas();
-    }
     chatcache::telemetry::init(config.log_format);
     // Store calls are short; a few blocking threads serve them all. An unbounded pool grows
     // to hundreds of threads (and malloc arenas) when many answers finish at once.
@@ -51,32 +48,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// glibc gives every thread that allocates a heap arena of its own (up to eight per core);
-/// with the store's I/O threads and the blocking pool that is over a dozen half-empty heaps,
-/// about a quarter of the daemon's memory at 100k cached entries. Two arenas serve this
-/// daemon (one async worker per core) as fast. glibc reads the limit only at start, and
-/// setting it in-process needs FFI, so the daemon re-executes itself once with
-/// `MALLOC_ARENA_MAX` set, before any thread exists. A limit the user set is left alone;
-/// other C libraries ignore the variable.
-fn limit_malloc_arenas() {
-    use std::os::unix::process::CommandExt;
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let mut args = std::env::args_os();
-    let arg0 = args.next().unwrap_or_else(|| exe.clone().into_os_string());
-    let err = std::process::Command::new(&exe)
-        .arg0(arg0)
-        .args(args)
-        .env("MALLOC_ARENA_MAX", "2")
-        .exec();
-    // Only reached if the exec failed: run on with glibc's default arenas.
-    eprintln!("chatcache: could not limit malloc arenas ({err}); continuing");
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {

@@ -99,7 +99,9 @@ async fn too_old_evicted_and_not_cacheable_are_told_apart() {
     let first = asked(0.1, None);
     assert_eq!(post(&d.url("/chat/completions"), &first).await.status, 200);
     let old = [("authorization", KEY), ("cache-control", "max-age=0")];
-    // Stored a few milliseconds ago: older than the request's max-age of 0 s.
+    // An age is what is asked about: the entry must be older than the request's max-age of
+    // 0 s, and ages are counted in whole milliseconds.
+    age_by_a_few_milliseconds().await;
     let e = explain(&d, &first, &old).await;
     assert_eq!(e["reason"], "too-old", "{e}");
     assert!(e["detail"].as_str().unwrap().contains("max-age"), "{e}");
@@ -138,6 +140,7 @@ async fn a_miss_can_carry_its_reason_as_a_short_header() {
     assert_eq!(r.header("x-chatcache-reason"), Some("never-stored"));
     d.app.cache.settle().unwrap();
     // Stored, but past cache.max_age (1 ms) by the time it is asked again.
+    age_by_a_few_milliseconds().await;
     let r = post_with(&d.url("/chat/completions"), &body, &explained).await;
     assert_eq!(r.header("x-chatcache"), Some("miss"));
     assert_eq!(r.header("x-chatcache-reason"), Some("too-old"));
@@ -149,4 +152,10 @@ async fn a_miss_can_carry_its_reason_as_a_short_header() {
     .await;
     assert_eq!(r.header("x-chatcache-reason"), None, "only when asked");
     d.stop().await;
+}
+
+/// Lets entries stored so far grow older than a millisecond-scale age limit: here the
+/// passing of wall-clock time is the condition under test, not a stand-in for an event.
+async fn age_by_a_few_milliseconds() {
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
 }

@@ -406,8 +406,8 @@ async fn tells_systemd_when_ready_and_when_stopping() {
     assert!(child.wait().unwrap().success());
 }
 
-/// Starts `chatcache serve` with `env` added, and returns it once it listens.
-fn serve_with_env(data_dir: &std::path::Path, env: &[(&str, &str)]) -> std::process::Child {
+/// Starts `chatcache serve` on `data_dir`, and returns it once it listens.
+fn serve_in(data_dir: &std::path::Path) -> std::process::Child {
     use std::io::{BufRead, BufReader};
     let mut cmd = binary();
     cmd.env("RUST_LOG", "info")
@@ -417,9 +417,6 @@ fn serve_with_env(data_dir: &std::path::Path, env: &[(&str, &str)]) -> std::proc
         .arg(data_dir)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
     let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let listening = BufReader::new(stderr)
@@ -430,38 +427,10 @@ fn serve_with_env(data_dir: &std::path::Path, env: &[(&str, &str)]) -> std::proc
     child
 }
 
-fn environ_of(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .unwrap()
-        .split(|b| *b == 0)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .collect()
-}
-
-#[test]
-fn the_daemon_limits_malloc_arenas_unless_told_otherwise() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut own = serve_with_env(&dir.path().join("a"), &[]);
-    let env = environ_of(own.id());
-    assert!(
-        env.iter().any(|v| v == "MALLOC_ARENA_MAX=2"),
-        "re-executed with the limit, same process: {env:?}"
-    );
-    own.kill().unwrap();
-    own.wait().unwrap();
-
-    let mut told = serve_with_env(&dir.path().join("b"), &[("MALLOC_ARENA_MAX", "7")]);
-    let env = environ_of(told.id());
-    assert!(env.iter().any(|v| v == "MALLOC_ARENA_MAX=7"), "{env:?}");
-    assert!(!env.iter().any(|v| v == "MALLOC_ARENA_MAX=2"));
-    told.kill().unwrap();
-    told.wait().unwrap();
-}
-
 #[test]
 fn the_ledger_writer_runs_below_request_handling() {
     let dir = tempfile::tempdir().unwrap();
-    let mut daemon = serve_with_env(&dir.path().join("d"), &[]);
+    let mut daemon = serve_in(&dir.path().join("d"));
     let tasks = std::fs::read_dir(format!("/proc/{}/task", daemon.id())).unwrap();
     let mut nice_of = std::collections::HashMap::new();
     for task in tasks {

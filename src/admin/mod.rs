@@ -22,8 +22,8 @@ use crate::cache::bundle::{self, BundleCount};
 use crate::cache::key::{CacheKey, Partition};
 use crate::cache::Purge;
 
-use crate::body::read_body;
 use crate::error::ApiError;
+use crate::request::read::read_body;
 use crate::spend::{Dim, ReportQuery};
 
 pub const PREFIX: &str = "/_chatcache";

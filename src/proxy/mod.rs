@@ -150,7 +150,8 @@ async fn read(
 ) -> Result<Exchange, ApiError> {
     let (parts, body) = req.into_parts();
     let attr = app.attribute(parts.uri.path(), &parts.headers)?;
-    let body = crate::body::read_body(body, &parts.headers, app.config.limits.max_body).await?;
+    let body =
+        crate::request::read::read_body(body, &parts.headers, app.config.limits.max_body).await?;
     let k = keyed::read(
         &app.config,
         &app.parsed,

@@ -1,5 +1,5 @@
 //! Spend reports: grouping the rollups of a date range by project, model, day and/or
-//! key, and the report's JSON shape (design.md, "Report JSON").
+//! key, and the report's JSON shape (README, "Spend ledger").
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
