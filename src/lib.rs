@@ -1,14 +1,18 @@
 //! chatcache: a local caching reverse proxy and spend ledger in front of a chat API.
 //!
 //! ```text
-//! client ──> server (accept, limits, graceful drain)
-//!              └─> proxy::handle ── attribution (project, credential, mode)
-//!                    ├─ admin::route            (/_chatcache/*)
-//!                    ├─ cache::lookup ── hit ──> replay ──────────────┐
-//!                    └─ miss ─> flight (single-flight) ─> upstream ──┤
-//!                               └─ tee: to client now, record a copy │
-//!                                  └─ on clean end: cache::store,    │
-//!                                     spend::record (fsync) <────────┘
+//! client ──> server (accept, connection cap, header timeout, graceful drain)
+//!              └─> router ── /_chatcache/* ──> admin (health, stats, spend, cache ops,
+//!                    │                                dashboard, explain)
+//!                    └─ the API ──> proxy: the request read into an Exchange
+//!                         ├─ hit: cache (memory tier, then storage) ─> stream::replay ──┐
+//!                         └─ miss: admission (budget reservation, ledger) ─>            │
+//!                              cache::flight (one upstream call per key) ─> upstream    │
+//!                              └─ stream::tee: to every reader now, recorded as it goes │
+//!                                 └─ at the clean end: cache writer stores the entry;   │
+//!                                    spend records the line (fsync) <───────────────────┘
+//! Below them all: request (bodies and their readings), attribution, cost, config, store
+//! (the data dir's sled database), error, body, metrics.
 //! ```
 
 pub mod admin;

@@ -63,9 +63,9 @@ impl Protocols {
             .header_read_timeout(limits.header_read_timeout)
             .keep_alive(true)
             // Answers here are small (a cached answer, a stream's piece): copied behind the
-            // head into one buffer and sent with one plain write, they cost fewer
-            // instructions than a queue of buffers sent with a vectored write (callgrind:
-            // 2.4 % of a hit). A large answer is copied once more.
+            // head into one buffer and sent with one plain write, they cost less than a
+            // queue of buffers sent with a vectored write. A large answer is copied once
+            // more.
             .writev(false);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2

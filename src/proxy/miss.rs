@@ -155,9 +155,9 @@ async fn lead(
 ) -> Result<(Response<Body>, Outcome), ApiError> {
     let reservation = reserve(app, ex)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    // At debug level, like the request's span: an info span costs several thousand
-    // instructions an exchange. The exchange's own warnings make their context when
-    // they are written.
+    // At debug level, like the request's span: an info span would be made and entered
+    // on every exchange. The exchange's own warnings make their context when they are
+    // written.
     let span = tracing::debug_span!("exchange", method = %ex.method, path = %ex.path_q);
     app.exchanges
         .spawn(drive::drive(app.clone(), ex.clone(), leader, reservation, tx).instrument(span));
