@@ -812,8 +812,8 @@ async fn budgets_route_reports_spend_against_budgets() {
     assert_eq!(
         r.json(),
         serde_json::json!([
-            {"project": "batch", "budget": null, "period": null, "spent": null, "remaining": null},
-            {"project": "web", "budget": 5.0, "period": "month", "spent": 0.0, "remaining": 5.0},
+            {"project": "batch", "budget": null, "period": null, "spent": null, "remaining": null, "alerted": null},
+            {"project": "web", "budget": 5.0, "period": "month", "spent": 0.0, "remaining": 5.0, "alerted": null},
         ])
     );
     make_requests(&d).await;

@@ -144,9 +144,16 @@ async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<B
             "version": env!("CARGO_PKG_VERSION"),
             "mode": app.config.mode.as_str(),
         })),
-        (&Method::GET, "/budgets") => json(&dashboard::budget_rows(&app.config.projects, |p| {
-            app.spend.budget(p)
-        })),
+        (&Method::GET, "/budgets") => json(&dashboard::budget_rows(
+            &app.config.projects,
+            |p| app.spend.budget(p),
+            |p| app.spend.period_use(p).and_then(|u| app.alerts.reached(&u)),
+        )),
+        (&Method::GET, "/spend/reconcile") => {
+            let since = since_ms(&query)?;
+            let (spend, warn) = (app.spend.clone(), app.config.spend.drift_warn);
+            json(&blocking(move || spend.reconcile(since, warn).map_err(internal)).await?)
+        }
         (&Method::GET, "/spend") => {
             let q = report_query(&query)?;
             let spend = app.spend.clone();
@@ -326,6 +333,23 @@ fn report_query(q: &HashMap<String, String>) -> Result<ReportQuery, ApiError> {
         until: date("until")?,
         project: q.get("project").cloned(),
     })
+}
+
+/// `since` as Unix ms: a UTC day (its start) or an RFC 3339 time.
+fn since_ms(q: &HashMap<String, String>) -> Result<Option<i64>, ApiError> {
+    let Some(s) = q.get("since") else {
+        return Ok(None);
+    };
+    let day = time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
+        .map(|d| d.midnight().assume_utc());
+    let at = day
+        .or_else(|_| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339))
+        .map_err(|_| {
+            ApiError::BadRequest(format!(
+                "since: {s:?} is not a date like 2026-11-25 or a time like 2026-11-25T10:00:00Z"
+            ))
+        })?;
+    Ok(Some(crate::spend::reconcile::unix_ms(at)))
 }
 
 fn parse_query(q: &str) -> HashMap<String, String> {

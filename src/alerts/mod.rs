@@ -111,7 +111,11 @@ impl Alerts {
             return;
         }
         for &threshold in self.crossed(used) {
-            let claim = (project.to_string(), used.period.clone(), threshold.to_bits());
+            let claim = (
+                project.to_string(),
+                used.period.clone(),
+                threshold.to_bits(),
+            );
             let mut claimed = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
             if !claimed.insert(claim.clone()) {
                 continue;
@@ -126,7 +130,11 @@ impl Alerts {
             };
             if self.tx.try_send(alert).is_err() {
                 claimed.remove(&claim);
-                tracing::warn!(project, threshold, "the budget alert queue is full; trying again with the project's next request");
+                tracing::warn!(
+                    project,
+                    threshold,
+                    "the budget alert queue is full; trying again with the project's next request"
+                );
             }
         }
     }
@@ -173,8 +181,10 @@ impl Alerts {
                 }
             }
             // Left claimed: not tried again until the next start, which finds it undelivered.
-            Err(e) => tracing::error!(project = %alert.project, threshold = alert.threshold, error = %e,
-                "could not deliver a budget alert; giving up until the daemon restarts"),
+            Err(e) => {
+                tracing::error!(project = %alert.project, threshold = alert.threshold, error = %e,
+                "could not deliver a budget alert; giving up until the daemon restarts")
+            }
         }
     }
 

@@ -48,8 +48,7 @@ pub(super) fn validate(raw: RawAlerts) -> Result<AlertsConfig, ConfigError> {
             let uri: http::Uri = text
                 .parse()
                 .map_err(|_| err(format!("alerts.webhook: {text:?} is not a URL")))?;
-            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none()
-            {
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
                 return Err(err(format!(
                     "alerts.webhook: {text:?} must be an http:// or https:// URL"
                 )));
@@ -104,10 +103,7 @@ mod tests {
         )
         .unwrap();
         assert!(c.enabled());
-        assert_eq!(
-            c.webhook.unwrap().to_string(),
-            "http://127.0.0.1:9000/hook"
-        );
+        assert_eq!(c.webhook.unwrap().to_string(), "http://127.0.0.1:9000/hook");
         assert_eq!(c.command.as_deref(), Some("mail -s budget ops"));
         assert_eq!(c.thresholds, vec![0.25, 1.0]);
         assert_eq!((c.retries, c.retry_delay), (2, Duration::from_millis(50)));

@@ -61,15 +61,19 @@ async fn observe(app: &Arc<App>, fingerprint: &Arc<str>, body: &[u8]) {
         tracing::warn!("a /credits answer without a credits number; not kept");
         return;
     };
+    let now = time::OffsetDateTime::now_utc();
     let obs = Observation {
-        at_ms: unix_ms(time::OffsetDateTime::now_utc()),
+        at_ms: unix_ms(now),
         credits,
     };
+    // Ledger lines carry milliseconds: the observation is kept only once its millisecond
+    // is over, so every line stamped later was written after it, by anyone.
+    let into_ms = u64::try_from(now.unix_timestamp_nanos().rem_euclid(1_000_000)).unwrap_or(0);
+    let next_ms = std::time::Duration::from_nanos(1_000_000 - into_ms);
+    tokio::time::sleep(next_ms).await;
     let (spend, fp) = (app.spend.clone(), fingerprint.clone());
     let kept = tokio::task::spawn_blocking(move || {
-        spend
-            .observe_credits(&fp, obs)
-            .map_err(|e| e.to_string())
+        spend.observe_credits(&fp, obs).map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| e.to_string())

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod client;
+pub mod credits;
 pub mod daemon;
 pub mod fake_upstream;
 pub mod faults;

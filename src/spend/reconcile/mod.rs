@@ -2,11 +2,13 @@
 //! two observations of one credential's credits, the drop in credits beside the upstream
 //! cost the ledger recorded for that credential in it.
 //!
-//! A ledger line is written when its answer ends; the request started `upstream_ms`
-//! before. A line counts in the interval in which its request *started* (the provider
-//! charges a request it has accepted, whenever the answer ends). Lines whose request was
-//! still in flight when an interval began or ended are counted as such
-//! (`in_flight_start`, `in_flight_end`), so a drift they explain can be told apart.
+//! A line counts in the interval in which it was *written* (its `ts`: when its answer
+//! ended), to the millisecond the ledger keeps; an observation is taken in a millisecond
+//! of its own (see `proxy::credits`), so a line written before it never counts after it.
+//! A request in flight across an observation (started before it, written after it) counts
+//! in the later interval, and is named in both: `in_flight_end` of the one it started in,
+//! `in_flight_start` of the one it is counted in; a drift such requests explain can so be
+//! told apart from a real one.
 
 pub mod credits;
 mod render;
@@ -35,7 +37,7 @@ pub struct Interval {
     pub credits_after: f64,
     /// `credits_before - credits_after`: what the provider charged.
     pub drop: f64,
-    /// The upstream cost of the ledger lines of requests started in the interval.
+    /// The upstream cost of the credential's ledger lines written in the interval.
     pub ledger: f64,
     pub requests: u64,
     /// `drop - ledger`.
@@ -47,10 +49,10 @@ pub struct Interval {
     pub flagged: bool,
     /// Credits rose (a top-up): the interval says nothing about drift.
     pub topped_up: bool,
-    /// Requests of the credential in flight when the interval began (counted in the one
-    /// before).
+    /// Requests counted here that had started before the interval began.
     pub in_flight_start: u64,
-    /// Requests started in the interval and still in flight when it ended (counted here).
+    /// Requests started by the end of the interval and written after it (counted in the
+    /// next one).
     pub in_flight_end: u64,
 }
 
@@ -131,14 +133,14 @@ fn interval(
     let mut ledger = 0.0;
     let (mut requests, mut in_flight_start, mut in_flight_end) = (0, 0, 0);
     for c in charges {
-        if (a.at_ms..b.at_ms).contains(&c.start_ms) {
+        if c.end_ms > a.at_ms && c.end_ms <= b.at_ms {
             ledger += c.cost;
             requests += 1;
-            if c.end_ms > b.at_ms {
-                in_flight_end += 1;
+            if c.start_ms < a.at_ms {
+                in_flight_start += 1;
             }
-        } else if c.start_ms < a.at_ms && c.end_ms > a.at_ms {
-            in_flight_start += 1;
+        } else if c.end_ms > b.at_ms && c.start_ms < b.at_ms {
+            in_flight_end += 1;
         }
     }
     let drop = round9(a.credits - b.credits);
@@ -154,8 +156,8 @@ fn interval(
     } else {
         None
     };
-    let flagged = !topped_up
-        && drift_pct.is_none_or(|d| d.abs() > round9(drift_warn * 100.0) + 1e-9);
+    let flagged =
+        !topped_up && drift_pct.is_none_or(|d| d.abs() > round9(drift_warn * 100.0) + 1e-9);
     Interval {
         key: key.to_string(),
         from: rfc3339(a.at_ms),
@@ -184,9 +186,9 @@ fn read_charges(
     let first_month = rfc3339(first_ms).get(..7).unwrap_or("").to_string();
     let mut out: BTreeMap<String, Vec<Charge>> = BTreeMap::new();
     let names = ledger::list_files(dir).map_err(|e| SpendError::io(dir, e))?;
-    // A request that ended in the next month started in this one: the month before the
-    // first observation is read too, for requests in flight across it.
-    let from = previous_month(&first_month);
+    // Lines are filed by the month they were written in: none before the first
+    // observation's month can count.
+    let from = first_month;
     for name in names.into_iter().filter(|n| n.as_str() >= from.as_str()) {
         let path = dir.join(&name);
         ledger::read_file(&path, 0, |line, _| {
@@ -207,18 +209,6 @@ fn read_charges(
         .map_err(|e| SpendError::io(&path, e))?;
     }
     Ok(out)
-}
-
-/// "YYYY-MM" of the month before `month` ("" stays "").
-fn previous_month(month: &str) -> String {
-    let (Some(y), Some(m)) = (
-        month.get(..4).and_then(|y| y.parse::<i32>().ok()),
-        month.get(5..7).and_then(|m| m.parse::<u32>().ok()),
-    ) else {
-        return String::new();
-    };
-    let (y, m) = if m <= 1 { (y - 1, 12) } else { (y, m - 1) };
-    format!("{y:04}-{m:02}")
 }
 
 #[cfg(test)]
