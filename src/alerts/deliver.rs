@@ -52,17 +52,33 @@ impl Deliverer {
         })
     }
 
-    /// Delivers `json` to every configured destination. Err names what failed last.
+    /// Delivers `json` to every configured destination at once, each on its own (one
+    /// that is down does not hold up the other). Err names what failed.
     pub async fn deliver(&self, json: Bytes, stop: &CancellationToken) -> Result<(), String> {
-        if let Some(uri) = &self.webhook {
-            let post = || self.post(uri, json.clone());
-            self.retried(post, stop, "webhook").await?;
+        let webhook = async {
+            match &self.webhook {
+                Some(uri) => {
+                    let post = || self.post(uri, json.clone());
+                    self.retried(post, stop, "webhook").await
+                }
+                None => Ok(()),
+            }
+        };
+        let command = async {
+            match &self.command {
+                Some(cmd) => {
+                    let run = || run_command(cmd, json.clone());
+                    self.retried(run, stop, "command").await
+                }
+                None => Ok(()),
+            }
+        };
+        match tokio::join!(webhook, command) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(e), Ok(())) => Err(format!("webhook: {e}")),
+            (Ok(()), Err(e)) => Err(format!("command: {e}")),
+            (Err(w), Err(c)) => Err(format!("webhook: {w}; command: {c}")),
         }
-        if let Some(cmd) = &self.command {
-            let run = || run_command(cmd, json.clone());
-            self.retried(run, stop, "command").await?;
-        }
-        Ok(())
     }
 
     /// `attempt`, retried with backoff; a stopping daemon cuts the wait short and tries no

@@ -10,6 +10,7 @@ pub mod faults;
 pub mod h2;
 pub mod hold;
 pub mod http1;
+pub mod receiver;
 pub mod respond;
 pub mod skip;
 pub mod tls;
