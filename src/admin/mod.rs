@@ -6,6 +6,7 @@
 
 pub mod dashboard;
 mod explain;
+mod reconcile;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -149,11 +150,7 @@ async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<B
             |p| app.spend.budget(p),
             |p| app.spend.period_use(p).and_then(|u| app.alerts.reached(&u)),
         )),
-        (&Method::GET, "/spend/reconcile") => {
-            let since = since_ms(&query)?;
-            let (spend, warn) = (app.spend.clone(), app.config.spend.drift_warn);
-            json(&blocking(move || spend.reconcile(since, warn).map_err(internal)).await?)
-        }
+        (&Method::GET, "/spend/reconcile") => reconcile::reconcile(&app, &query).await,
         (&Method::GET, "/spend") => {
             let q = report_query(&query)?;
             let spend = app.spend.clone();
@@ -333,23 +330,6 @@ fn report_query(q: &HashMap<String, String>) -> Result<ReportQuery, ApiError> {
         until: date("until")?,
         project: q.get("project").cloned(),
     })
-}
-
-/// `since` as Unix ms: a UTC day (its start) or an RFC 3339 time.
-fn since_ms(q: &HashMap<String, String>) -> Result<Option<i64>, ApiError> {
-    let Some(s) = q.get("since") else {
-        return Ok(None);
-    };
-    let day = time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
-        .map(|d| d.midnight().assume_utc());
-    let at = day
-        .or_else(|_| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339))
-        .map_err(|_| {
-            ApiError::BadRequest(format!(
-                "since: {s:?} is not a date like 2026-11-25 or a time like 2026-11-25T10:00:00Z"
-            ))
-        })?;
-    Ok(Some(crate::spend::reconcile::unix_ms(at)))
 }
 
 fn parse_query(q: &str) -> HashMap<String, String> {

@@ -84,8 +84,12 @@ async fn observe(app: &Arc<App>, fingerprint: &Arc<str>, body: &[u8]) {
 }
 
 /// Asks `/credits` with the held key every `spend.credits_poll` (the first time at once),
-/// for as long as the daemon runs. None when it holds no key or polling is off.
+/// for as long as the daemon runs. None when it holds no key, polling is off, or the
+/// daemon is in replay mode (which never contacts upstream).
 pub fn spawn_poller(app: &Arc<App>) -> Option<tokio::task::JoinHandle<()>> {
+    if app.config.mode == crate::config::Mode::Replay {
+        return None;
+    }
     let every = app.config.spend.credits_poll?;
     let key = app.held_key.clone()?;
     let app = app.clone();
