@@ -210,3 +210,38 @@ async fn the_daemon_asks_for_the_credits_of_the_key_it_holds() {
     assert_eq!(intervals[0]["flagged"], false);
     d.stop().await;
 }
+
+#[tokio::test]
+async fn the_fakes_credits_fall_by_what_it_reports_or_a_multiple_when_it_overcharges() {
+    let fake = FakeUpstream::start().await;
+    let at_fake = |path: &str| format!("{}{path}", fake.url());
+    let read = || async {
+        let r = get(&at_fake("/credits")).await;
+        (r.text(), r.json()["credits"].as_f64().unwrap())
+    };
+    assert_eq!(read().await.0, r#"{"credits": 1000}"#);
+    let gpt = chat("how much");
+    assert_eq!(post(&at_fake("/chat/completions"), &gpt).await.status, 200);
+    let after_gpt = read().await.1;
+    let gpt_cost = support::expected_costs(gpt.as_bytes()).total_micros as f64 / 1e6;
+    assert!(close(1000.0 - after_gpt, gpt_cost), "{after_gpt}");
+    fake.credits().overcharge("Claude 3.5 Sonnet", 3);
+    let sonnet = claude("how much");
+    assert_eq!(
+        post(&at_fake("/chat/completions"), &sonnet).await.status,
+        200
+    );
+    let after_claude = read().await.1;
+    let claude_cost = support::expected_costs(sonnet.as_bytes()).total_micros as f64 / 1e6;
+    assert!(
+        close(after_gpt - after_claude, 3.0 * claude_cost),
+        "{after_claude}"
+    );
+    // A request the fake rejects costs nothing.
+    let unknown = r#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#;
+    assert_eq!(
+        post(&at_fake("/chat/completions"), unknown).await.status,
+        400
+    );
+    assert_eq!(read().await.1, after_claude);
+}
