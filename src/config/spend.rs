@@ -12,7 +12,33 @@ use super::{err, ConfigError};
 pub(super) struct RawSpend {
     #[serde(default, with = "humantime_serde")]
     credits_poll: Option<Duration>,
-    drift_warn: Option<f64>,
+    drift_warn: Option<Fraction>,
+}
+
+/// A fraction written as a number (`0.02`) or a percentage (`"2%"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Fraction {
+    Number(f64),
+    Percent(String),
+}
+
+impl Fraction {
+    fn value(self) -> Result<f64, ConfigError> {
+        match self {
+            Fraction::Number(v) => Ok(v),
+            Fraction::Percent(text) => text
+                .trim()
+                .strip_suffix('%')
+                .and_then(|p| p.trim().parse::<f64>().ok())
+                .map(|p| p / 100.0)
+                .ok_or_else(|| {
+                    err(format!(
+                        "spend.drift_warn: {text:?} is not a fraction (0.02) or a percentage (\"2%\")"
+                    ))
+                }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -29,7 +55,10 @@ pub const DEFAULT_CREDITS_POLL: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_DRIFT_WARN: f64 = 0.02;
 
 pub(super) fn validate(raw: RawSpend) -> Result<SpendConfig, ConfigError> {
-    let drift_warn = raw.drift_warn.unwrap_or(DEFAULT_DRIFT_WARN);
+    let drift_warn = match raw.drift_warn {
+        Some(f) => f.value()?,
+        None => DEFAULT_DRIFT_WARN,
+    };
     if !(drift_warn.is_finite() && drift_warn >= 0.0) {
         return Err(err(
             "spend.drift_warn must be a fraction of 0 or more (0.02 is 2 %)",
@@ -68,7 +97,14 @@ mod tests {
             parse("credits_poll = \"5m\"").unwrap().credits_poll,
             Some(Duration::from_secs(300))
         );
-        for bad in ["drift_warn = -0.5", "credits_poll = \"soon\"", "drift = 1"] {
+        assert_eq!(parse("drift_warn = \"5%\"").unwrap().drift_warn, 0.05);
+        for bad in [
+            "drift_warn = -0.5",
+            "drift_warn = \"5\"",
+            "drift_warn = \"-1%\"",
+            "credits_poll = \"soon\"",
+            "drift = 1",
+        ] {
             assert!(parse(bad).is_err(), "accepted: {bad}");
         }
     }
