@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use anyhow::Context;
 use http::HeaderValue;
 
+use crate::alerts::Alerts;
 use crate::cache::flight::Flights;
 use crate::cache::sled_store::SledStore;
 use crate::cache::Cache;
@@ -39,6 +40,8 @@ pub struct App {
     pub recent: Recent,
     /// JSON bodies seen recently, already parsed.
     pub parsed: ParseMemo,
+    /// Budget alerts: crossings found, and their delivery in the background.
+    pub alerts: Arc<Alerts>,
 }
 
 impl App {
@@ -63,6 +66,7 @@ impl App {
         let spend = Spend::open(&config.data_dir, store.clone(), config.projects.clone())
             .map_err(|e| anyhow::anyhow!("cannot open the spend ledger: {e}"))?;
         let held_key = load_held_key(&config)?;
+        let alerts = Arc::new(Alerts::open(&config, store.clone())?);
         let upstream = Upstream::new(&config.upstream)?;
         let parsed = ParseMemo::new(
             parse_bytes,
@@ -84,6 +88,7 @@ impl App {
             metrics: Metrics::new(cache.clone()),
             recent: Recent::default(),
             cache,
+            alerts,
         }))
     }
 
@@ -116,10 +121,14 @@ impl App {
     pub async fn account(&self, line: LedgerLine, prompt: Option<&str>) {
         let line = Arc::new(line);
         self.note(&line, prompt);
+        let spent = (line.cost_f64() > 0.0).then(|| line.project.clone());
         if let Some(done) = self.spend.record_nowait(line) {
             if let Err(e) = crate::spend::durable(done).await {
                 tracing::error!(error = %e, "could not make the ledger line durable");
             }
+        }
+        if let Some(project) = spent {
+            self.check_alerts(&project);
         }
     }
 
@@ -133,7 +142,19 @@ impl App {
     ) -> Result<(), SpendError> {
         let line = Arc::new(line);
         self.note(&line, prompt);
-        self.spend.record_reserved(line, reservation).await
+        let spent = (line.cost_f64() > 0.0).then(|| line.project.clone());
+        let recorded = self.spend.record_reserved(line, reservation).await;
+        if let Some(project) = spent {
+            self.check_alerts(&project);
+        }
+        recorded
+    }
+
+    /// Queues the budget alerts `project`'s spend has earned and not yet had.
+    pub fn check_alerts(&self, project: &str) {
+        if let Some(used) = self.spend.period_use(project) {
+            self.alerts.check(project, &used);
+        }
     }
 
     fn note(&self, line: &Arc<LedgerLine>, prompt: Option<&str>) {
@@ -144,6 +165,7 @@ impl App {
 
     /// Makes everything written so far durable (on shutdown).
     pub async fn close(&self) {
+        self.alerts.close().await;
         self.spend.close().await;
         let cache = self.cache.clone();
         match tokio::task::spawn_blocking(move || cache.flush()).await {

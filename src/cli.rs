@@ -10,7 +10,8 @@ use crate::config::Overrides;
 #[command(
     name = "chatcache",
     version,
-    about = "Local caching proxy and spend ledger for a chat API"
+    about = "Local caching proxy and spend ledger for a chat API",
+    after_help = "Audit:\n  chatcache cache explain FILE   why a request is a hit or a miss\n  chatcache spend reconcile      the ledger against the provider's /credits, drift flagged\n  [alerts] in the config         budget alerts to a webhook or command at 50/80/100 %"
 )]
 pub struct Cli {
     /// Config file (default: $XDG_CONFIG_HOME/chatcache/chatcache.toml, then /etc/chatcache/chatcache.toml).
@@ -48,7 +49,8 @@ impl Cli {
 pub enum Command {
     /// Run the proxy daemon.
     Serve,
-    /// Report what was spent and saved.
+    /// Report what was spent and saved; `spend reconcile` checks the ledger against the
+    /// provider's credits.
     Spend(SpendArgs),
     /// A one-screen summary: hit rate, spend and savings, top projects, budgets.
     Stats(StatsArgs),
@@ -79,7 +81,10 @@ pub enum FormatArg {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct SpendArgs {
+    #[command(subcommand)]
+    pub command: Option<SpendCommand>,
     /// Group by (repeatable; default: project).
     #[arg(long, value_enum)]
     pub by: Vec<ByArg>,
@@ -97,6 +102,23 @@ pub struct SpendArgs {
     /// Rebuild the rollups from the ledger files first.
     #[arg(long)]
     pub rebuild: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpendCommand {
+    /// The ledger against the provider's credits: for each interval between two
+    /// observations of /credits, the credit drop beside the upstream cost recorded, and
+    /// the drift; intervals over spend.drift_warn are flagged.
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Only observations from this day (YYYY-MM-DD, UTC) or time (RFC 3339) on.
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: FormatArg,
 }
 
 #[derive(Debug, Args)]

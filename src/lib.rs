@@ -16,6 +16,7 @@
 //! ```
 
 pub mod admin;
+pub mod alerts;
 pub mod app;
 pub mod attribution;
 pub mod body;
@@ -48,7 +49,16 @@ use tokio::net::TcpListener;
 /// Runs the daemon on `listener` until `shutdown` resolves, then drains and makes
 /// everything durable.
 pub async fn run(app: Arc<app::App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    app.alerts.start().await;
+    // Crossings the last run found and did not deliver are found again now.
+    for project in app.config.projects.keys() {
+        app.check_alerts(project);
+    }
+    let poller = proxy::credits::spawn_poller(&app);
     server::serve(app.clone(), listener, shutdown).await;
+    if let Some(p) = poller {
+        p.abort();
+    }
     app.close().await;
 }
 

@@ -125,7 +125,7 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ApiError {
     }
 }
 
-fn tls_config(cfg: &UpstreamConfig) -> anyhow::Result<rustls::ClientConfig> {
+pub(crate) fn tls_config(cfg: &UpstreamConfig) -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for e in &native.errors {

@@ -14,7 +14,8 @@ use support::daemon::*;
 use support::FakeUpstream;
 
 const CONFIG: &str =
-    "[projects.web]\nbudget = 5.0\nbudget_period = \"month\"\n\n[projects.batch]\n";
+    "[projects.web]\nbudget = 5.0\nbudget_period = \"month\"\n\n[projects.batch]\n\n\
+     [alerts]\nthresholds = [0.0001, 0.5]\n";
 
 /// The projects, the prompts sent in each (repeats are cache hits) and the model used.
 const SCRIPT: &[(&str, &str, &str, bool)] = &[
@@ -447,7 +448,11 @@ fn artifact_dir() -> PathBuf {
 // ---------------------------------------------------------------- the test
 
 async fn make_requests(d: &Daemon) {
-    for (project, model, prompt, stream) in SCRIPT {
+    make_requests_of(d, SCRIPT).await;
+}
+
+async fn make_requests_of(d: &Daemon, script: &[(&str, &str, &str, bool)]) {
+    for (project, model, prompt, stream) in script {
         let body = serde_json::json!({
             "model": model,
             "messages": [{"role": "user", "content": prompt}],
@@ -531,7 +536,14 @@ async fn dashboard_in_headless_chromium_shows_the_ledger() {
     let browser_bin = chromium(); // fails now, clearly, if there is no Chromium
     let fake = FakeUpstream::start().await;
     let d = Daemon::start_with(&fake.url(), CONFIG).await;
-    make_requests(&d).await;
+    // Readings of /credits around the script's two halves, the second charged three times
+    // over for Claude: two intervals in the reconciliation chart, the second flagged.
+    assert_eq!(get(&d.url("/credits")).await.status, StatusCode::OK);
+    make_requests_of(&d, &SCRIPT[..4]).await;
+    assert_eq!(get(&d.url("/credits")).await.status, StatusCode::OK);
+    fake.credits().overcharge("Claude 3.5 Sonnet", 3);
+    make_requests_of(&d, &SCRIPT[4..]).await;
+    assert_eq!(get(&d.url("/credits")).await.status, StatusCode::OK);
     let report = settled_report(&d).await;
 
     // Expected numbers come from the ledger files, and the report agrees with them.
@@ -650,6 +662,31 @@ async fn dashboard_in_headless_chromium_shows_the_ledger() {
     });
     let text = text_until(&page.html, web_budget.end, "</div></div>");
     assert!(text.contains("of $5.00"), "the web budget reads {text:?}");
+    assert_eq!(
+        web_budget.attr("data-alerted"),
+        Some("0.0001"),
+        "web is past its lowest alert threshold"
+    );
+    assert!(
+        text.contains("alert 0.01%"),
+        "the web budget reads {text:?}"
+    );
+    let intervals = page.find(|t| t.attr("data-interval").is_some());
+    assert_eq!(intervals.len(), 2, "two intervals between three readings");
+    assert_eq!(intervals[0].attr("data-flagged"), Some("false"));
+    assert!(close(
+        intervals[0].num("data-ledger"),
+        intervals[0].num("data-drop")
+    ));
+    assert!(intervals[0].num("data-ledger") > 0.0);
+    assert_eq!(intervals[1].attr("data-flagged"), Some("true"));
+    assert!(intervals[1].num("data-drop") > intervals[1].num("data-ledger"));
+    let bands = page
+        .within("chart-reconcile")
+        .into_iter()
+        .filter(|t| t.attr("class") == Some("flag-band"))
+        .count();
+    assert_eq!(bands, 1, "the flagged interval is marked");
     let recent = page.find(|t| t.attr("data-recent-project").is_some());
     assert_eq!(
         recent.len(),
@@ -812,8 +849,8 @@ async fn budgets_route_reports_spend_against_budgets() {
     assert_eq!(
         r.json(),
         serde_json::json!([
-            {"project": "batch", "budget": null, "period": null, "spent": null, "remaining": null},
-            {"project": "web", "budget": 5.0, "period": "month", "spent": 0.0, "remaining": 5.0},
+            {"project": "batch", "budget": null, "period": null, "spent": null, "remaining": null, "alerted": null},
+            {"project": "web", "budget": 5.0, "period": "month", "spent": 0.0, "remaining": 5.0, "alerted": null},
         ])
     );
     make_requests(&d).await;

@@ -6,6 +6,7 @@
 
 pub mod dashboard;
 mod explain;
+mod reconcile;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -144,9 +145,12 @@ async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<B
             "version": env!("CARGO_PKG_VERSION"),
             "mode": app.config.mode.as_str(),
         })),
-        (&Method::GET, "/budgets") => json(&dashboard::budget_rows(&app.config.projects, |p| {
-            app.spend.budget(p)
-        })),
+        (&Method::GET, "/budgets") => json(&dashboard::budget_rows(
+            &app.config.projects,
+            |p| app.spend.budget(p),
+            |p| app.spend.period_use(p).and_then(|u| app.alerts.reached(&u)),
+        )),
+        (&Method::GET, "/spend/reconcile") => reconcile::reconcile(&app, &query).await,
         (&Method::GET, "/spend") => {
             let q = report_query(&query)?;
             let spend = app.spend.clone();

@@ -2,16 +2,22 @@
 //! the `Config` the daemon runs with. Precedence is flag > env > file > default. Each
 //! section with more than a few settings has a file of its own below.
 
+mod alerts;
 mod cache;
 mod projects;
+mod spend;
 mod upstream;
 
+pub use alerts::AlertsConfig;
 pub use cache::{CacheConfig, ReplayPace, Scope};
 pub use projects::{check_project_name, BudgetPeriod, ProjectConfig, DEFAULT_MAX_REQUEST_COST};
+pub use spend::SpendConfig;
 pub use upstream::UpstreamConfig;
 
+use alerts::RawAlerts;
 use cache::RawCache;
 use projects::{RawProject, RawToken};
+use spend::RawSpend;
 use upstream::RawUpstream;
 
 use std::collections::BTreeMap;
@@ -93,6 +99,10 @@ struct RawConfig {
     #[serde(default)]
     log: RawLog,
     #[serde(default)]
+    spend: RawSpend,
+    #[serde(default)]
+    alerts: RawAlerts,
+    #[serde(default)]
     projects: BTreeMap<String, RawProject>,
     #[serde(default)]
     tokens: Vec<RawToken>,
@@ -139,6 +149,8 @@ pub struct Config {
     pub projects: BTreeMap<String, ProjectConfig>,
     /// Local client tokens: blake3 hex of the token → project.
     pub tokens: BTreeMap<String, Arc<str>>,
+    pub spend: SpendConfig,
+    pub alerts: AlertsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -316,6 +328,8 @@ fn validate(
         log_format: raw.log.format.unwrap_or(LogFormat::Text),
         projects,
         tokens,
+        spend: spend::validate(raw.spend)?,
+        alerts: alerts::validate(raw.alerts)?,
     })
 }
 

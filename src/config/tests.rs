@@ -100,4 +100,6 @@ fn example_file_parses_and_matches_defaults() {
     assert_eq!(c.cache.max_age, d.cache.max_age);
     assert_eq!(c.cache.memory, d.cache.memory);
     assert_eq!(c.cache.ignore_fields, d.cache.ignore_fields);
+    assert_eq!(c.spend, d.spend);
+    assert_eq!(c.alerts, d.alerts);
 }

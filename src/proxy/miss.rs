@@ -29,6 +29,10 @@ pub async fn fetch(app: &Arc<App>, ex: Exchange) -> Result<(Response<Body>, Outc
         _ if endpoint.billable() || endpoint == Endpoint::Models => {
             lead(app, &ex, app.flights.solo()).await
         }
+        _ if endpoint == Endpoint::Credits => Ok((
+            super::credits::pass_observed(app, &ex).await?,
+            Outcome::Bypass,
+        )),
         _ => Ok((drive::pass(app, &ex).await?, Outcome::Bypass)),
     }
 }

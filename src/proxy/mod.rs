@@ -1,7 +1,9 @@
 //! Handling of one API request: the request read into an `Exchange`, answered as a hit
 //! (`hit`) or a miss (`miss`, which drives upstream exchanges through `drive`), and the
-//! outcome written into the `x-chatcache` header and the metrics, in one place.
+//! outcome written into the `x-chatcache` header and the metrics, in one place. `/credits`
+//! answers are observed as they pass (`credits`).
 
+pub mod credits;
 pub mod drive;
 pub mod exchange;
 pub mod headers;

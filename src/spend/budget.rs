@@ -43,6 +43,15 @@ fn window_of(period: BudgetPeriod, day: &str) -> &str {
     }
 }
 
+/// A project's budget and what was spent of it in the period now running.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeriodUse {
+    pub budget: f64,
+    pub spent: f64,
+    /// The period: a UTC day "YYYY-MM-DD", a month "YYYY-MM", or "total".
+    pub period: String,
+}
+
 /// A request whose worst case does not fit what is left of its project's budget.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Refusal {
@@ -162,6 +171,24 @@ impl Budgets {
         }
     }
 
+    /// The budget of `project` and its spend in the period running at `now`; None when it
+    /// has no budget.
+    pub fn period_use(&self, project: &str, now: OffsetDateTime) -> Option<PeriodUse> {
+        let t = self.projects.get(project)?;
+        let today = day_string(now.to_offset(time::UtcOffset::UTC).date());
+        let window = window_of(t.period, &today);
+        let spent = if window > t.window.as_str() {
+            0.0
+        } else {
+            t.spent
+        };
+        Some(PeriodUse {
+            budget: t.budget,
+            spent,
+            period: if window.is_empty() { "total" } else { window }.to_string(),
+        })
+    }
+
     /// The state of `project` at `now` (UTC).
     pub fn state_at(&self, project: &str, now: OffsetDateTime) -> BudgetState {
         let Some(t) = self.projects.get(project) else {
@@ -239,6 +266,10 @@ mod tests {
         );
         b.add_line(&spend("free", now, "100"));
         assert_eq!(b.state_at("free", now), BudgetState::Unlimited);
+        let used = b.period_use("a", now).unwrap();
+        assert_eq!((used.budget, used.spent), (1.0, 1.0));
+        assert_eq!(used.period, "2026-11");
+        assert!(b.period_use("free", now).is_none());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 mod budget;
 mod ledger;
 mod line;
+pub mod reconcile;
 mod render;
 mod report;
 mod reserve;
@@ -26,9 +27,10 @@ use thiserror::Error;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
-pub use budget::{BudgetState, Budgets, Refusal};
+pub use budget::{BudgetState, Budgets, PeriodUse, Refusal};
 pub use ledger::{read_all, ReadStats};
 pub use line::{new_id, LedgerLine, Outcome};
+pub use reconcile::{Observation, Reconciliation};
 pub use report::{render_csv, render_json, render_table, Dim, Report, ReportQuery, Row};
 pub use reserve::Reservation;
 pub use rollup::Counters;
@@ -216,6 +218,27 @@ impl Spend {
     /// The budget state of `project` now.
     pub fn budget(&self, project: &str) -> BudgetState {
         self.budgets().state_at(project, OffsetDateTime::now_utc())
+    }
+
+    /// The budget of `project` and its spend in the current period; None without a budget.
+    pub fn period_use(&self, project: &str) -> Option<PeriodUse> {
+        self.budgets()
+            .period_use(project, OffsetDateTime::now_utc())
+    }
+
+    /// Keeps what `/credits` answered for the credential with this fingerprint. Blocking.
+    pub fn observe_credits(&self, fingerprint: &str, obs: Observation) -> Result<(), SpendError> {
+        reconcile::credits::record(&self.inner.store, fingerprint, obs)?;
+        Ok(())
+    }
+
+    /// The ledger against the observed credits, from `since_ms` (Unix ms) on. Blocking.
+    pub fn reconcile(
+        &self,
+        since_ms: Option<i64>,
+        drift_warn: f64,
+    ) -> Result<Reconciliation, SpendError> {
+        reconcile::build(&self.inner.store, &self.inner.dir, since_ms, drift_warn)
     }
 
     /// False after the last write or fsync failed (until one succeeds again).

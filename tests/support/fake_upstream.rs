@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use super::credits::Credits;
 use super::faults::{Fault, FaultSet, FAULT_HEADER};
 use super::hold::{Gate, Gates};
 use super::http1::{self, Request};
@@ -59,6 +60,7 @@ struct Shared {
     frame_delay_ms: AtomicU64,
     conns: Mutex<Vec<JoinHandle<()>>>,
     gates: Gates,
+    credits: Arc<Credits>,
 }
 
 /// A running fake upstream. Dropping it stops it too (without waiting).
@@ -105,6 +107,7 @@ impl FakeUpstream {
             frame_delay_ms: AtomicU64::new(frame_delay_ms),
             conns: Mutex::new(Vec::new()),
             gates: Gates::default(),
+            credits: Arc::default(),
         });
         let is_tls = tls.is_some();
         let accept = tokio::spawn(accept_loop(listener, tls, shared.clone()));
@@ -164,6 +167,11 @@ impl FakeUpstream {
     /// when they are held (`arrived`) and lets them go (`release`).
     pub fn hold(&self, name: &str) -> Gate {
         Gate::new(name, self.shared.gates.get(name))
+    }
+
+    /// The balance `/credits` reports, which every answered chat request lowers.
+    pub fn credits(&self) -> &Credits {
+        &self.shared.credits
     }
 
     /// Closes the listener and every connection; afterwards the port refuses connections.
@@ -231,13 +239,14 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
                     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                         let delay =
                             Duration::from_millis(sh.frame_delay_ms.load(Ordering::Relaxed));
+                        let credits = sh.credits.clone();
                         let seen = move |req: &Request| {
                             sh.requests.lock().unwrap().push(Recorded {
                                 h2: true,
                                 ..record(req)
                             })
                         };
-                        super::h2::serve(stream, delay, Arc::new(seen)).await;
+                        super::h2::serve(stream, delay, Arc::new(seen), credits).await;
                     } else {
                         serve(stream, sh).await;
                     }
@@ -282,7 +291,7 @@ async fn serve<S: Transport>(stream: S, shared: Arc<Shared>) {
         let (reply, faults) = match faults {
             Ok(list) => {
                 let set = FaultSet::from_faults(&list);
-                (respond::route(&req, &set), set)
+                (respond::route(&req, &set, &shared.credits), set)
             }
             Err(msg) => (
                 respond::error(400, &format!("bad {FAULT_HEADER}: {msg}")),

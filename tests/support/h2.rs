@@ -12,17 +12,22 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::credits::Credits;
 use super::faults::FaultSet;
 use super::http1::Request;
 use super::respond::{self, Body, Reply};
 
 /// Serves HTTP/2 on `stream` until the client goes; `seen` records each request.
-pub async fn serve<S>(stream: S, frame_delay: Duration, seen: Arc<dyn Fn(&Request) + Send + Sync>)
-where
+pub async fn serve<S>(
+    stream: S,
+    frame_delay: Duration,
+    seen: Arc<dyn Fn(&Request) + Send + Sync>,
+    credits: Arc<Credits>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-        let seen = seen.clone();
+        let (seen, credits) = (seen.clone(), credits.clone());
         async move {
             let (parts, body) = req.into_parts();
             let body = body
@@ -46,7 +51,7 @@ where
             };
             seen(&req);
             Ok::<_, Infallible>(response(
-                respond::route(&req, &FaultSet::default()),
+                respond::route(&req, &FaultSet::default(), &credits),
                 frame_delay,
             ))
         }

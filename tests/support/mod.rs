@@ -3,12 +3,14 @@
 
 pub mod api;
 pub mod client;
+pub mod credits;
 pub mod daemon;
 pub mod fake_upstream;
 pub mod faults;
 pub mod h2;
 pub mod hold;
 pub mod http1;
+pub mod receiver;
 pub mod respond;
 pub mod skip;
 pub mod tls;

@@ -8,6 +8,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::sleep;
 
 use super::api;
+use super::credits::Credits;
 use super::faults::{FaultSet, WORDS_HEADER};
 use super::hold::GateState;
 use super::http1::{head, write_chunk, Request, LAST_CHUNK};
@@ -61,7 +62,8 @@ fn authorized(req: &Request) -> bool {
     scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token != "bad-key"
 }
 
-pub fn route(req: &Request, f: &FaultSet) -> Reply {
+/// The answer to `req`; a chat answer is charged to `credits`.
+pub fn route(req: &Request, f: &FaultSet, credits: &Credits) -> Reply {
     if let Some(code) = f.status {
         let mut r = error(code, &format!("fake fault: status {code}"));
         if code == 429 || code == 503 {
@@ -92,10 +94,10 @@ pub fn route(req: &Request, f: &FaultSet) -> Reply {
     };
     match (req.method.as_str(), req.path()) {
         ("GET", "/models") => json(200, api::MODELS_JSON.to_string()),
-        ("GET", "/credits") => json(200, api::CREDITS_JSON.to_string()),
+        ("GET", "/credits") => json(200, credits.body()),
         ("POST", "/tokens") => done(api::tokens_json(&req.body)),
         ("POST", "/moderate") => done(api::moderation_json(&req.body)),
-        ("POST", "/chat/completions") => chat(req, f),
+        ("POST", "/chat/completions") => chat(req, f, credits),
         (_, "/models" | "/credits" | "/tokens" | "/moderate" | "/chat/completions") => {
             error(405, "method not allowed")
         }
@@ -103,14 +105,18 @@ pub fn route(req: &Request, f: &FaultSet) -> Reply {
     }
 }
 
-fn chat(req: &Request, f: &FaultSet) -> Reply {
+fn chat(req: &Request, f: &FaultSet, credits: &Credits) -> Reply {
     let words = match req.header(WORDS_HEADER).map(str::parse::<usize>) {
         None => None,
         Some(Ok(n)) => Some(n),
         Some(Err(_)) => return error(400, "bad x-fake-words"),
     };
     let stream = api::parse_chat(&req.body).is_ok_and(|c| c.stream);
-    match api::answer(&req.body, words) {
+    let answer = api::answer(&req.body, words);
+    if let Ok(a) = &answer {
+        credits.charge(&a.model, a.costs.total_micros);
+    }
+    match answer {
         Err((status, msg)) => error(status, &msg),
         Ok(a) if stream => Reply {
             status: 200,

@@ -1,5 +1,5 @@
 //! Budget usage per configured project, as `GET /_chatcache/budgets` reports it:
-//! `[{"project","budget","period","spent","remaining"}]`.
+//! `[{"project","budget","period","spent","remaining","alerted"}]`.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +17,9 @@ pub struct BudgetRow {
     pub period: Option<String>,
     pub spent: Option<f64>,
     pub remaining: Option<f64>,
+    /// The highest of `alerts.thresholds` the spend has reached in this period.
+    #[serde(default)]
+    pub alerted: Option<f64>,
 }
 
 fn period_name(p: BudgetPeriod) -> &'static str {
@@ -33,10 +36,11 @@ fn round12(v: f64) -> f64 {
 }
 
 /// The rows for the configured `projects`, in name order; `state` gives a project's
-/// budget state now.
+/// budget state now, `reached` the highest alert threshold it has reached.
 pub fn budget_rows(
     projects: &BTreeMap<String, ProjectConfig>,
     state: impl Fn(&str) -> BudgetState,
+    reached: impl Fn(&str) -> Option<f64>,
 ) -> Vec<BudgetRow> {
     projects
         .iter()
@@ -56,6 +60,7 @@ pub fn budget_rows(
                 period: budget.map(|_| period_name(p.budget_period).to_string()),
                 spent,
                 remaining,
+                alerted: reached(name),
             }
         })
         .collect()
@@ -80,15 +85,19 @@ mod tests {
         p.insert("batch".to_string(), project(Some(2.0), BudgetPeriod::Day));
         p.insert("free".to_string(), project(None, BudgetPeriod::Day));
         p.insert("ci".to_string(), project(Some(1.0), BudgetPeriod::Total));
-        let rows = budget_rows(&p, |name| match name {
-            "web" => BudgetState::Remaining(7.5),
-            "batch" => BudgetState::Exhausted {
-                budget: 2.0,
-                spent: 2.25,
+        let rows = budget_rows(
+            &p,
+            |name| match name {
+                "web" => BudgetState::Remaining(7.5),
+                "batch" => BudgetState::Exhausted {
+                    budget: 2.0,
+                    spent: 2.25,
+                },
+                "ci" => BudgetState::Remaining(0.7),
+                _ => BudgetState::Unlimited,
             },
-            "ci" => BudgetState::Remaining(0.7),
-            _ => BudgetState::Unlimited,
-        });
+            |name| (name == "batch").then_some(1.0),
+        );
         let names: Vec<&str> = rows.iter().map(|r| r.project.as_str()).collect();
         assert_eq!(names, ["batch", "ci", "free", "web"]);
         assert_eq!(
@@ -99,6 +108,7 @@ mod tests {
                 period: Some("day".into()),
                 spent: Some(2.25),
                 remaining: Some(0.0),
+                alerted: Some(1.0),
             }
         );
         // 1.0 - 0.7 is 0.30000000000000004 in floats; the row says 0.3.
@@ -112,6 +122,7 @@ mod tests {
                 period: None,
                 spent: None,
                 remaining: None,
+                alerted: None,
             }
         );
         assert_eq!(rows[3].spent, Some(2.5));
@@ -123,11 +134,11 @@ mod tests {
     fn json_shape() {
         let mut p = BTreeMap::new();
         p.insert("web".to_string(), project(Some(4.0), BudgetPeriod::Day));
-        let rows = budget_rows(&p, |_| BudgetState::Remaining(4.0));
+        let rows = budget_rows(&p, |_| BudgetState::Remaining(4.0), |_| None);
         let v = serde_json::to_value(&rows).unwrap_or_default();
         assert_eq!(
             v,
-            serde_json::json!([{"project":"web","budget":4.0,"period":"day","spent":0.0,"remaining":4.0}])
+            serde_json::json!([{"project":"web","budget":4.0,"period":"day","spent":0.0,"remaining":4.0,"alerted":null}])
         );
     }
 }

@@ -224,6 +224,7 @@ mod tests {
                     period: Some("month".into()),
                     spent: Some(2.5),
                     remaining: Some(7.5),
+                    alerted: None,
                 },
                 BudgetRow {
                     project: "free".into(),
@@ -231,6 +232,7 @@ mod tests {
                     period: None,
                     spent: None,
                     remaining: None,
+                    alerted: None,
                 },
             ],
             cache: Some(CacheLine {

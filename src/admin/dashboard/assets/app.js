@@ -174,11 +174,12 @@
       getJson('/spend?' + query(noProject, [['by', 'project']])),
       getJson('/spend?by=project'),
       getJson('/budgets'),
-      getJson('/recent?' + recentQ.toString())
+      getJson('/recent?' + recentQ.toString()),
+      getJson('/spend/reconcile' + (f.since ? '?since=' + encodeURIComponent(f.since) : ''))
     ]).then(function (r) {
       state.data = {
         f: f, daily: r[0], models: r[1], projects: r[2], rangeProjects: r[3],
-        everProjects: r[4], budgets: r[5], recent: r[6]
+        everProjects: r[4], budgets: r[5], recent: r[6], reconcile: r[7]
       };
       render();
       document.body.setAttribute('data-state', 'ready');
@@ -238,6 +239,7 @@
       return !f.project || b.project === f.project;
     }));
     renderRecent(d.recent);
+    renderReconcile($('chart-reconcile'), d.reconcile);
   }
 
   function renderFilters(f, all) {
@@ -503,9 +505,65 @@
       }
       var f = b.budget > 0 ? b.spent / b.budget : 1;
       var cls = f >= 1 ? 'over' : (f >= 0.8 ? 'near' : 'ok');
-      box.appendChild(barRow(attrs, b.project + ' · per ' + b.period, f,
-        money(b.spent) + ' of ' + money(b.budget) + ' (' + Math.round(f * 100) + '%)', cls));
+      var alerted = typeof b.alerted === 'number';
+      if (alerted) attrs['data-alerted'] = b.alerted;
+      var row = barRow(attrs, b.project + ' · per ' + b.period, f,
+        money(b.spent) + ' of ' + money(b.budget) + ' (' + Math.round(f * 100) + '%)', cls);
+      if (alerted) {
+        var at = String(Math.round(b.alerted * 10000) / 100) + '%';
+        row.querySelector('.name').appendChild(el('span', { 'class': 'badge alert',
+          title: 'past the ' + at + ' alert threshold (alerts.thresholds) this period' },
+          'alert ' + at));
+      }
+      box.appendChild(row);
     });
+  }
+
+  // Per interval between two readings of /credits: what the ledger recorded beside what
+  // the credits dropped by; intervals whose drift is over spend.drift_warn are marked.
+  function renderReconcile(box, rec) {
+    var all = (rec && rec.intervals) || [];
+    if (!all.length) {
+      empty(box, 'No two readings of /credits yet: they are taken as clients ask for ' +
+        '/credits, and every spend.credits_poll when the daemon holds the upstream key.');
+      return;
+    }
+    var rows = all.slice(-30);
+    var max = rows.reduce(function (m, i) { return Math.max(m, i.ledger, i.drop); }, 0);
+    var yMax = niceMax(max);
+    var fmt = tickMoney(yMax / TICKS);
+    var g = frame(box, 220, tickLabels(yMax, fmt));
+    var labels = rows.map(function (i) { return String(i.to).slice(0, 16).replace('T', ' '); });
+    var slot = axes(g, labels, yMax, fmt);
+    var bw = Math.max(1, Math.min(18, slot * 0.35));
+    var y0 = g.m.top + g.h;
+    rows.forEach(function (i, n) {
+      var x = g.m.left + slot * n;
+      var group = svg('g', { 'class': 'interval' + (i.flagged ? ' flagged' : ''),
+        'data-interval': n, 'data-flagged': i.flagged ? 'true' : 'false',
+        'data-ledger': i.ledger, 'data-drop': i.drop });
+      if (i.flagged) {
+        group.appendChild(svg('rect', { x: x + 1, y: g.m.top, width: Math.max(1, slot - 2),
+          height: g.h, 'class': 'flag-band' }));
+      }
+      [['ledger', i.ledger, 0], ['drop', Math.max(0, i.drop), 1]].forEach(function (b) {
+        var hgt = b[1] > 0 ? Math.max(1, g.h * b[1] / yMax) : 0;
+        group.appendChild(svg('rect', { x: x + slot / 2 - bw + b[2] * bw, y: y0 - hgt,
+          width: bw, height: hgt, 'class': 'bar ' + b[0] }));
+      });
+      var drift = i.drift_pct === null ? 'n/a' : i.drift_pct.toFixed(2) + '%';
+      group.appendChild(svg('title', null, i.from + ' to ' + i.to + ' · ' + i.key.slice(0, 11) +
+        '\nledger ' + money(i.ledger) + ', credits dropped ' + money(i.drop) + ', drift ' + drift +
+        (i.flagged ? ' (over the warning)' : '') + (i.topped_up ? ' (credits rose: a top-up?)' : '')));
+      g.root.appendChild(group);
+    });
+    clear(box);
+    box.appendChild(g.root);
+    var key = function (cls, text) {
+      return el('li', null, [el('span', { 'class': 'swatch ' + cls }), text]);
+    };
+    box.appendChild(el('ul', { 'class': 'legend' }, [key('ledger', 'ledger spend'),
+      key('drop', 'credit drop'), key('flag-band', rec.flagged + ' flagged')]));
   }
 
   function renderRecent(items) {
