@@ -43,9 +43,16 @@ use tokio::net::TcpListener;
 
 /// Runs the daemon on `listener` until `shutdown` resolves, then drains and makes
 /// everything durable.
+/// With a team ledger, its shipper runs alongside until then.
 pub async fn run(app: Arc<app::App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let shipper = app.team.as_ref().map(|t| t.spawn_shipper(stop.clone()));
     server::serve(app.clone(), listener, shutdown).await;
     app.close().await;
+    stop.cancel();
+    if let Some(shipper) = shipper {
+        let _ = shipper.await;
+    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers now (so a signal that arrives before the

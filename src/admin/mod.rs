@@ -143,6 +143,7 @@ async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<B
             "status": "ok",
             "version": env!("CARGO_PKG_VERSION"),
             "mode": app.config.mode.as_str(),
+            "team_ledger": app.team.as_ref().map(|t| t.stats()),
         })),
         (&Method::GET, "/budgets") => json(&dashboard::budget_rows(&app.config.projects, |p| {
             app.spend.budget(p)

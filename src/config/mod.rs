@@ -4,14 +4,17 @@
 
 mod cache;
 mod projects;
+mod team;
 mod upstream;
 
 pub use cache::{CacheConfig, ReplayPace, Scope};
 pub use projects::{check_project_name, BudgetPeriod, ProjectConfig, DEFAULT_MAX_REQUEST_COST};
+pub use team::{DatabaseUrl, TeamConfig, POSTGRES_ENV};
 pub use upstream::UpstreamConfig;
 
 use cache::RawCache;
 use projects::{RawProject, RawToken};
+use team::RawTeam;
 use upstream::RawUpstream;
 
 use std::collections::BTreeMap;
@@ -96,6 +99,8 @@ struct RawConfig {
     projects: BTreeMap<String, RawProject>,
     #[serde(default)]
     tokens: Vec<RawToken>,
+    #[serde(default)]
+    team: RawTeam,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,6 +144,7 @@ pub struct Config {
     pub projects: BTreeMap<String, ProjectConfig>,
     /// Local client tokens: blake3 hex of the token → project.
     pub tokens: BTreeMap<String, Arc<str>>,
+    pub team: TeamConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -304,6 +310,7 @@ fn validate(
         show_prompts: raw.admin.show_prompts.unwrap_or(false),
     };
     let (projects, tokens) = projects::validate(raw.projects, raw.tokens)?;
+    let team = team::validate(raw.team, get_env, team::hostname)?;
     Ok(Config {
         source,
         listen,
@@ -316,6 +323,7 @@ fn validate(
         log_format: raw.log.format.unwrap_or(LogFormat::Text),
         projects,
         tokens,
+        team,
     })
 }
 

@@ -188,3 +188,69 @@ pub fn read_all(dir: &Path) -> io::Result<(Vec<LedgerLine>, ReadStats)> {
 pub fn path_of(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
+
+/// Up to `max` lines of one file read from `start` (a line boundary), as their bytes
+/// (without the `\n`) and parsed, for a reader that must know exactly what it consumed.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    pub lines: Vec<(Vec<u8>, LedgerLine)>,
+    /// Complete lines consumed, the unreadable and blank ones included.
+    pub consumed: u64,
+    /// Offset just after the last line consumed.
+    pub end: u64,
+}
+
+/// Reads up to `max` parsed lines of `path` from `start`, none starting at or after
+/// `limit`; an unterminated last fragment is left for later (it may still be being
+/// written, or it is a torn tail).
+pub fn read_chunk(path: &Path, start: u64, max: usize, limit: u64) -> io::Result<Chunk> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(start))?;
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let mut chunk = Chunk {
+        end: start,
+        ..Chunk::default()
+    };
+    while chunk.lines.len() < max && chunk.end < limit {
+        let mut buf = Vec::with_capacity(512);
+        let n = reader.read_until(b'\n', &mut buf)?;
+        if n == 0 || buf.last() != Some(&b'\n') {
+            break;
+        }
+        let at = chunk.end;
+        chunk.end += n as u64;
+        chunk.consumed += 1;
+        buf.pop();
+        if buf.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<LedgerLine>(&buf) {
+            Ok(line) => chunk.lines.push((buf, line)),
+            Err(e) => tracing::warn!(file = %path.display(), offset = at, error = %e,
+                "skipping an unreadable ledger line"),
+        }
+    }
+    Ok(chunk)
+}
+
+/// Counts the complete lines of `path` between `start` (a line boundary) and `limit`;
+/// returns the count and the offset just after the last one.
+pub fn count_lines(path: &Path, start: u64, limit: u64) -> io::Result<(u64, u64)> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(start))?;
+    let mut file = file.take(limit.saturating_sub(start));
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut lines, mut pos, mut end) = (0u64, start, start);
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        for i in memchr::memchr_iter(b'\n', &buf[..n]) {
+            lines += 1;
+            end = pos + i as u64 + 1;
+        }
+        pos += n as u64;
+    }
+    Ok((lines, end))
+}

@@ -13,6 +13,7 @@ mod report;
 mod reserve;
 mod rollup;
 mod writer;
+pub mod team;
 
 #[cfg(test)]
 mod tests;
