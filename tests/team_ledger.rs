@@ -1,0 +1,285 @@
+//! The team ledger on PostgreSQL: daemons ship their local ledger lines to one database,
+//! every line exactly once, through PostgreSQL going away, batches sent twice and kill -9.
+//! Each test has a database of its own on the test server (see `support::pg`).
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use chatcache::spend::{LedgerLine, Outcome};
+use support::daemon::*;
+use support::forward::Forwarder;
+use support::pg::TestDb;
+use support::FakeUpstream;
+
+/// Long enough for a slow, shared machine; the polls return as soon as the rows are there.
+const SHIPPED_WITHIN: Duration = Duration::from_secs(60);
+
+fn team(url: &str, name: &str) -> String {
+    format!("[team]\npostgres = \"{url}\"\nname = \"{name}\"\n")
+}
+
+/// Sends `n` distinct requests and, for every third, the same request again (a hit);
+/// returns when all their lines are in the local ledger.
+async fn traffic(d: &Daemon, tag: &str, n: usize) -> usize {
+    let before = ledger_lines(&d.data_dir).len();
+    let mut sent = 0;
+    for i in 0..n {
+        let body = chat(&format!("{tag} {i}"));
+        post(&d.url("/chat/completions"), &body).await;
+        sent += 1;
+        if i % 3 == 0 {
+            post(&d.url("/chat/completions"), &body).await;
+            sent += 1;
+        }
+    }
+    let dir = d.data_dir.clone();
+    eventually("every line in the local ledger", || {
+        ledger_lines(&dir).len() == before + sent
+    })
+    .await;
+    before + sent
+}
+
+/// The ids of the local ledger's lines, sorted, tagged with the daemon's name.
+fn local_ids(data_dir: &Path, daemon: &str) -> Vec<(String, String)> {
+    let mut ids: Vec<(String, String)> = ledger_lines(data_dir)
+        .iter()
+        .map(|l| (daemon.to_string(), l["id"].as_str().unwrap().to_string()))
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn local_cost(data_dir: &Path) -> f64 {
+    ledger_lines(data_dir)
+        .iter()
+        .map(|l| l["cost"].as_f64().unwrap_or(0.0))
+        .sum()
+}
+
+/// The health answer's `team_ledger` once `ready` holds of it, polled up to a deadline:
+/// the shipper's progress has no event a test can wait on from outside.
+async fn team_health(d: &Daemon, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + SHIPPED_WITHIN;
+    loop {
+        let h = get(&d.url("/_chatcache/health")).await.json();
+        let t = h["team_ledger"].clone();
+        if ready(&t) {
+            return t;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("the team ledger never got there: {t}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_daemons_ship_to_one_database_and_team_totals_are_the_sum_of_their_ledgers() {
+    let db = TestDb::create().await;
+    let fake = FakeUpstream::start().await;
+    let password = "pw-Zq8Lm3Rt7Xc1";
+    let url = db.url_at(db.addr(), Some(password));
+    // Both start at once: the schema is made exactly once.
+    let upstream = fake.url();
+    let (team_a, team_b) = (team(&url, "laptop-a"), team(&url, "laptop-b"));
+    let (a, b) = tokio::join!(
+        Daemon::start_with(&upstream, &team_a),
+        Daemon::start_with(&upstream, &team_b),
+    );
+    let (na, nb) = tokio::join!(traffic(&a, "from a", 12), traffic(&b, "from b", 7));
+    db.wait_count((na + nb) as i64, SHIPPED_WITHIN).await;
+
+    let mut want = local_ids(&a.data_dir, "laptop-a");
+    want.extend(local_ids(&b.data_dir, "laptop-b"));
+    want.sort();
+    assert_eq!(db.ids().await, want, "every line of each daemon, once");
+
+    let c = db.client().await;
+    for (d, name) in [(&a, "laptop-a"), (&b, "laptop-b")] {
+        let row = c
+            .query_one(
+                "SELECT count(*), coalesce(sum(cost), 0)::float8 FROM chatcache_ledger WHERE daemon = $1",
+                &[&name],
+            )
+            .await
+            .unwrap();
+        let (n, cost): (i64, f64) = (row.get(0), row.get(1));
+        assert_eq!(n as usize, ledger_lines(&d.data_dir).len());
+        let local = local_cost(&d.data_dir);
+        assert!(local > 0.0, "the traffic cost something");
+        assert!((cost - local).abs() < 1e-9, "{name}: team {cost}, local {local}");
+    }
+    let migrations: i64 = c
+        .query_one("SELECT count(*) FROM chatcache_migrations WHERE version = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(migrations, 1);
+
+    let t = team_health(&a, |t| t["pending_lines"] == 0 && t["state"] == "up").await;
+    assert_eq!(t["daemon"], "laptop-a");
+    assert_eq!(t["oldest_pending_seconds"], 0.0);
+    assert_eq!(metric(&a, "chatcache_team_ledger_pending_lines").await, 0.0);
+    assert_eq!(metric(&a, "chatcache_team_ledger_up").await, 1.0);
+    // The password is in neither health, metrics nor the config as shown.
+    let needles = secret_needles(password);
+    for path in ["/_chatcache/health", "/_chatcache/metrics"] {
+        assert_no_secret(&get(&a.url(path)).await.body, &needles, path);
+    }
+    assert_no_secret(format!("{:?}", a.app.config).as_bytes(), &needles, "config");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn postgres_away_for_a_while_then_back_every_line_arrives_once() {
+    let db = TestDb::create().await;
+    let fake = FakeUpstream::start().await;
+    let fwd = Forwarder::start(db.addr()).await;
+    let d = Daemon::start_with(&fake.url(), &team(&db.url_at(fwd.addr, None), "flaky")).await;
+    let first = traffic(&d, "before", 5).await;
+    db.wait_count(first as i64, SHIPPED_WITHIN).await;
+
+    fwd.cut();
+    let all = traffic(&d, "while away", 9).await;
+    let queued = (all - first) as u64;
+    // The lines wait in the local ledger, and the lag says so.
+    let t = team_health(&d, |t| t["state"] == "down" && t["pending_lines"] == queued).await;
+    assert!(t["last_error"].is_string(), "{t}");
+    assert_eq!(
+        metric(&d, "chatcache_team_ledger_pending_lines").await,
+        queued as f64
+    );
+    assert_eq!(metric(&d, "chatcache_team_ledger_up").await, 0.0);
+    let age = team_health(&d, |t| t["oldest_pending_seconds"].as_f64().unwrap() > 0.0).await;
+    assert!(age["oldest_pending_seconds"].as_f64().unwrap() < 600.0, "{age}");
+    assert_eq!(db.count().await, first as i64, "nothing reached the database");
+
+    fwd.restore();
+    db.wait_count(all as i64, SHIPPED_WITHIN).await;
+    assert_eq!(db.ids().await, local_ids(&d.data_dir, "flaky"));
+    team_health(&d, |t| t["state"] == "up" && t["pending_lines"] == 0).await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_sent_again_doubles_nothing() {
+    let db = TestDb::create().await;
+    let fake = FakeUpstream::start().await;
+    let extra = team(&db.url(), "again");
+    let d = Daemon::start_with(&fake.url(), &extra).await;
+    let n = traffic(&d, "once", 10).await;
+    db.wait_count(n as i64, SHIPPED_WITHIN).await;
+    team_health(&d, |t| t["pending_lines"] == 0).await;
+
+    // The cursor is lost (as with a store moved aside): every line goes again.
+    let mut cursors = Vec::new();
+    d.app
+        .store
+        .scan_prefix(chatcache::store::Space::Meta, b"team.ledger.cursor/", |k, _| {
+            cursors.push(k.to_vec());
+            true
+        })
+        .unwrap();
+    assert_eq!(cursors.len(), 1, "one ledger file, one cursor");
+    let ops = cursors.into_iter().map(chatcache::store::Op::Remove).collect();
+    d.app.store.apply(chatcache::store::Space::Meta, ops).unwrap();
+    d.app.store.flush().unwrap();
+    let data_dir = d.data_dir.clone();
+    let keep = d.stop().await;
+
+    let d = Daemon::start_in(&data_dir, &fake.url(), &extra).await;
+    let t = team_health(&d, |t| t["sent_lines"] == n as u64).await;
+    assert_eq!(t["inserted_lines"], 0, "{t}");
+    assert_eq!(db.count().await, n as i64);
+    assert_eq!(db.ids().await, local_ids(&data_dir, "again"));
+    d.stop().await;
+    drop(keep);
+}
+
+/// Writes `n` ledger lines (costs 1..=n micro-units) as a daemon would have, for a
+/// backlog the shipper needs several batches for.
+fn backlog(data_dir: &Path, n: usize) -> f64 {
+    use std::io::Write;
+    let dir = data_dir.join("ledger");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut out = Vec::new();
+    let mut total = 0.0;
+    let mut name = String::new();
+    for i in 1..=n {
+        let mut line = LedgerLine::new(&format!("p{}", i % 7), "/chat/completions", Outcome::Miss, 200);
+        let cost = format!("{i}e-6");
+        total += cost.parse::<f64>().unwrap();
+        line.cost = Some(serde_json::value::RawValue::from_string(cost).unwrap().into());
+        line.input_tokens = Some(i as u64);
+        name = format!("{}.jsonl", &line.day()[..7]);
+        line.write_json(&mut out);
+        out.push(b'\n');
+    }
+    let mut f = std::fs::File::create(dir.join(name)).unwrap();
+    f.write_all(&out).unwrap();
+    f.sync_all().unwrap();
+    total
+}
+
+#[tokio::test]
+async fn a_daemon_killed_mid_batch_loses_nothing_and_doubles_nothing() {
+    let db = TestDb::create().await;
+    let fake = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let total = 40_000;
+    let cost = backlog(&data, total);
+    let password = "pw-Kill9-Hx4Vb7Nq";
+    let config = dir.path().join("chatcache.toml");
+    let url = db.url_at(db.addr(), Some(password));
+    std::fs::write(&config, team(&url, "killed")).unwrap();
+    let config_arg = config.to_str().unwrap();
+    let log = dir.path().join("log.txt");
+    let mut cut_short = 0;
+    let mut last = 0;
+    for _ in 0..4 {
+        let mut child = spawn_binary(&fake.url(), &data, &["--config", config_arg], "debug", &log);
+        // Kill as soon as the database shows progress: a bounded poll, since the rows come
+        // from the other process and nothing announces them.
+        let deadline = tokio::time::Instant::now() + SHIPPED_WITHIN;
+        let mut now = db.count().await;
+        while now == last && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            now = db.count().await;
+        }
+        child.signal("KILL");
+        child.wait();
+        let now = db.count().await;
+        assert!(now > last, "no progress in {SHIPPED_WITHIN:?}");
+        if (now as usize) < total {
+            cut_short += 1;
+        }
+        last = now;
+        assert_no_secret(&std::fs::read(&log).unwrap(), &secret_needles(password), "log");
+    }
+    assert!(cut_short > 0, "every kill came after the shipping had ended");
+    let mut child = spawn_binary(&fake.url(), &data, &["--config", config_arg], "info", &log);
+    db.wait_count(total as i64, SHIPPED_WITHIN).await;
+    child.signal("TERM");
+    child.wait();
+
+    let c = db.client().await;
+    let row = c
+        .query_one(
+            "SELECT count(*), count(DISTINCT id), sum(cost)::float8, sum(input_tokens)::int8 FROM chatcache_ledger",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (rows, distinct, sum, tokens): (i64, i64, f64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!((rows, distinct), (total as i64, total as i64));
+    assert!((sum - cost).abs() < 1e-9, "team {sum}, local {cost}");
+    assert_eq!(tokens as usize, total * (total + 1) / 2);
+    assert_eq!(db.ids().await, local_ids(&data, "killed"));
+    assert_no_secret(&std::fs::read(&log).unwrap(), &secret_needles(password), "log");
+}
