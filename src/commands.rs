@@ -165,8 +165,12 @@ pub async fn spend(config: &Config, args: SpendArgs) -> anyhow::Result<()> {
                 ByArg::Model => "model",
                 ByArg::Day => "day",
                 ByArg::Key => "key",
+                ByArg::Daemon => "daemon",
             },
         );
+    }
+    if args.team {
+        q.append_pair("team", "1");
     }
     for (name, v) in [
         ("since", &args.since),
@@ -274,6 +278,8 @@ async fn snapshot_with(
                 bytes: v["bytes"].as_u64().unwrap_or(0),
                 max_bytes: v["max_bytes"].as_u64().unwrap_or(0),
             });
+    let health: serde_json::Value = serde_json::from_slice(&get("/health".to_string()).await?)?;
+    let team = serde_json::from_value(health["team_ledger"].clone()).ok();
     let source = match admin {
         Admin::Remote { base, .. } => format!("daemon at {base}"),
         Admin::Local(_) => format!("data dir {}", config.data_dir.display()),
@@ -285,6 +291,7 @@ async fn snapshot_with(
         month: month_report,
         budgets,
         cache,
+        team,
     })
 }
 

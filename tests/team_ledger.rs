@@ -110,10 +110,62 @@ async fn two_daemons_ship_to_one_database_and_team_totals_are_the_sum_of_their_l
         assert_eq!(n as usize, ledger_lines(&d.data_dir).len());
         let local = local_cost(&d.data_dir);
         assert!(local > 0.0, "the traffic cost something");
-        assert!((cost - local).abs() < 1e-9, "{name}: team {cost}, local {local}");
+        assert!(
+            (cost - local).abs() < 1e-9,
+            "{name}: team {cost}, local {local}"
+        );
     }
+    // The team report: the sum of the local reports, and by daemon each one's own.
+    let team = get(&a.url("/_chatcache/spend?team=1&by=daemon,project"))
+        .await
+        .json();
+    let locals = [
+        get(&a.url("/_chatcache/spend")).await.json(),
+        get(&b.url("/_chatcache/spend")).await.json(),
+    ];
+    for field in [
+        "requests",
+        "cache_hits",
+        "upstream_requests",
+        "input_tokens",
+        "output_tokens",
+    ] {
+        let sum: u64 = locals
+            .iter()
+            .map(|l| l["total"][field].as_u64().unwrap())
+            .sum();
+        assert_eq!(team["total"][field].as_u64(), Some(sum), "{field}: {team}");
+    }
+    let cost_sum: f64 = locals
+        .iter()
+        .map(|l| l["total"]["cost"].as_f64().unwrap())
+        .sum();
+    assert!((team["total"]["cost"].as_f64().unwrap() - cost_sum).abs() < 1e-9);
+    for (name, local) in [("laptop-a", &locals[0]), ("laptop-b", &locals[1])] {
+        let requests: u64 = team["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["daemon"] == name)
+            .map(|r| r["requests"].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            requests,
+            local["total"]["requests"].as_u64().unwrap(),
+            "{name}"
+        );
+    }
+    let r = get(&a.url("/_chatcache/spend?by=daemon")).await;
+    assert_eq!(
+        r.status,
+        http::StatusCode::BAD_REQUEST,
+        "by daemon is for team reports"
+    );
     let migrations: i64 = c
-        .query_one("SELECT count(*) FROM chatcache_migrations WHERE version = 1", &[])
+        .query_one(
+            "SELECT count(*) FROM chatcache_migrations WHERE version = 1",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -155,8 +207,15 @@ async fn postgres_away_for_a_while_then_back_every_line_arrives_once() {
     );
     assert_eq!(metric(&d, "chatcache_team_ledger_up").await, 0.0);
     let age = team_health(&d, |t| t["oldest_pending_seconds"].as_f64().unwrap() > 0.0).await;
-    assert!(age["oldest_pending_seconds"].as_f64().unwrap() < 600.0, "{age}");
-    assert_eq!(db.count().await, first as i64, "nothing reached the database");
+    assert!(
+        age["oldest_pending_seconds"].as_f64().unwrap() < 600.0,
+        "{age}"
+    );
+    assert_eq!(
+        db.count().await,
+        first as i64,
+        "nothing reached the database"
+    );
 
     fwd.restore();
     db.wait_count(all as i64, SHIPPED_WITHIN).await;
@@ -179,14 +238,24 @@ async fn a_batch_sent_again_doubles_nothing() {
     let mut cursors = Vec::new();
     d.app
         .store
-        .scan_prefix(chatcache::store::Space::Meta, b"team.ledger.cursor/", |k, _| {
-            cursors.push(k.to_vec());
-            true
-        })
+        .scan_prefix(
+            chatcache::store::Space::Meta,
+            b"team.ledger.cursor/",
+            |k, _| {
+                cursors.push(k.to_vec());
+                true
+            },
+        )
         .unwrap();
     assert_eq!(cursors.len(), 1, "one ledger file, one cursor");
-    let ops = cursors.into_iter().map(chatcache::store::Op::Remove).collect();
-    d.app.store.apply(chatcache::store::Space::Meta, ops).unwrap();
+    let ops = cursors
+        .into_iter()
+        .map(chatcache::store::Op::Remove)
+        .collect();
+    d.app
+        .store
+        .apply(chatcache::store::Space::Meta, ops)
+        .unwrap();
     d.app.store.flush().unwrap();
     let data_dir = d.data_dir.clone();
     let keep = d.stop().await;
@@ -210,10 +279,19 @@ fn backlog(data_dir: &Path, n: usize) -> f64 {
     let mut total = 0.0;
     let mut name = String::new();
     for i in 1..=n {
-        let mut line = LedgerLine::new(&format!("p{}", i % 7), "/chat/completions", Outcome::Miss, 200);
+        let mut line = LedgerLine::new(
+            &format!("p{}", i % 7),
+            "/chat/completions",
+            Outcome::Miss,
+            200,
+        );
         let cost = format!("{i}e-6");
         total += cost.parse::<f64>().unwrap();
-        line.cost = Some(serde_json::value::RawValue::from_string(cost).unwrap().into());
+        line.cost = Some(
+            serde_json::value::RawValue::from_string(cost)
+                .unwrap()
+                .into(),
+        );
         line.input_tokens = Some(i as u64);
         name = format!("{}.jsonl", &line.day()[..7]);
         line.write_json(&mut out);
@@ -259,13 +337,33 @@ async fn a_daemon_killed_mid_batch_loses_nothing_and_doubles_nothing() {
             cut_short += 1;
         }
         last = now;
-        assert_no_secret(&std::fs::read(&log).unwrap(), &secret_needles(password), "log");
+        assert_no_secret(
+            &std::fs::read(&log).unwrap(),
+            &secret_needles(password),
+            "log",
+        );
     }
-    assert!(cut_short > 0, "every kill came after the shipping had ended");
+    assert!(
+        cut_short > 0,
+        "every kill came after the shipping had ended"
+    );
     let mut child = spawn_binary(&fake.url(), &data, &["--config", config_arg], "info", &log);
     db.wait_count(total as i64, SHIPPED_WITHIN).await;
     child.signal("TERM");
     child.wait();
+
+    // `chatcache spend --team`, with no daemon running: read from PostgreSQL in-process.
+    let out = succeed(
+        binary()
+            .args([
+                "spend", "--team", "--by", "daemon", "--format", "json", "--config", config_arg,
+            ])
+            .arg("--data-dir")
+            .arg(&data),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["rows"][0]["daemon"], "killed", "{report}");
+    assert_eq!(report["total"]["requests"].as_u64(), Some(total as u64));
 
     let c = db.client().await;
     let row = c
@@ -281,5 +379,9 @@ async fn a_daemon_killed_mid_batch_loses_nothing_and_doubles_nothing() {
     assert!((sum - cost).abs() < 1e-9, "team {sum}, local {cost}");
     assert_eq!(tokens as usize, total * (total + 1) / 2);
     assert_eq!(db.ids().await, local_ids(&data, "killed"));
-    assert_no_secret(&std::fs::read(&log).unwrap(), &secret_needles(password), "log");
+    assert_no_secret(
+        &std::fs::read(&log).unwrap(),
+        &secret_needles(password),
+        "log",
+    );
 }

@@ -12,8 +12,8 @@ mod render;
 mod report;
 mod reserve;
 mod rollup;
-mod writer;
 pub mod team;
+mod writer;
 
 #[cfg(test)]
 mod tests;

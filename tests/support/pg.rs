@@ -48,7 +48,8 @@ impl TestDb {
         let ip: std::net::IpAddr = if host == "localhost" {
             [127, 0, 0, 1].into()
         } else {
-            host.parse().expect("the test server's host is an IP address")
+            host.parse()
+                .expect("the test server's host is an IP address")
         };
         SocketAddr::new(ip, port)
     }
@@ -84,7 +85,10 @@ impl TestDb {
     /// Rows in the team ledger (0 before the first daemon has made the table).
     pub async fn count(&self) -> i64 {
         let c = self.client().await;
-        match c.query_one("SELECT count(*) FROM chatcache_ledger", &[]).await {
+        match c
+            .query_one("SELECT count(*) FROM chatcache_ledger", &[])
+            .await
+        {
             Ok(row) => row.get(0),
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => 0,
             Err(e) => panic!("counting the team ledger: {e}"),
@@ -112,7 +116,10 @@ impl TestDb {
     pub async fn ids(&self) -> Vec<(String, String)> {
         let c = self.client().await;
         let rows = c
-            .query("SELECT daemon, id FROM chatcache_ledger ORDER BY daemon, id", &[])
+            .query(
+                "SELECT daemon, id FROM chatcache_ledger ORDER BY daemon, id",
+                &[],
+            )
             .await
             .unwrap();
         rows.iter().map(|r| (r.get(0), r.get(1))).collect()

@@ -142,6 +142,11 @@ impl Team {
         }))
     }
 
+    /// The team report from PostgreSQL (every daemon's lines shipped so far).
+    pub async fn report(&self, q: &super::ReportQuery) -> Result<super::Report, TeamError> {
+        Ok(self.inner.db.report(q).await?)
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // Plain counters: consistent even after a panic elsewhere, so poison is ignored.
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -274,9 +279,7 @@ impl Team {
             let key = [CURSOR_PREFIX, name.as_bytes()].concat();
             let end = chunk.end;
             self.blocking(move |t| {
-                t.inner
-                    .store
-                    .put(Space::Meta, &key, &end.to_be_bytes())?;
+                t.inner.store.put(Space::Meta, &key, &end.to_be_bytes())?;
                 t.inner.store.flush()?;
                 Ok(())
             })
@@ -351,8 +354,8 @@ impl Team {
             }
             if len > f.counted_to {
                 file.sync_data().map_err(|e| io_error(&path, e))?;
-                let (n, end) =
-                    ledger::count_lines(&path, f.counted_to, len).map_err(|e| io_error(&path, e))?;
+                let (n, end) = ledger::count_lines(&path, f.counted_to, len)
+                    .map_err(|e| io_error(&path, e))?;
                 f.pending += n;
                 f.counted_to = end;
             }

@@ -10,8 +10,9 @@ use thiserror::Error;
 use tokio_postgres::config::SslMode;
 
 use crate::config::DatabaseUrl;
-use crate::spend::line::timestamp_string;
-use crate::spend::LedgerLine;
+use crate::spend::line::{day_string, timestamp_string};
+use crate::spend::report::from_groups;
+use crate::spend::{Counters, Dim, LedgerLine, Report, ReportQuery};
 
 /// The schema, in order: (version, name, SQL). A version once released never changes;
 /// a change to the schema is a new file.
@@ -146,7 +147,11 @@ impl Db {
 
     /// Inserts the lines (each with its id, see `team::line_id`) in one statement, so one
     /// transaction; a line already there is left alone. Returns how many were new.
-    pub async fn insert(&self, daemon: &str, lines: &[([u8; 32], &LedgerLine)]) -> Result<u64, DbError> {
+    pub async fn insert(
+        &self,
+        daemon: &str,
+        lines: &[([u8; 32], &LedgerLine)],
+    ) -> Result<u64, DbError> {
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(INSERT).await?;
         let mut c = Columns::default();
@@ -185,6 +190,70 @@ impl Db {
         Ok(inserted)
     }
 }
+
+impl Db {
+    /// The team report: the same grouping and counters as a local report, over every
+    /// daemon's lines, and `daemon` as one more dimension.
+    pub async fn report(&self, q: &ReportQuery) -> Result<Report, DbError> {
+        let by = q.dims();
+        let dims: Vec<&str> = by
+            .iter()
+            .map(|d| match d {
+                Dim::Project => "project",
+                Dim::Model => "model",
+                Dim::Day => "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+                Dim::Key => "key",
+                Dim::Daemon => "daemon",
+            })
+            .collect();
+        let mut sql = String::from("SELECT ");
+        for d in &dims {
+            sql.push_str(d);
+            sql.push_str(", ");
+        }
+        sql.push_str(REPORT_COUNTERS);
+        if !dims.is_empty() {
+            let positions: Vec<String> = (1..=dims.len()).map(|i| i.to_string()).collect();
+            sql.push_str(" GROUP BY ");
+            sql.push_str(&positions.join(", "));
+        }
+        let since = q.since.map(day_string);
+        let until = q.until.map(day_string);
+        let client = self.pool.get().await?;
+        let rows = client.query(&sql, &[&since, &until, &q.project]).await?;
+        let k = dims.len();
+        let groups = rows.iter().filter_map(|r| {
+            let count = |i: usize| u64::try_from(r.get::<_, i64>(k + i)).unwrap_or(0);
+            let c = Counters {
+                requests: count(0),
+                upstream_requests: count(1),
+                cache_hits: count(2),
+                input_tokens: count(3),
+                output_tokens: count(4),
+                cost: r.get(k + 5),
+                saved: r.get(k + 6),
+            };
+            // Without dimensions an empty ledger still gives one row of zeros.
+            let dims = (0..k).map(|i| r.get::<_, Option<String>>(i)).collect();
+            (c.requests > 0).then_some((dims, c))
+        });
+        Ok(from_groups(by, q, groups.collect::<Vec<_>>()))
+    }
+}
+
+/// The counters of a report and its filters: UTC days from `$1` to `$2` included, one
+/// project (`$3`) or all.
+const REPORT_COUNTERS: &str = "count(*)::int8,
+        (count(*) FILTER (WHERE outcome IN ('miss', 'refresh', 'bypass')))::int8,
+        (count(*) FILTER (WHERE outcome IN ('hit', 'coalesced')))::int8,
+        coalesce(sum(input_tokens), 0)::int8,
+        coalesce(sum(output_tokens), 0)::int8,
+        coalesce(sum(cost), 0)::float8,
+        coalesce(sum(saved), 0)::float8
+    FROM chatcache_ledger
+    WHERE ($1::text IS NULL OR ts >= ($1::text)::date::timestamp AT TIME ZONE 'UTC')
+      AND ($2::text IS NULL OR ts < (($2::text)::date + 1)::timestamp AT TIME ZONE 'UTC')
+      AND ($3::text IS NULL OR project = $3::text)";
 
 const INSERT: &str = "INSERT INTO chatcache_ledger (line_hash, daemon, id, ts, project, key,
         endpoint, model, stream, outcome, status, input_tokens, output_tokens, input_cost,
