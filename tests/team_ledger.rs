@@ -385,3 +385,37 @@ async fn a_daemon_killed_mid_batch_loses_nothing_and_doubles_nothing() {
         "log",
     );
 }
+
+#[tokio::test]
+async fn tls_to_postgres_is_verified() {
+    let db = TestDb::create().await;
+    let fake = FakeUpstream::start().await;
+    let ssl: String = db
+        .client()
+        .await
+        .query_one("SHOW ssl", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let url = db.url().replace("sslmode=disable", "sslmode=require");
+    let d = Daemon::start_with(&fake.url(), &team(&url, "tls")).await;
+    let n = traffic(&d, "over tls", 2).await;
+    let t = team_health(&d, |t| {
+        t["state"] == "down" && t["pending_lines"] == n as u64
+    })
+    .await;
+    let error = t["last_error"].as_str().unwrap().to_string();
+    if ssl == "on" {
+        // The test server's certificate is its own (Debian's snakeoil), not one the
+        // system roots vouch for: refused, never trusted. (A server without TLS refuses
+        // sslmode=require by itself.)
+        assert!(error.contains("certificate"), "{error}");
+    }
+    assert_eq!(t["pending_lines"], n as u64);
+    assert_eq!(
+        db.count().await,
+        0,
+        "nothing went over an unverified connection"
+    );
+    d.stop().await;
+}

@@ -125,7 +125,13 @@ pub fn render(s: &Snapshot) -> String {
             bytesize::ByteSize(c.max_bytes)
         );
     }
-    if let Some(t) = &s.team {
+    if let Some(t) = s.team.as_ref().filter(|t| t.state == "not running") {
+        let _ = writeln!(
+            out,
+            "team       ledger {}: lines ship while the daemon runs",
+            t.state
+        );
+    } else if let Some(t) = &s.team {
         let _ = write!(
             out,
             "team       ledger {}, {} lines to ship",

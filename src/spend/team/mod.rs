@@ -71,7 +71,8 @@ fn io_error(path: &Path, e: std::io::Error) -> TeamError {
 pub struct ShipStats {
     /// This daemon's name in the team ledger.
     pub daemon: String,
-    /// "starting" until the first attempt, then "up" or "down" (PostgreSQL reachable?).
+    /// "starting" until the first attempt, then "up" or "down" (PostgreSQL reachable?);
+    /// "not running" where no shipper runs (a command run without the daemon).
     pub state: &'static str,
     /// Complete local ledger lines not yet in PostgreSQL.
     pub pending_lines: u64,
@@ -96,6 +97,8 @@ struct Inner {
     dir: PathBuf,
     store: Store,
     migrated: AtomicBool,
+    /// A shipper has been started.
+    running: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -137,6 +140,7 @@ impl Team {
                 dir: ledger_dir.to_path_buf(),
                 store,
                 migrated: AtomicBool::new(false),
+                running: AtomicBool::new(false),
                 state: Mutex::new(State::default()),
             }),
         }))
@@ -159,6 +163,7 @@ impl Team {
         ShipStats {
             daemon: self.inner.name.clone(),
             state: match st.up {
+                _ if !self.inner.running.load(Ordering::SeqCst) => "not running",
                 None => "starting",
                 Some(true) => "up",
                 Some(false) => "down",
@@ -178,6 +183,7 @@ impl Team {
     /// batch cut off then is simply sent again next time.
     pub fn spawn_shipper(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
         let team = self.clone();
+        self.inner.running.store(true, Ordering::SeqCst);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -46,7 +46,17 @@ impl From<tokio_postgres::Error> for DbError {
                 db.message(),
                 db.code().code()
             )),
-            None => DbError(format!("PostgreSQL: {e}")),
+            None => {
+                // The cause (a refused connection, a certificate not trusted) is in the
+                // chain, not in the error's own text.
+                let mut text = format!("PostgreSQL: {e}");
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    text.push_str(&format!(": {c}"));
+                    cause = c.source();
+                }
+                DbError(text)
+            }
         }
     }
 }
