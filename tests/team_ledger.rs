@@ -303,6 +303,48 @@ fn backlog(data_dir: &Path, n: usize) -> f64 {
     total
 }
 
+/// Waits until the team ledger holds more than `last` rows; returns how many. A bounded
+/// poll: the rows come from another process, and nothing announces them.
+async fn progress(db: &TestDb, last: i64) -> i64 {
+    let deadline = tokio::time::Instant::now() + SHIPPED_WITHIN;
+    loop {
+        let now = db.count().await;
+        if now > last {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no progress past {last} rows"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The server process of a shipper whose statement waits for a lock. A bounded poll of
+/// pg_stat_activity: waiting is a state PostgreSQL shows, not an event it sends.
+async fn blocked_shipper(db: &TestDb) -> i32 {
+    let c = db.client().await;
+    let deadline = tokio::time::Instant::now() + SHIPPED_WITHIN;
+    loop {
+        let rows = c
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1
+                   AND application_name = 'chatcache' AND wait_event_type = 'Lock'",
+                &[&db.name],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = rows.first() {
+            return row.get(0);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the shipper never waited on the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_daemon_killed_mid_batch_loses_nothing_and_doubles_nothing() {
     let db = TestDb::create().await;
@@ -317,35 +359,43 @@ async fn a_daemon_killed_mid_batch_loses_nothing_and_doubles_nothing() {
     std::fs::write(&config, team(&url, "killed")).unwrap();
     let config_arg = config.to_str().unwrap();
     let log = dir.path().join("log.txt");
-    let mut cut_short = 0;
-    let mut last = 0;
-    for _ in 0..4 {
-        let mut child = spawn_binary(&fake.url(), &data, &["--config", config_arg], "debug", &log);
-        // Kill as soon as the database shows progress: a bounded poll, since the rows come
-        // from the other process and nothing announces them.
-        let deadline = tokio::time::Instant::now() + SHIPPED_WITHIN;
-        let mut now = db.count().await;
-        while now == last && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            now = db.count().await;
-        }
+    let start = || spawn_binary(&fake.url(), &data, &["--config", config_arg], "debug", &log);
+
+    // First, for certain mid-batch: killed while its INSERT waits inside PostgreSQL (the
+    // test holds a lock on the table), and that transaction is then ended uncommitted.
+    let mut child = start();
+    let mut last = progress(&db, 0).await;
+    let locker = db.client().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE chatcache_ledger IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let pid = blocked_shipper(&db).await;
+    child.signal("KILL");
+    child.wait();
+    let admin = db.client().await;
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let now = db.count().await;
+    assert!(now >= last && (now as usize) < total, "{now} of {total}");
+    last = now;
+
+    // Then killed at whatever moment the next rows show up.
+    for _ in 0..3 {
+        let mut child = start();
+        last = progress(&db, last).await;
         child.signal("KILL");
         child.wait();
-        let now = db.count().await;
-        assert!(now > last, "no progress in {SHIPPED_WITHIN:?}");
-        if (now as usize) < total {
-            cut_short += 1;
-        }
-        last = now;
-        assert_no_secret(
-            &std::fs::read(&log).unwrap(),
-            &secret_needles(password),
-            "log",
-        );
+        last = last.max(db.count().await);
     }
-    assert!(
-        cut_short > 0,
-        "every kill came after the shipping had ended"
+    assert!((last as usize) < total, "the kills all came after the end");
+    assert_no_secret(
+        &std::fs::read(&log).unwrap(),
+        &secret_needles(password),
+        "log",
     );
     let mut child = spawn_binary(&fake.url(), &data, &["--config", config_arg], "info", &log);
     db.wait_count(total as i64, SHIPPED_WITHIN).await;
@@ -364,6 +414,14 @@ async fn a_daemon_killed_mid_batch_loses_nothing_and_doubles_nothing() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["rows"][0]["daemon"], "killed", "{report}");
     assert_eq!(report["total"]["requests"].as_u64(), Some(total as u64));
+
+    let check = succeed(binary().args(["config", "check", "--config", config_arg]));
+    let shown = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        shown.contains(":***@") && shown.contains("\"killed\""),
+        "{shown}"
+    );
+    assert_no_secret(&check.stdout, &secret_needles(password), "config check");
 
     let c = db.client().await;
     let row = c

@@ -349,7 +349,10 @@ impl Team {
             st.files.clone()
         };
         let dir = &self.inner.dir;
-        for name in ledger::list_files(dir).map_err(|e| io_error(dir, e))? {
+        let names = ledger::list_files(dir).map_err(|e| io_error(dir, e))?;
+        // A file removed by hand (an old month pruned) has nothing left to ship.
+        files.retain(|name, _| names.contains(name));
+        for name in names {
             let path = ledger::path_of(dir, &name);
             let f = files.entry(name).or_default();
             let file = std::fs::File::open(&path).map_err(|e| io_error(&path, e))?;
