@@ -62,9 +62,16 @@ fn local_cost(data_dir: &Path) -> f64 {
 /// The health answer's `team_ledger` once `ready` holds of it, polled up to a deadline:
 /// the shipper's progress has no event a test can wait on from outside.
 async fn team_health(d: &Daemon, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    team_health_at(&d.url(""), ready).await
+}
+
+async fn team_health_at(
+    base: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = tokio::time::Instant::now() + SHIPPED_WITHIN;
     loop {
-        let h = get(&d.url("/_chatcache/health")).await.json();
+        let h = get(&format!("{base}/_chatcache/health")).await.json();
         let t = h["team_ledger"].clone();
         if ready(&t) {
             return t;
@@ -399,6 +406,26 @@ async fn a_daemon_killed_mid_batch_loses_nothing_and_doubles_nothing() {
     );
     let mut child = spawn_binary(&fake.url(), &data, &["--config", config_arg], "info", &log);
     db.wait_count(total as i64, SHIPPED_WITHIN).await;
+    let base = format!("http://{}", child.addr);
+    team_health_at(&base, |t| t["state"] == "up" && t["pending_lines"] == 0).await;
+    // `chatcache stats` beside the running daemon shows its shipping.
+    let stats = succeed(
+        binary()
+            .args([
+                "stats",
+                "--config",
+                config_arg,
+                "--listen",
+                &child.addr,
+                "--data-dir",
+            ])
+            .arg(&data),
+    );
+    let stats = String::from_utf8_lossy(&stats.stdout);
+    assert!(
+        stats.contains("team       ledger up, 0 lines to ship"),
+        "{stats}"
+    );
     child.signal("TERM");
     child.wait();
 
