@@ -270,6 +270,10 @@ async fn a_batch_sent_again_doubles_nothing() {
     let d = Daemon::start_in(&data_dir, &fake.url(), &extra).await;
     let t = team_health(&d, |t| t["sent_lines"] == n as u64).await;
     assert_eq!(t["inserted_lines"], 0, "{t}");
+    assert_eq!(
+        metric(&d, "chatcache_team_ledger_sent_lines_total").await,
+        n as f64
+    );
     assert_eq!(db.count().await, n as i64);
     assert_eq!(db.ids().await, local_ids(&data_dir, "again"));
     d.stop().await;
