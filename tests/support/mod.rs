@@ -13,6 +13,7 @@ pub mod http1;
 pub mod pg;
 pub mod respond;
 pub mod skip;
+pub mod team;
 pub mod tls;
 
 pub use api::{
