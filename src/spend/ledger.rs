@@ -254,3 +254,52 @@ pub fn count_lines(path: &Path, start: u64, limit: u64) -> io::Result<(u64, u64)
     }
     Ok((lines, end))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_stop_at_the_limit_skip_what_does_not_parse_and_leave_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("2026-12.jsonl");
+        let mut text = Vec::new();
+        for p in ["a", "b", "c"] {
+            LedgerLine::new(p, "/chat/completions", crate::spend::Outcome::Miss, 200)
+                .write_json(&mut text);
+            text.push(b'\n');
+            if p == "a" {
+                text.extend_from_slice(b"{not a line\n\n");
+            }
+        }
+        let whole = text.len() as u64;
+        text.extend_from_slice(b"{\"ts\":\"2026-"); // being written, or torn
+        std::fs::write(&path, &text).unwrap();
+
+        let all = read_chunk(&path, 0, 100, u64::MAX).unwrap();
+        let projects: Vec<&str> = all.lines.iter().map(|(_, l)| &*l.project).collect();
+        assert_eq!(projects, ["a", "b", "c"]);
+        assert_eq!((all.consumed, all.end), (5, whole));
+        assert_eq!(
+            count_lines(&path, 0, text.len() as u64).unwrap(),
+            (5, whole)
+        );
+
+        let first = read_chunk(&path, 0, 1, u64::MAX).unwrap();
+        assert_eq!((first.lines.len(), first.consumed), (1, 1));
+        let (bytes, line) = &first.lines[0];
+        assert_eq!(
+            serde_json::from_slice::<LedgerLine>(bytes).unwrap().id,
+            line.id
+        );
+        let rest = read_chunk(&path, first.end, 100, first.end).unwrap();
+        assert_eq!(
+            (rest.consumed, rest.end),
+            (0, first.end),
+            "nothing past the limit"
+        );
+        let rest = read_chunk(&path, first.end, 100, u64::MAX).unwrap();
+        assert_eq!((rest.lines.len(), rest.consumed), (2, 4));
+        assert_eq!(count_lines(&path, first.end, whole - 1).unwrap().0, 3);
+    }
+}
