@@ -65,7 +65,7 @@ impl App {
             .context("cannot read the cache")?;
         let spend = Spend::open(&config.data_dir, store.clone(), config.projects.clone())
             .map_err(|e| anyhow::anyhow!("cannot open the spend ledger: {e}"))?;
-        let team = Team::open(&config.team, store.clone(), spend.ledger_dir())
+        let team = Team::open(&config.team, store.clone(), &spend)
             .map_err(|e| anyhow::anyhow!("cannot set up the team ledger: {e}"))?;
         let held_key = load_held_key(&config)?;
         let upstream = Upstream::new(&config.upstream)?;

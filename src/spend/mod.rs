@@ -258,6 +258,18 @@ impl Spend {
         self.inner.shared.fsyncs.load(Ordering::Relaxed)
     }
 
+    /// How far the file `name` is written and synced, if the writer has opened it since
+    /// start; a file it has not opened is as it was at start.
+    pub(crate) fn durable_len(&self, name: &str) -> Option<u64> {
+        let d = self
+            .inner
+            .shared
+            .durable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        d.get(name).copied()
+    }
+
     /// The directory holding the ledger files.
     pub fn ledger_dir(&self) -> &Path {
         &self.inner.dir

@@ -8,6 +8,8 @@
 //! PostgreSQL away for hours costs time, never a line lost or counted twice.
 
 mod postgres;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -95,6 +97,8 @@ struct Inner {
     db: Db,
     name: String,
     dir: PathBuf,
+    /// The ledger's writer says how far each file it writes is durable.
+    spend: super::Spend,
     store: Store,
     migrated: AtomicBool,
     /// A shipper has been started.
@@ -128,7 +132,7 @@ impl Team {
     pub fn open(
         config: &TeamConfig,
         store: Store,
-        ledger_dir: &Path,
+        spend: &super::Spend,
     ) -> Result<Option<Team>, TeamError> {
         let Some(url) = &config.postgres else {
             return Ok(None);
@@ -137,7 +141,8 @@ impl Team {
             inner: Arc::new(Inner {
                 db: Db::new(url)?,
                 name: config.name.clone(),
-                dir: ledger_dir.to_path_buf(),
+                dir: spend.ledger_dir().to_path_buf(),
+                spend: spend.clone(),
                 store,
                 migrated: AtomicBool::new(false),
                 running: AtomicBool::new(false),
@@ -354,9 +359,15 @@ impl Team {
         files.retain(|name, _| names.contains(name));
         for name in names {
             let path = ledger::path_of(dir, &name);
-            let f = files.entry(name).or_default();
+            let f = files.entry(name.clone()).or_default();
             let file = std::fs::File::open(&path).map_err(|e| io_error(&path, e))?;
             let len = file.metadata().map_err(|e| io_error(&path, e))?.len();
+            // Read after the length: a file the writer had not opened by now had no write
+            // in progress when its length was taken.
+            let len = match self.inner.spend.durable_len(&name) {
+                Some(durable) => len.min(durable),
+                None => len,
+            };
             if len < f.shipped {
                 tracing::warn!(file = %path.display(), "a ledger file is shorter than what was shipped of it; shipping it again from its start (nothing is counted twice)");
                 *f = FileState::default();
