@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::recent::Recent;
 use crate::request::json::ParseMemo;
 use crate::secret::Fingerprinter;
+use crate::spend::team::Team;
 use crate::spend::{LedgerLine, Reservation, Spend, SpendError};
 use crate::store::{Store, StoreError};
 use crate::upstream::Upstream;
@@ -29,6 +30,8 @@ pub struct App {
     pub cache: Cache,
     pub flights: Arc<Flights>,
     pub spend: Spend,
+    /// The team ledger on PostgreSQL, when `[team] postgres` is set.
+    pub team: Option<Team>,
     pub fingerprints: Fingerprinter,
     /// `Bearer <upstream key>` when the daemon holds the key (marked sensitive).
     pub held_key: Option<HeaderValue>,
@@ -65,6 +68,8 @@ impl App {
             .context("cannot read the cache")?;
         let spend = Spend::open(&config.data_dir, store.clone(), config.projects.clone())
             .map_err(|e| anyhow::anyhow!("cannot open the spend ledger: {e}"))?;
+        let team = Team::open(&config.team, store.clone(), &spend)
+            .map_err(|e| anyhow::anyhow!("cannot set up the team ledger: {e}"))?;
         let held_key = load_held_key(&config)?;
         let alerts = Arc::new(Alerts::open(&config, store.clone())?);
         let upstream = Upstream::new(&config.upstream)?;
@@ -85,7 +90,8 @@ impl App {
             held_key,
             prices: RwLock::new(None),
             exchanges: tokio_util::task::TaskTracker::new(),
-            metrics: Metrics::new(cache.clone()),
+            metrics: Metrics::new(cache.clone(), team.clone()),
+            team,
             recent: Recent::default(),
             cache,
             alerts,

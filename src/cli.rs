@@ -71,6 +71,8 @@ pub enum ByArg {
     Model,
     Day,
     Key,
+    /// The daemon a line came from (with --team).
+    Daemon,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -97,6 +99,9 @@ pub struct SpendArgs {
     /// Only this project.
     #[arg(long)]
     pub project: Option<String>,
+    /// Every daemon of the team, from the team ledger on PostgreSQL.
+    #[arg(long)]
+    pub team: bool,
     #[arg(long, value_enum, default_value = "table")]
     pub format: FormatArg,
     /// Rebuild the rollups from the ledger files first.

@@ -46,6 +46,8 @@ pub enum ApiError {
     CacheMiss,
     #[error("the spend ledger cannot be written, so no request is sent upstream until it can")]
     LedgerUnavailable,
+    #[error("the team ledger cannot be read now: {0}")]
+    TeamLedgerUnavailable(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -65,7 +67,9 @@ impl ApiError {
                 StatusCode::BAD_GATEWAY
             }
             ApiError::UpstreamTimeout(_) | ApiError::CacheMiss => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::LedgerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::LedgerUnavailable | ApiError::TeamLedgerUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -84,6 +88,7 @@ impl ApiError {
             ApiError::UpstreamTimeout(_) => "upstream_timeout",
             ApiError::CacheMiss => "cache_miss",
             ApiError::LedgerUnavailable => "ledger_unavailable",
+            ApiError::TeamLedgerUnavailable(_) => "team_ledger_unavailable",
             ApiError::Internal(_) => "internal_error",
         }
     }

@@ -48,6 +48,7 @@ use tokio::net::TcpListener;
 
 /// Runs the daemon on `listener` until `shutdown` resolves, then drains and makes
 /// everything durable.
+/// With a team ledger, its shipper runs alongside until then.
 pub async fn run(app: Arc<app::App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     app.alerts.start().await;
     // Crossings the last run found and did not deliver are found again now.
@@ -55,11 +56,17 @@ pub async fn run(app: Arc<app::App>, listener: TcpListener, shutdown: impl Futur
         app.check_alerts(project);
     }
     let poller = proxy::credits::spawn_poller(&app);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let shipper = app.team.as_ref().map(|t| t.spawn_shipper(stop.clone()));
     server::serve(app.clone(), listener, shutdown).await;
     if let Some(p) = poller {
         p.abort();
     }
     app.close().await;
+    stop.cancel();
+    if let Some(shipper) = shipper {
+        let _ = shipper.await;
+    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers now (so a signal that arrives before the

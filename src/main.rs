@@ -69,6 +69,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 config.mode.as_str(),
                 config.data_dir.display()
             );
+            if let Some(url) = &config.team.postgres {
+                // Shown redacted: the password never reaches the terminal.
+                println!("team     {url} as {:?}", config.team.name);
+            }
             Ok(())
         }
     }

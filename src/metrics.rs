@@ -15,6 +15,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::cache::Cache;
+use crate::spend::team::Team;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -92,8 +93,52 @@ impl Collector for CacheCollector {
     }
 }
 
+/// The team ledger's shipping lag, read from the shipper at scrape time.
+struct TeamCollector(Team);
+
+impl fmt::Debug for TeamCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TeamCollector")
+    }
+}
+
+impl Collector for TeamCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let s = self.0.stats();
+        let pending = ConstGauge::new(s.pending_lines as i64);
+        pending.encode(encoder.encode_descriptor(
+            "chatcache_team_ledger_pending_lines",
+            "Local ledger lines not yet in the team ledger",
+            None,
+            pending.metric_type(),
+        )?)?;
+        let oldest = ConstGauge::new(s.oldest_pending_seconds);
+        oldest.encode(encoder.encode_descriptor(
+            "chatcache_team_ledger_oldest_pending_seconds",
+            "Age of the oldest line not yet in the team ledger (0 when none)",
+            None,
+            oldest.metric_type(),
+        )?)?;
+        let sent = ConstCounter::new(s.sent_lines);
+        sent.encode(encoder.encode_descriptor(
+            "chatcache_team_ledger_sent_lines",
+            "Lines sent to the team ledger and committed (a line sent again counts again)",
+            None,
+            sent.metric_type(),
+        )?)?;
+        let up = ConstGauge::new(i64::from(s.state == "up"));
+        up.encode(encoder.encode_descriptor(
+            "chatcache_team_ledger_up",
+            "1 when the last attempt to reach the team ledger succeeded",
+            None,
+            up.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
 impl Metrics {
-    pub fn new(cache: Cache) -> Metrics {
+    pub fn new(cache: Cache, team: Option<Team>) -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -138,6 +183,9 @@ impl Metrics {
             streams.clone(),
         );
         registry.register_collector(Box::new(CacheCollector(cache)));
+        if let Some(team) = team {
+            registry.register_collector(Box::new(TeamCollector(team)));
+        }
         Metrics {
             registry,
             requests,

@@ -144,6 +144,7 @@ async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<B
             "status": "ok",
             "version": env!("CARGO_PKG_VERSION"),
             "mode": app.config.mode.as_str(),
+            "team_ledger": app.team.as_ref().map(|t| t.stats()),
         })),
         (&Method::GET, "/budgets") => json(&dashboard::budget_rows(
             &app.config.projects,
@@ -151,8 +152,21 @@ async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<B
             |p| app.spend.period_use(p).and_then(|u| app.alerts.reached(&u)),
         )),
         (&Method::GET, "/spend/reconcile") => reconcile::reconcile(&app, &query).await,
+        (&Method::GET, "/spend") if query.get("team").is_some_and(|t| t == "1") => {
+            let Some(team) = &app.team else {
+                return Err(ApiError::BadRequest(
+                    "no team ledger: set [team] postgres (or CHATCACHE_POSTGRES_URL)".into(),
+                ));
+            };
+            let q = report_query(&query, true)?;
+            let report = team
+                .report(&q)
+                .await
+                .map_err(|e| ApiError::TeamLedgerUnavailable(e.to_string()))?;
+            json(&report)
+        }
         (&Method::GET, "/spend") => {
-            let q = report_query(&query)?;
+            let q = report_query(&query, false)?;
             let spend = app.spend.clone();
             let report = blocking(move || {
                 spend
@@ -295,7 +309,8 @@ fn import_headers(h: &http::HeaderMap) -> http::HeaderMap {
     out
 }
 
-fn report_query(q: &HashMap<String, String>) -> Result<ReportQuery, ApiError> {
+/// A spend report's query; `daemon` is a dimension of the team report only.
+fn report_query(q: &HashMap<String, String>, team: bool) -> Result<ReportQuery, ApiError> {
     let mut by = Vec::new();
     if let Some(list) = q.get("by") {
         for d in list.split(',').filter(|d| !d.is_empty()) {
@@ -304,6 +319,12 @@ fn report_query(q: &HashMap<String, String>) -> Result<ReportQuery, ApiError> {
                 "model" => Dim::Model,
                 "day" => Dim::Day,
                 "key" => Dim::Key,
+                "daemon" if team => Dim::Daemon,
+                "daemon" => {
+                    return Err(ApiError::BadRequest(
+                        "by: daemon is for the team report (team=1)".into(),
+                    ))
+                }
                 other => {
                     return Err(ApiError::BadRequest(format!(
                         "by: unknown dimension {other:?}"

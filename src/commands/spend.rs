@@ -38,8 +38,12 @@ pub async fn spend(config: &Config, args: SpendArgs) -> anyhow::Result<()> {
                 ByArg::Model => "model",
                 ByArg::Day => "day",
                 ByArg::Key => "key",
+                ByArg::Daemon => "daemon",
             },
         );
+    }
+    if args.team {
+        q.append_pair("team", "1");
     }
     for (name, v) in [
         ("since", &args.since),

@@ -88,6 +88,8 @@ async fn snapshot_with(
                 bytes: v["bytes"].as_u64().unwrap_or(0),
                 max_bytes: v["max_bytes"].as_u64().unwrap_or(0),
             });
+    let health: serde_json::Value = serde_json::from_slice(&get("/health".to_string()).await?)?;
+    let team = serde_json::from_value(health["team_ledger"].clone()).ok();
     let source = match admin {
         Admin::Remote { base, .. } => format!("daemon at {base}"),
         Admin::Local(_) => format!("data dir {}", config.data_dir.display()),
@@ -99,5 +101,6 @@ async fn snapshot_with(
         month: month_report,
         budgets,
         cache,
+        team,
     })
 }

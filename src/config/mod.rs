@@ -6,18 +6,21 @@ mod alerts;
 mod cache;
 mod projects;
 mod spend;
+mod team;
 mod upstream;
 
 pub use alerts::AlertsConfig;
 pub use cache::{CacheConfig, ReplayPace, Scope};
 pub use projects::{check_project_name, BudgetPeriod, ProjectConfig, DEFAULT_MAX_REQUEST_COST};
 pub use spend::SpendConfig;
+pub use team::{DatabaseUrl, TeamConfig, POSTGRES_ENV};
 pub use upstream::UpstreamConfig;
 
 use alerts::RawAlerts;
 use cache::RawCache;
 use projects::{RawProject, RawToken};
 use spend::RawSpend;
+use team::RawTeam;
 use upstream::RawUpstream;
 
 use std::collections::BTreeMap;
@@ -106,6 +109,8 @@ struct RawConfig {
     projects: BTreeMap<String, RawProject>,
     #[serde(default)]
     tokens: Vec<RawToken>,
+    #[serde(default)]
+    team: RawTeam,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +156,7 @@ pub struct Config {
     pub tokens: BTreeMap<String, Arc<str>>,
     pub spend: SpendConfig,
     pub alerts: AlertsConfig,
+    pub team: TeamConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -316,6 +322,7 @@ fn validate(
         show_prompts: raw.admin.show_prompts.unwrap_or(false),
     };
     let (projects, tokens) = projects::validate(raw.projects, raw.tokens)?;
+    let team = team::validate(raw.team, get_env, team::hostname)?;
     Ok(Config {
         source,
         listen,
@@ -330,6 +337,7 @@ fn validate(
         tokens,
         spend: spend::validate(raw.spend)?,
         alerts: alerts::validate(raw.alerts)?,
+        team,
     })
 }
 

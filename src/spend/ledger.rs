@@ -188,3 +188,118 @@ pub fn read_all(dir: &Path) -> io::Result<(Vec<LedgerLine>, ReadStats)> {
 pub fn path_of(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
+
+/// Up to `max` lines of one file read from `start` (a line boundary), as their bytes
+/// (without the `\n`) and parsed, for a reader that must know exactly what it consumed.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    pub lines: Vec<(Vec<u8>, LedgerLine)>,
+    /// Complete lines consumed, the unreadable and blank ones included.
+    pub consumed: u64,
+    /// Offset just after the last line consumed.
+    pub end: u64,
+}
+
+/// Reads up to `max` parsed lines of `path` from `start`, none starting at or after
+/// `limit`; an unterminated last fragment is left for later (it may still be being
+/// written, or it is a torn tail).
+pub fn read_chunk(path: &Path, start: u64, max: usize, limit: u64) -> io::Result<Chunk> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(start))?;
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let mut chunk = Chunk {
+        end: start,
+        ..Chunk::default()
+    };
+    while chunk.lines.len() < max && chunk.end < limit {
+        let mut buf = Vec::with_capacity(512);
+        let n = reader.read_until(b'\n', &mut buf)?;
+        if n == 0 || buf.last() != Some(&b'\n') {
+            break;
+        }
+        let at = chunk.end;
+        chunk.end += n as u64;
+        chunk.consumed += 1;
+        buf.pop();
+        if buf.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<LedgerLine>(&buf) {
+            Ok(line) => chunk.lines.push((buf, line)),
+            Err(e) => tracing::warn!(file = %path.display(), offset = at, error = %e,
+                "skipping an unreadable ledger line"),
+        }
+    }
+    Ok(chunk)
+}
+
+/// Counts the complete lines of `path` between `start` (a line boundary) and `limit`;
+/// returns the count and the offset just after the last one.
+pub fn count_lines(path: &Path, start: u64, limit: u64) -> io::Result<(u64, u64)> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(start))?;
+    let mut file = file.take(limit.saturating_sub(start));
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut lines, mut pos, mut end) = (0u64, start, start);
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        for i in memchr::memchr_iter(b'\n', &buf[..n]) {
+            lines += 1;
+            end = pos + i as u64 + 1;
+        }
+        pos += n as u64;
+    }
+    Ok((lines, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_stop_at_the_limit_skip_what_does_not_parse_and_leave_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("2026-12.jsonl");
+        let mut text = Vec::new();
+        for p in ["a", "b", "c"] {
+            LedgerLine::new(p, "/chat/completions", crate::spend::Outcome::Miss, 200)
+                .write_json(&mut text);
+            text.push(b'\n');
+            if p == "a" {
+                text.extend_from_slice(b"{not a line\n\n");
+            }
+        }
+        let whole = text.len() as u64;
+        text.extend_from_slice(b"{\"ts\":\"2026-"); // being written, or torn
+        std::fs::write(&path, &text).unwrap();
+
+        let all = read_chunk(&path, 0, 100, u64::MAX).unwrap();
+        let projects: Vec<&str> = all.lines.iter().map(|(_, l)| &*l.project).collect();
+        assert_eq!(projects, ["a", "b", "c"]);
+        assert_eq!((all.consumed, all.end), (5, whole));
+        assert_eq!(
+            count_lines(&path, 0, text.len() as u64).unwrap(),
+            (5, whole)
+        );
+
+        let first = read_chunk(&path, 0, 1, u64::MAX).unwrap();
+        assert_eq!((first.lines.len(), first.consumed), (1, 1));
+        let (bytes, line) = &first.lines[0];
+        assert_eq!(
+            serde_json::from_slice::<LedgerLine>(bytes).unwrap().id,
+            line.id
+        );
+        let rest = read_chunk(&path, first.end, 100, first.end).unwrap();
+        assert_eq!(
+            (rest.consumed, rest.end),
+            (0, first.end),
+            "nothing past the limit"
+        );
+        let rest = read_chunk(&path, first.end, 100, u64::MAX).unwrap();
+        assert_eq!((rest.lines.len(), rest.consumed), (2, 4));
+        assert_eq!(count_lines(&path, first.end, whole - 1).unwrap().0, 3);
+    }
+}

@@ -257,7 +257,7 @@ fn push_timestamp(out: &mut Vec<u8>, ts: OffsetDateTime) {
 }
 
 /// "YYYY-MM-DDTHH:MM:SS.mmmZ" of `ts` in UTC.
-fn timestamp_string(ts: OffsetDateTime) -> String {
+pub(crate) fn timestamp_string(ts: OffsetDateTime) -> String {
     let mut out = Vec::with_capacity(24);
     push_timestamp(&mut out, ts);
     ascii_string(out)

@@ -13,6 +13,7 @@ mod render;
 mod report;
 mod reserve;
 mod rollup;
+pub mod team;
 mod writer;
 
 #[cfg(test)]
@@ -278,6 +279,18 @@ impl Spend {
     /// How many times the writer has synced a ledger file (one per file per batch).
     pub fn fsync_count(&self) -> u64 {
         self.inner.shared.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// How far the file `name` is written and synced, if the writer has opened it since
+    /// start; a file it has not opened is as it was at start.
+    pub(crate) fn durable_len(&self, name: &str) -> Option<u64> {
+        let d = self
+            .inner
+            .shared
+            .durable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        d.get(name).copied()
     }
 
     /// The directory holding the ledger files.

@@ -24,6 +24,8 @@ pub enum Dim {
     Model,
     Day,
     Key,
+    /// The daemon a line came from: team reports only.
+    Daemon,
 }
 
 impl Dim {
@@ -33,6 +35,7 @@ impl Dim {
             Dim::Model => "model",
             Dim::Day => "day",
             Dim::Key => "key",
+            Dim::Daemon => "daemon",
         }
     }
 }
@@ -45,8 +48,9 @@ impl FromStr for Dim {
             "model" => Ok(Dim::Model),
             "day" => Ok(Dim::Day),
             "key" => Ok(Dim::Key),
+            "daemon" => Ok(Dim::Daemon),
             other => Err(SpendError::BadReport(format!(
-                "unknown dimension {other:?}: expected project, model, day or key"
+                "unknown dimension {other:?}: expected project, model, day, key or daemon"
             ))),
         }
     }
@@ -92,16 +96,15 @@ fn rounded(mut c: Counters) -> Counters {
 
 /// Builds a report from the rollups (a key-range scan over the date range).
 pub fn build(store: &Store, q: &ReportQuery) -> Result<Report, SpendError> {
-    let mut by: Vec<Dim> = Vec::new();
-    for d in &q.by {
-        if !by.contains(d) {
-            by.push(*d);
-        }
+    let by = q.dims();
+    if by.contains(&Dim::Daemon) {
+        return Err(SpendError::BadReport(
+            "by daemon is for the team report (team=1, chatcache spend --team)".into(),
+        ));
     }
     let since = q.since.map(day_string);
     let until = q.until.map(day_string);
     let mut groups: BTreeMap<Vec<Option<String>>, Counters> = BTreeMap::new();
-    let mut total = Counters::default();
     let empty_range = matches!((q.since, q.until), (Some(s), Some(u)) if s > u);
     if !empty_range {
         rollup::scan(store, since.as_deref(), until.as_deref(), |g, c| {
@@ -115,14 +118,38 @@ pub fn build(store: &Store, q: &ReportQuery) -> Result<Report, SpendError> {
                     Dim::Model => g.model.clone(),
                     Dim::Day => Some(g.day.clone()),
                     Dim::Key => g.key.clone(),
+                    Dim::Daemon => None,
                 })
                 .collect();
             groups.entry(dims).or_default().add(&c);
-            total.add(&c);
         })?;
     }
+    Ok(from_groups(by, q, groups))
+}
+
+impl ReportQuery {
+    /// The `by` dimensions, each once, in the order first given.
+    pub fn dims(&self) -> Vec<Dim> {
+        let mut by: Vec<Dim> = Vec::new();
+        for d in &self.by {
+            if !by.contains(d) {
+                by.push(*d);
+            }
+        }
+        by
+    }
+}
+
+/// The report of counters grouped by the values of `by`: totals, rounding, row order.
+pub fn from_groups(
+    by: Vec<Dim>,
+    q: &ReportQuery,
+    groups: impl IntoIterator<Item = (Vec<Option<String>>, Counters)>,
+) -> Report {
+    let mut total = Counters::default();
     let mut rows: Vec<Row> = groups
         .into_iter()
+        .inspect(|(_, c)| total.add(c))
         .map(|(dims, c)| Row {
             dims,
             counters: rounded(c),
@@ -134,13 +161,13 @@ pub fn build(store: &Store, q: &ReportQuery) -> Result<Report, SpendError> {
             .total_cmp(&a.counters.cost)
             .then_with(|| a.dims.cmp(&b.dims))
     });
-    Ok(Report {
+    Report {
         by,
         since: q.since,
         until: q.until,
         rows,
         total: rounded(total),
-    })
+    }
 }
 
 fn serialize_counters<M: SerializeMap>(m: &mut M, c: &Counters) -> Result<(), M::Error> {

@@ -78,6 +78,10 @@ pub(crate) struct Shared {
     /// Lines nobody waits for (cache hits), taken by the writer with the next batch or
     /// within `QUEUE_FLUSH`, so that a hit never has to wake the writer thread.
     pub queued: std::sync::Mutex<Vec<Arc<LedgerLine>>>,
+    /// Per file the writer has opened: its length up to which every line is written and
+    /// synced (what a failed write is cut back to). Readers go no further (the team
+    /// ledger's shipper).
+    pub durable: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// Test hook: the next N segment writes write half their bytes, then fail.
     #[cfg(test)]
     pub fail_writes: std::sync::atomic::AtomicU32,
@@ -90,11 +94,18 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    fn set_durable(&self, name: &str, len: u64) {
+        // A map of lengths: consistent after any panic, so poison is ignored.
+        let mut d = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+        d.insert(name.to_string(), len);
+    }
+
     pub fn new() -> Shared {
         Shared {
             healthy: AtomicBool::new(true),
             fsyncs: AtomicU64::new(0),
             queued: std::sync::Mutex::new(Vec::new()),
+            durable: std::sync::Mutex::default(),
             #[cfg(test)]
             fail_writes: std::sync::atomic::AtomicU32::new(0),
             #[cfg(test)]
@@ -359,6 +370,7 @@ impl Writer {
         match result {
             Ok(()) => {
                 file.len = good + buf.len() as u64;
+                shared.set_durable(name, file.len);
                 Ok(file.len)
             }
             Err(e) => {
@@ -400,6 +412,7 @@ impl Writer {
                 ledger::sync_dir(&self.dir)?;
             }
             let len = file.metadata()?.len();
+            self.shared.set_durable(name, len);
             self.current = Some(OpenFile {
                 name: name.to_string(),
                 file,

@@ -7,12 +7,15 @@ pub mod credits;
 pub mod daemon;
 pub mod fake_upstream;
 pub mod faults;
+pub mod forward;
 pub mod h2;
 pub mod hold;
 pub mod http1;
+pub mod pg;
 pub mod receiver;
 pub mod respond;
 pub mod skip;
+pub mod team;
 pub mod tls;
 
 pub use api::{

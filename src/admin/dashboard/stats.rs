@@ -20,6 +20,14 @@ pub struct CacheLine {
     pub max_bytes: u64,
 }
 
+/// The team ledger's shipping, from `/health` (`team_ledger`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+pub struct TeamLine {
+    pub state: String,
+    pub pending_lines: u64,
+    pub oldest_pending_seconds: f64,
+}
+
 /// Everything one screen shows.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -32,6 +40,8 @@ pub struct Snapshot {
     pub month: Report,
     pub budgets: Vec<BudgetRow>,
     pub cache: Option<CacheLine>,
+    /// With a team ledger: how its shipping is going.
+    pub team: Option<TeamLine>,
 }
 
 /// `$` and four decimals: small per-request costs stay visible, columns stay aligned.
@@ -114,6 +124,23 @@ pub fn render(s: &Snapshot) -> String {
             bytesize::ByteSize(c.bytes),
             bytesize::ByteSize(c.max_bytes)
         );
+    }
+    if let Some(t) = s.team.as_ref().filter(|t| t.state == "not running") {
+        let _ = writeln!(
+            out,
+            "team       ledger {}: lines ship while the daemon runs",
+            t.state
+        );
+    } else if let Some(t) = &s.team {
+        let _ = write!(
+            out,
+            "team       ledger {}, {} lines to ship",
+            t.state, t.pending_lines
+        );
+        if t.pending_lines > 0 {
+            let _ = write!(out, ", oldest {:.0}s ago", t.oldest_pending_seconds);
+        }
+        let _ = writeln!(out);
     }
 
     let _ = writeln!(out, "\ntop projects, {month_name}");
@@ -240,6 +267,11 @@ mod tests {
                 bytes: 2048,
                 max_bytes: 1 << 30,
             }),
+            team: Some(TeamLine {
+                state: "down".into(),
+                pending_lines: 42,
+                oldest_pending_seconds: 75.4,
+            }),
         };
         let text = render(&s);
         assert!(text.contains("2026-11-25 09:05:03 UTC"), "{text}");
@@ -248,6 +280,10 @@ mod tests {
         assert!(text.contains("$0.0123"), "{text}");
         assert!(text.contains("$0.0040"), "{text}");
         assert!(text.contains("cache      3 entries"), "{text}");
+        assert!(
+            text.contains("team       ledger down, 42 lines to ship, oldest 75s ago"),
+            "{text}"
+        );
         for shown in ["p0", "p1", "p4"] {
             assert!(text.contains(shown), "{shown} is a top project: {text}");
         }
@@ -270,10 +306,12 @@ mod tests {
             month: report(&[]),
             budgets: vec![],
             cache: None,
+            team: None,
         };
         let text = render(&s);
         assert!(text.contains("no requests this month"), "{text}");
         assert!(text.contains(" -"), "{text}");
         assert!(!text.contains("budgets"), "{text}");
+        assert!(!text.contains("team"), "{text}");
     }
 }

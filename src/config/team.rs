@@ -1,0 +1,229 @@
+//! `[team]`: what a daemon shares with its team. For now the team ledger on PostgreSQL
+//! (`postgres`) and the name this daemon goes by in team reports (`name`). Later keys
+//! (`redis`, `secret_file`) belong here too.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+use super::{err, ConfigError};
+
+/// The environment variable that names the PostgreSQL server, over the file's `team.postgres`.
+pub const POSTGRES_ENV: &str = "CHATCACHE_POSTGRES_URL";
+
+/// The longest `team.name` accepted: it is a label in reports, not a document.
+const MAX_NAME: usize = 64;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTeam {
+    postgres: Option<String>,
+    name: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TeamConfig {
+    /// Where the team ledger is kept; none: this daemon keeps its ledger to itself.
+    pub postgres: Option<DatabaseUrl>,
+    /// This daemon's name in team reports (default: the host's name).
+    pub name: String,
+}
+
+/// A database URL, which may carry a password: shown (Debug, Display) with the password
+/// masked, so a config printed or logged never holds it. `expose` gives the whole URL to
+/// the one place that connects with it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL as written, password included: only for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password (in the user part or a `password=` parameter) as `***`.
+    pub fn redacted(&self) -> String {
+        let url = &self.0;
+        let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+        // The user part ends at the last '@' before the path or query.
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let mut out = format!("{scheme}://");
+        let mut tail = rest;
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            let userinfo = &rest[..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => out.push_str(&format!("{user}:***@")),
+                None => out.push_str(&format!("{userinfo}@")),
+            }
+            tail = &rest[at + 1..];
+        }
+        match tail.split_once('?') {
+            None => out.push_str(tail),
+            Some((path, query)) => {
+                out.push_str(path);
+                out.push('?');
+                let params: Vec<String> = query
+                    .split('&')
+                    .map(|p| match p.split_once('=') {
+                        Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                        _ => p.to_string(),
+                    })
+                    .collect();
+                out.push_str(&params.join("&"));
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Validates `[team]`; `get_env` gives `CHATCACHE_POSTGRES_URL`, which wins over the file,
+/// and `hostname` the default name.
+pub(super) fn validate(
+    t: RawTeam,
+    get_env: &impl Fn(&str) -> Option<String>,
+    hostname: impl FnOnce() -> String,
+) -> Result<TeamConfig, ConfigError> {
+    let postgres = match get_env(POSTGRES_ENV)
+        .filter(|v| !v.is_empty())
+        .or(t.postgres)
+    {
+        None => None,
+        Some(url) => Some(check_postgres_url(url)?),
+    };
+    let name = match t.name {
+        Some(n) => n,
+        None => hostname(),
+    };
+    if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(err(format!(
+            "team.name: {name:?} must be 1 to {MAX_NAME} characters, none of them control characters"
+        )));
+    }
+    Ok(TeamConfig { postgres, name })
+}
+
+fn check_postgres_url(url: String) -> Result<DatabaseUrl, ConfigError> {
+    let url = DatabaseUrl(url);
+    let text = url.expose();
+    if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+        // The redacted form: a URL in an error message may end up in a log.
+        return Err(err(format!(
+            "team.postgres: {:?} must start with postgres:// or postgresql://",
+            url.redacted()
+        )));
+    }
+    Ok(url)
+}
+
+/// The host's name, for `team.name` unless set; `chatcache` if it has none.
+pub(super) fn hostname() -> String {
+    let uname = rustix::system::uname();
+    let name = uname.nodename().to_string_lossy().into_owned();
+    if name.is_empty() {
+        "chatcache".to_string()
+    } else {
+        name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<TeamConfig, ConfigError> {
+        #[derive(Deserialize)]
+        struct File {
+            #[serde(default)]
+            team: RawTeam,
+        }
+        let file: File = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let get = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        validate(file.team, &get, || "box-1".to_string())
+    }
+
+    #[test]
+    fn no_team_section_means_no_team_ledger_and_the_host_name() {
+        let t = parse("", &[]).unwrap();
+        assert!(t.postgres.is_none());
+        assert_eq!(t.name, "box-1");
+        assert!(!hostname().is_empty());
+    }
+
+    #[test]
+    fn the_file_names_the_server_and_the_daemon() {
+        let t = parse(
+            "[team]\npostgres = \"postgres://chatcache@db/chatcache\"\nname = \"laptop-7\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            t.postgres.unwrap().expose(),
+            "postgres://chatcache@db/chatcache"
+        );
+        assert_eq!(t.name, "laptop-7");
+    }
+
+    #[test]
+    fn the_environment_wins_over_the_file() {
+        let t = parse(
+            "[team]\npostgres = \"postgres://file@db/x\"\n",
+            &[(POSTGRES_ENV, "postgresql://env@db/y")],
+        )
+        .unwrap();
+        assert_eq!(t.postgres.unwrap().expose(), "postgresql://env@db/y");
+        let t = parse("", &[(POSTGRES_ENV, "postgres://env@db/y")]).unwrap();
+        assert!(t.postgres.is_some());
+    }
+
+    #[test]
+    fn bad_values_are_refused_without_showing_the_password() {
+        let e = parse("[team]\npostgres = \"mysql://u:hunter2@db/x\"\n", &[]).unwrap_err();
+        assert!(e.0.contains("postgres://"), "{e}");
+        assert!(!e.0.contains("hunter2"), "{e}");
+        for name in ["\"\"", "\"a\\nb\"", &format!("\"{}\"", "n".repeat(65))] {
+            let e = parse(&format!("[team]\nname = {name}\n"), &[]).unwrap_err();
+            assert!(e.0.contains("team.name"), "{e}");
+        }
+        let e = parse("[team]\nredis_typo = \"x\"\n", &[]).unwrap_err();
+        assert!(e.0.contains("redis_typo"), "{e}");
+    }
+
+    #[test]
+    fn the_password_never_shows() {
+        for (url, shown) in [
+            (
+                "postgres://u:hunter2@db:5432/x?sslmode=require",
+                "postgres://u:***@db:5432/x?sslmode=require",
+            ),
+            (
+                "postgres://u@db/x?password=hunter2&sslmode=disable",
+                "postgres://u@db/x?password=***&sslmode=disable",
+            ),
+            ("postgres://db/x", "postgres://db/x"),
+            (
+                "postgresql://u:p%40ss:hunter2@db/x",
+                "postgresql://u:***@db/x",
+            ),
+        ] {
+            let u = DatabaseUrl(url.to_string());
+            assert_eq!(u.to_string(), shown);
+            assert!(!format!("{u:?}").contains("hunter2"));
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! The team ledger: a shipper that copies this daemon's ledger lines to the team's
+//! PostgreSQL, exactly once each, and what it has left to do (the shipping lag).
+//!
+//! The local ledger stays the source of truth. Per ledger file a cursor (the offset up to
+//! which lines are in PostgreSQL) is kept in the store, and advanced, and flushed, only
+//! after the batch before it is committed; a batch sent again is harmless, because a line
+//! is one row keyed by the blake3 of its bytes (`line_id`). So a crash, a lost store or
+//! PostgreSQL away for hours costs time, never a line lost or counted twice.
+
+mod postgres;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use super::ledger;
+use crate::config::TeamConfig;
+use crate::store::{Space, Store, StoreError};
+use postgres::{Db, DbError};
+
+/// Lines sent in one statement (one transaction).
+const BATCH: usize = 1000;
+/// How often the shipper looks for new lines.
+const TICK: Duration = Duration::from_millis(500);
+/// A batch not committed within this long counts as a failed attempt.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Waits between failed attempts: from this...
+const RETRY_MIN: Duration = Duration::from_millis(250);
+/// ...doubling up to this, for as long as it takes.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Store keys (in `Space::Meta`): this prefix and a ledger file's name → its cursor.
+const CURSOR_PREFIX: &[u8] = b"team.ledger.cursor/";
+
+/// A line's id in the team ledger: the blake3 of its bytes in the local ledger file. The
+/// bytes hold the line's own id (random per daemon run, then counted) and its timestamp,
+/// so two lines never share them; and they never change, so the id survives anything
+/// that makes a line be sent again, a lost cursor included.
+pub fn line_id(bytes: &[u8]) -> [u8; 32] {
+    *blake3::hash(bytes).as_bytes()
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TeamError(String);
+
+impl From<DbError> for TeamError {
+    fn from(e: DbError) -> TeamError {
+        TeamError(e.to_string())
+    }
+}
+
+impl From<StoreError> for TeamError {
+    fn from(e: StoreError) -> TeamError {
+        TeamError(e.to_string())
+    }
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> TeamError {
+    TeamError(format!("ledger {}: {e}", path.display()))
+}
+
+/// What the shipper has done and has left, for health, `stats` and the metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShipStats {
+    /// This daemon's name in the team ledger.
+    pub daemon: String,
+    /// "starting" until the first attempt, then "up" or "down" (PostgreSQL reachable?);
+    /// "not running" where no shipper runs (a command run without the daemon).
+    pub state: &'static str,
+    /// Complete local ledger lines not yet in PostgreSQL.
+    pub pending_lines: u64,
+    /// Age of the oldest of them (0 when none).
+    pub oldest_pending_seconds: f64,
+    /// Lines sent and committed since start (a line sent again counts again).
+    pub sent_lines: u64,
+    /// Of those, the lines PostgreSQL did not have yet.
+    pub inserted_lines: u64,
+    pub last_error: Option<String>,
+}
+
+/// The team ledger of this daemon. Cheap to clone.
+#[derive(Clone)]
+pub struct Team {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    name: String,
+    dir: PathBuf,
+    /// The ledger's writer says how far each file it writes is durable.
+    spend: super::Spend,
+    store: Store,
+    migrated: AtomicBool,
+    /// A shipper has been started.
+    running: AtomicBool,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    files: BTreeMap<String, FileState>,
+    cursors_loaded: bool,
+    up: Option<bool>,
+    sent: u64,
+    inserted: u64,
+    last_error: Option<String>,
+}
+
+/// One ledger file: shipped up to `shipped`; `pending` complete, durable lines counted
+/// between it and `counted_to`; the timestamp of the first of them once read.
+#[derive(Debug, Clone, Default)]
+struct FileState {
+    shipped: u64,
+    counted_to: u64,
+    pending: u64,
+    first_ts: Option<OffsetDateTime>,
+}
+
+impl Team {
+    /// The team ledger `config` names, if any, for the ledger in `ledger_dir`. Connects
+    /// lazily: opening never waits for PostgreSQL.
+    pub fn open(
+        config: &TeamConfig,
+        store: Store,
+        spend: &super::Spend,
+    ) -> Result<Option<Team>, TeamError> {
+        let Some(url) = &config.postgres else {
+            return Ok(None);
+        };
+        Ok(Some(Team {
+            inner: Arc::new(Inner {
+                db: Db::new(url)?,
+                name: config.name.clone(),
+                dir: spend.ledger_dir().to_path_buf(),
+                spend: spend.clone(),
+                store,
+                migrated: AtomicBool::new(false),
+                running: AtomicBool::new(false),
+                state: Mutex::new(State::default()),
+            }),
+        }))
+    }
+
+    /// The team report from PostgreSQL (every daemon's lines shipped so far).
+    pub async fn report(&self, q: &super::ReportQuery) -> Result<super::Report, TeamError> {
+        Ok(self.inner.db.report(q).await?)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Plain counters: consistent even after a panic elsewhere, so poison is ignored.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn stats(&self) -> ShipStats {
+        let st = self.state();
+        let now = OffsetDateTime::now_utc();
+        let oldest = st.files.values().filter_map(|f| f.first_ts).min();
+        ShipStats {
+            daemon: self.inner.name.clone(),
+            state: match st.up {
+                _ if !self.inner.running.load(Ordering::SeqCst) => "not running",
+                None => "starting",
+                Some(true) => "up",
+                Some(false) => "down",
+            },
+            pending_lines: st.files.values().map(|f| f.pending).sum(),
+            oldest_pending_seconds: oldest
+                .map(|t| (now - t).as_seconds_f64().max(0.0))
+                .unwrap_or(0.0),
+            sent_lines: st.sent,
+            inserted_lines: st.inserted,
+            last_error: st.last_error.clone(),
+        }
+    }
+
+    /// Starts the shipper: every tick it ships what is pending; a failed pass is tried
+    /// again after a growing wait (backon), for as long as it takes. Stops on `stop`; a
+    /// batch cut off then is simply sent again next time.
+    pub fn spawn_shipper(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let team = self.clone();
+        self.inner.running.store(true, Ordering::SeqCst);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let backoff = ExponentialBuilder::default()
+                .with_min_delay(RETRY_MIN)
+                .with_max_delay(RETRY_MAX)
+                .with_jitter()
+                .without_max_times();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let pass = (|| team.pass())
+                    .retry(backoff)
+                    .notify(|e: &TeamError, wait| team.failed(e, wait));
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    done = pass => if done.is_ok() { team.succeeded() },
+                }
+            }
+        })
+    }
+
+    fn failed(&self, e: &TeamError, wait: Duration) {
+        let mut st = self.state();
+        if st.up != Some(false) {
+            tracing::warn!(error = %e, "cannot ship ledger lines to the team ledger; they wait in the local ledger");
+        } else {
+            tracing::debug!(error = %e, retry_in = ?wait, "team ledger still unreachable");
+        }
+        st.up = Some(false);
+        st.last_error = Some(e.to_string());
+    }
+
+    fn succeeded(&self) {
+        let mut st = self.state();
+        if st.up == Some(false) {
+            tracing::info!("the team ledger is reachable again");
+        }
+        st.up = Some(true);
+        st.last_error = None;
+    }
+
+    /// One pass: counts what is new, then ships every pending line in batches.
+    async fn pass(&self) -> Result<(), TeamError> {
+        let inner = self.inner.clone();
+        let files = self.blocking(move |t| t.survey()).await?;
+        if !inner.migrated.load(Ordering::SeqCst) {
+            inner.db.migrate().await?;
+            inner.migrated.store(true, Ordering::SeqCst);
+        }
+        for name in files {
+            self.ship_file(&name).await?;
+        }
+        Ok(())
+    }
+
+    /// Ships `name` up to what was counted, a batch at a time.
+    async fn ship_file(&self, name: &str) -> Result<(), TeamError> {
+        loop {
+            let Some(file) = self.state().files.get(name).cloned() else {
+                return Ok(());
+            };
+            if file.shipped >= file.counted_to {
+                return Ok(());
+            }
+            let path = ledger::path_of(&self.inner.dir, name);
+            let chunk = {
+                let path = path.clone();
+                self.blocking(move |_| {
+                    ledger::read_chunk(&path, file.shipped, BATCH, file.counted_to)
+                        .map_err(|e| io_error(&path, e))
+                })
+                .await?
+            };
+            if chunk.consumed == 0 {
+                return Ok(());
+            }
+            if let Some((_, first)) = chunk.lines.first() {
+                self.update(name, |f| f.first_ts = Some(first.ts));
+            }
+            let lines: Vec<([u8; 32], &super::LedgerLine)> = chunk
+                .lines
+                .iter()
+                .map(|(bytes, line)| (line_id(bytes), line))
+                .collect();
+            let inserted = if lines.is_empty() {
+                0
+            } else {
+                tokio::time::timeout(
+                    ATTEMPT_TIMEOUT,
+                    self.inner.db.insert(&self.inner.name, &lines),
+                )
+                .await
+                .map_err(|_| TeamError("PostgreSQL did not commit a batch in time".into()))??
+            };
+            // Committed: only now may the cursor pass these lines.
+            let key = [CURSOR_PREFIX, name.as_bytes()].concat();
+            let end = chunk.end;
+            self.blocking(move |t| {
+                t.inner.store.put(Space::Meta, &key, &end.to_be_bytes())?;
+                t.inner.store.flush()?;
+                Ok(())
+            })
+            .await?;
+            let sent = lines.len() as u64;
+            self.update(name, |f| {
+                f.shipped = end;
+                f.pending = f.pending.saturating_sub(chunk.consumed);
+                if f.pending == 0 {
+                    f.first_ts = None;
+                }
+            });
+            let mut st = self.state();
+            st.sent += sent;
+            st.inserted += inserted;
+        }
+    }
+
+    fn update(&self, name: &str, change: impl FnOnce(&mut FileState)) {
+        if let Some(f) = self.state().files.get_mut(name) {
+            change(f);
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Team) -> Result<T, TeamError> + Send + 'static,
+    ) -> Result<T, TeamError> {
+        let team = self.clone();
+        tokio::task::spawn_blocking(move || f(&team))
+            .await
+            .map_err(|e| TeamError(format!("a ledger task failed: {e}")))?
+    }
+
+    /// Blocking. Loads the cursors (once), then counts the lines each ledger file gained
+    /// since the last look; returns the files with lines pending. Only lines already
+    /// durable are counted: the file is synced first and read no further than its length
+    /// before the sync, so no line goes to the team that a crash could take from the
+    /// local ledger.
+    fn survey(&self) -> Result<Vec<String>, TeamError> {
+        let mut files = {
+            let mut st = self.state();
+            if !st.cursors_loaded {
+                self.inner
+                    .store
+                    .scan_prefix(Space::Meta, CURSOR_PREFIX, |k, v| {
+                        let name = String::from_utf8_lossy(&k[CURSOR_PREFIX.len()..]);
+                        let at = v.try_into().map(u64::from_be_bytes).unwrap_or(0);
+                        st.files.insert(
+                            name.into_owned(),
+                            FileState {
+                                shipped: at,
+                                counted_to: at,
+                                ..FileState::default()
+                            },
+                        );
+                        true
+                    })?;
+                st.cursors_loaded = true;
+            }
+            st.files.clone()
+        };
+        let dir = &self.inner.dir;
+        let names = ledger::list_files(dir).map_err(|e| io_error(dir, e))?;
+        // A file removed by hand (an old month pruned) has nothing left to ship.
+        files.retain(|name, _| names.contains(name));
+        for name in names {
+            let path = ledger::path_of(dir, &name);
+            let f = files.entry(name.clone()).or_default();
+            let file = std::fs::File::open(&path).map_err(|e| io_error(&path, e))?;
+            let len = file.metadata().map_err(|e| io_error(&path, e))?.len();
+            // Read after the length: a file the writer had not opened by now had no write
+            // in progress when its length was taken.
+            let len = match self.inner.spend.durable_len(&name) {
+                Some(durable) => len.min(durable),
+                None => len,
+            };
+            if len < f.shipped {
+                tracing::warn!(file = %path.display(), "a ledger file is shorter than what was shipped of it; shipping it again from its start (nothing is counted twice)");
+                *f = FileState::default();
+            }
+            if len > f.counted_to {
+                file.sync_data().map_err(|e| io_error(&path, e))?;
+                let (n, end) = ledger::count_lines(&path, f.counted_to, len)
+                    .map_err(|e| io_error(&path, e))?;
+                f.pending += n;
+                f.counted_to = end;
+            }
+            if f.pending > 0 && f.first_ts.is_none() {
+                let first = ledger::read_chunk(&path, f.shipped, 1, f.counted_to)
+                    .map_err(|e| io_error(&path, e))?;
+                f.first_ts = first.lines.first().map(|(_, l)| l.ts);
+            }
+        }
+        let pending = files
+            .iter()
+            .filter(|(_, f)| f.shipped < f.counted_to)
+            .map(|(n, _)| n.clone())
+            .collect();
+        self.state().files = files;
+        Ok(pending)
+    }
+}
