@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::recent::Recent;
 use crate::request::json::ParseMemo;
 use crate::secret::Fingerprinter;
-use crate::spend::{LedgerLine, Reservation, Spend, SpendError};
+use crate::spend::{LedgerLine, Reservation, Room, Spend, SpendError};
 use crate::store::{Store, StoreError};
 use crate::upstream::Upstream;
 
@@ -70,6 +70,7 @@ impl App {
             config.admin.show_prompts,
         );
         let flights = Arc::new(Flights::new(recording_bounds(&config.cache)));
+        let metrics = Metrics::new(cache.clone(), spend.clone());
         Ok(Arc::new(App {
             parsed,
             store,
@@ -81,7 +82,7 @@ impl App {
             held_key,
             prices: RwLock::new(None),
             exchanges: tokio_util::task::TaskTracker::new(),
-            metrics: Metrics::new(cache.clone()),
+            metrics,
             recent: Recent::default(),
             cache,
         }))
@@ -111,12 +112,13 @@ impl App {
         }
     }
 
-    /// Accounts for an answer served without upstream (hits, followers): the ledger line is
-    /// queued for the next group commit, and awaited only when the writer is behind.
-    pub async fn account(&self, line: LedgerLine, prompt: Option<&str>) {
+    /// Accounts for an answer nobody waits on the line of (hits, followers, upstream's
+    /// errors): the ledger line is queued for the next group commit, into the `room` the
+    /// request claimed if it did, and awaited only when the writer is behind.
+    pub async fn account(&self, line: LedgerLine, prompt: Option<&str>, room: Option<Room>) {
         let line = Arc::new(line);
         self.note(&line, prompt);
-        if let Some(done) = self.spend.record_nowait(line) {
+        if let Some(done) = self.spend.record_nowait_in(line, room) {
             if let Err(e) = crate::spend::durable(done).await {
                 tracing::error!(error = %e, "could not make the ledger line durable");
             }
@@ -130,10 +132,11 @@ impl App {
         line: LedgerLine,
         prompt: Option<&str>,
         reservation: Option<Reservation>,
+        room: Option<Room>,
     ) -> Result<(), SpendError> {
         let line = Arc::new(line);
         self.note(&line, prompt);
-        self.spend.record_reserved(line, reservation).await
+        self.spend.record_reserved(line, reservation, room).await
     }
 
     fn note(&self, line: &Arc<LedgerLine>, prompt: Option<&str>) {

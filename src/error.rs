@@ -46,6 +46,8 @@ pub enum ApiError {
     CacheMiss,
     #[error("the spend ledger cannot be written, so no request is sent upstream until it can")]
     LedgerUnavailable,
+    #[error("the spend ledger has no room and too many answers already wait to be recorded; cached answers are served again once space returns")]
+    LedgerBacklog,
     #[error("internal error")]
     Internal(String),
 }
@@ -65,7 +67,9 @@ impl ApiError {
                 StatusCode::BAD_GATEWAY
             }
             ApiError::UpstreamTimeout(_) | ApiError::CacheMiss => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::LedgerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::LedgerUnavailable | ApiError::LedgerBacklog => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -83,7 +87,7 @@ impl ApiError {
             ApiError::UpstreamBroken(_) => "upstream_bad_response",
             ApiError::UpstreamTimeout(_) => "upstream_timeout",
             ApiError::CacheMiss => "cache_miss",
-            ApiError::LedgerUnavailable => "ledger_unavailable",
+            ApiError::LedgerUnavailable | ApiError::LedgerBacklog => "ledger_unavailable",
             ApiError::Internal(_) => "internal_error",
         }
     }
