@@ -33,7 +33,7 @@ use tokio::sync::oneshot;
 pub use budget::{BudgetState, Budgets, Refusal};
 pub use ledger::{read_all, ReadStats};
 pub use line::{new_id, LedgerLine, Outcome};
-pub use report::{render_csv, render_json, render_table, Dim, Report, ReportQuery, Row};
+pub use report::{printable, render_csv, render_json, render_table, Dim, Report, ReportQuery, Row};
 pub use reserve::Reservation;
 pub use rollup::Counters;
 pub use room::{line_room, Room, RoomState, WAITING_CAP};
