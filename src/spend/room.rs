@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::MutexGuard;
 use std::time::Duration;
 
@@ -35,8 +36,6 @@ pub(crate) struct Space {
     /// The last try to preallocate more failed: no claim waits for another try until the
     /// writer's next one succeeds.
     pub short: bool,
-    /// Lines waiting for room.
-    pub waiting: usize,
 }
 
 /// What the ledger's room is now (health, metrics).
@@ -124,7 +123,8 @@ impl Spend {
 
     /// False once `WAITING_CAP` lines wait for room: hits are then refused.
     pub fn takes_hits(&self) -> bool {
-        self.space().waiting < WAITING_CAP
+        // An atomic, not the lock: every hit asks.
+        self.inner.shared.waiting.load(Ordering::Relaxed) < WAITING_CAP
     }
 
     pub fn room(&self) -> RoomState {
@@ -133,7 +133,7 @@ impl Spend {
             held_bytes: s.held,
             claimed_bytes: s.claimed,
             short: s.short,
-            waiting_lines: s.waiting as u64,
+            waiting_lines: self.inner.shared.waiting.load(Ordering::Relaxed) as u64,
             waiting_limit: WAITING_CAP as u64,
         }
     }

@@ -87,6 +87,8 @@ pub(crate) struct Shared {
     pub queued: std::sync::Mutex<Vec<(Arc<LedgerLine>, u64)>>,
     /// The preallocated room and what of it is claimed (see `room`).
     pub space: std::sync::Mutex<Space>,
+    /// Lines waiting for room.
+    pub waiting: std::sync::atomic::AtomicUsize,
     /// Test hook: the next N segment writes write half their bytes, then fail.
     #[cfg(test)]
     pub fail_writes: std::sync::atomic::AtomicU32,
@@ -108,6 +110,7 @@ impl Shared {
             fsyncs: AtomicU64::new(0),
             queued: std::sync::Mutex::new(Vec::new()),
             space: std::sync::Mutex::new(Space::default()),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
             #[cfg(test)]
             fail_writes: std::sync::atomic::AtomicU32::new(0),
             #[cfg(test)]
@@ -454,7 +457,9 @@ impl Writer {
                 None => {}
             }
         }
-        space(&self.shared).waiting = self.waiting.len();
+        self.shared
+            .waiting
+            .store(self.waiting.len(), Ordering::Relaxed);
     }
 
     fn update_rollups(&mut self, batch: &[Pending], durable: &[usize], marks: &[(String, u64)]) {
