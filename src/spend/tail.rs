@@ -1,6 +1,7 @@
-//! The writer's files and the room at their tail: the open month file, appending and
-//! syncing a segment of lines, cutting back a failed write, and keeping the ledger's next
-//! stretch preallocated (see `room`) in the newest month's file.
+//! The writer's files and the room at their tail: a batch laid out by month file, the
+//! open month file, appending and syncing a segment of lines, cutting back a failed
+//! write, and keeping the ledger's next stretch preallocated (see `room`) in the newest
+//! month's file.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -12,7 +13,7 @@ use time::OffsetDateTime;
 
 use super::ledger;
 use super::room::{self, Prealloc, Space, TARGET};
-use super::writer::{Segment, Shared, Writer};
+use super::writer::{Pending, Shared, Writer};
 
 pub(super) struct OpenFile {
     pub name: String,
@@ -26,7 +27,65 @@ pub(super) fn space(shared: &Shared) -> MutexGuard<'_, Space> {
     shared.space.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Consecutive lines of one month file, claimed ones first: (line indexes, their bytes,
+/// where each line ends in them).
+pub(super) struct Segment {
+    pub name: String,
+    pub idx: Vec<usize>,
+    pub buf: Vec<u8>,
+    pub ends: Vec<u64>,
+    /// How many of the first lines have room claimed, and how much.
+    pub claimed_lines: usize,
+    pub room: u64,
+}
+
 impl Writer {
+    /// Lays the batch (lines that waited first) out in month segments, lines with claimed
+    /// room first, so that the order of the file is the order of the batch.
+    pub(super) fn segments(&mut self, pending: &mut Vec<Pending>) -> (Vec<Pending>, Vec<Segment>) {
+        // While room is short, the lines that wait are looked at again only when room is
+        // tried for again (not with every batch of hits).
+        let retry = self.force || self.retrying || !space(&self.shared).short;
+        let mut batch = if retry {
+            std::mem::take(&mut self.waiting)
+        } else {
+            Vec::new()
+        };
+        batch.append(pending);
+        // Stable: lines that waited stay ahead of newer ones within each group.
+        batch.sort_by_key(|p| p.room == 0);
+        let mut segments: Vec<Segment> = Vec::new();
+        // A line's month is compared first; a file name is made once per segment.
+        let mut month = None;
+        for (i, p) in batch.iter().enumerate() {
+            let date = p.line.utc_date();
+            let this_month = Some((date.year(), date.month()));
+            if month != this_month || segments.is_empty() {
+                month = this_month;
+                segments.push(Segment {
+                    name: ledger::file_name_for(&p.line),
+                    idx: Vec::new(),
+                    buf: Vec::with_capacity(512),
+                    ends: Vec::new(),
+                    claimed_lines: 0,
+                    room: 0,
+                });
+            }
+            let Some(seg) = segments.last_mut() else {
+                continue; // unreachable: a segment was just ensured
+            };
+            p.line.write_json(&mut seg.buf);
+            seg.buf.push(b'\n');
+            seg.idx.push(i);
+            seg.ends.push(seg.buf.len() as u64);
+            if p.room > 0 {
+                seg.claimed_lines += 1;
+                seg.room += p.room;
+            }
+        }
+        (batch, segments)
+    }
+
     /// Puts the room in this month's file, creating it if need be.
     pub(super) fn start_hold(&mut self) {
         self.hold = Some(ledger::file_name_at(OffsetDateTime::now_utc()));
