@@ -18,7 +18,7 @@ use crate::recent::Recent;
 use crate::request::json::ParseMemo;
 use crate::secret::Fingerprinter;
 use crate::spend::team::Team;
-use crate::spend::{LedgerLine, Reservation, Spend, SpendError};
+use crate::spend::{LedgerLine, Reservation, Room, Spend, SpendError};
 use crate::store::{Store, StoreError};
 use crate::upstream::Upstream;
 
@@ -79,6 +79,7 @@ impl App {
             config.admin.show_prompts,
         );
         let flights = Arc::new(Flights::new(recording_bounds(&config.cache)));
+        let metrics = Metrics::new(cache.clone(), spend.clone(), team.clone());
         Ok(Arc::new(App {
             parsed,
             store,
@@ -90,7 +91,7 @@ impl App {
             held_key,
             prices: RwLock::new(None),
             exchanges: tokio_util::task::TaskTracker::new(),
-            metrics: Metrics::new(cache.clone(), team.clone()),
+            metrics,
             team,
             recent: Recent::default(),
             cache,
@@ -122,13 +123,14 @@ impl App {
         }
     }
 
-    /// Accounts for an answer served without upstream (hits, followers): the ledger line is
-    /// queued for the next group commit, and awaited only when the writer is behind.
-    pub async fn account(&self, line: LedgerLine, prompt: Option<&str>) {
+    /// Accounts for an answer nobody waits on the line of (hits, followers, upstream's
+    /// errors): the ledger line is queued for the next group commit, into the `room` the
+    /// request claimed if it did, and awaited only when the writer is behind.
+    pub async fn account(&self, line: LedgerLine, prompt: Option<&str>, room: Option<Room>) {
         let line = Arc::new(line);
         self.note(&line, prompt);
         let spent = (line.cost_f64() > 0.0).then(|| line.project.clone());
-        if let Some(done) = self.spend.record_nowait(line) {
+        if let Some(done) = self.spend.record_nowait_in(line, room) {
             if let Err(e) = crate::spend::durable(done).await {
                 tracing::error!(error = %e, "could not make the ledger line durable");
             }
@@ -145,11 +147,12 @@ impl App {
         line: LedgerLine,
         prompt: Option<&str>,
         reservation: Option<Reservation>,
+        room: Option<Room>,
     ) -> Result<(), SpendError> {
         let line = Arc::new(line);
         self.note(&line, prompt);
         let spent = (line.cost_f64() > 0.0).then(|| line.project.clone());
-        let recorded = self.spend.record_reserved(line, reservation).await;
+        let recorded = self.spend.record_reserved(line, reservation, room).await;
         if let Some(project) = spent {
             self.check_alerts(&project);
         }

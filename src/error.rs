@@ -48,6 +48,8 @@ pub enum ApiError {
     LedgerUnavailable,
     #[error("the team ledger cannot be read now: {0}")]
     TeamLedgerUnavailable(String),
+    #[error("the spend ledger has no room and too many answers already wait to be recorded; cached answers are served again once space returns")]
+    LedgerBacklog,
     #[error("internal error")]
     Internal(String),
 }
@@ -67,9 +69,9 @@ impl ApiError {
                 StatusCode::BAD_GATEWAY
             }
             ApiError::UpstreamTimeout(_) | ApiError::CacheMiss => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::LedgerUnavailable | ApiError::TeamLedgerUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::LedgerUnavailable
+            | ApiError::LedgerBacklog
+            | ApiError::TeamLedgerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -87,7 +89,7 @@ impl ApiError {
             ApiError::UpstreamBroken(_) => "upstream_bad_response",
             ApiError::UpstreamTimeout(_) => "upstream_timeout",
             ApiError::CacheMiss => "cache_miss",
-            ApiError::LedgerUnavailable => "ledger_unavailable",
+            ApiError::LedgerUnavailable | ApiError::LedgerBacklog => "ledger_unavailable",
             ApiError::TeamLedgerUnavailable(_) => "team_ledger_unavailable",
             ApiError::Internal(_) => "internal_error",
         }

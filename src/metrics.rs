@@ -1,5 +1,6 @@
 //! Prometheus metrics: request outcomes, upstream latency, cache size, spend by project,
-//! requests and streams in flight; rendered in the text exposition format.
+//! the ledger's room on disk, requests and streams in flight; rendered in the text
+//! exposition format.
 
 use std::fmt;
 use std::sync::atomic::AtomicU64;
@@ -16,6 +17,7 @@ use prometheus_client::registry::Registry;
 
 use crate::cache::Cache;
 use crate::spend::team::Team;
+use crate::spend::Spend;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -137,8 +139,45 @@ impl Collector for TeamCollector {
     }
 }
 
+/// The ledger's room read at scrape time: a full disk shows here before requests fail.
+struct LedgerCollector(Spend);
+
+impl fmt::Debug for LedgerCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LedgerCollector")
+    }
+}
+
+impl Collector for LedgerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let r = self.0.room();
+        let gauges = [
+            (
+                "chatcache_ledger_waiting_lines",
+                "Ledger lines of answers already served that wait for room on disk",
+                r.waiting_lines as i64,
+            ),
+            (
+                "chatcache_ledger_room_short",
+                "1 when no more room for ledger lines can be preallocated (disk full)",
+                i64::from(r.short),
+            ),
+            (
+                "chatcache_ledger_room_bytes",
+                "Bytes preallocated for ledger lines not yet written",
+                r.held_bytes as i64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let g = ConstGauge::new(value);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
 impl Metrics {
-    pub fn new(cache: Cache, team: Option<Team>) -> Metrics {
+    pub fn new(cache: Cache, spend: Spend, team: Option<Team>) -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -186,6 +225,7 @@ impl Metrics {
         if let Some(team) = team {
             registry.register_collector(Box::new(TeamCollector(team)));
         }
+        registry.register_collector(Box::new(LedgerCollector(spend)));
         Metrics {
             registry,
             requests,

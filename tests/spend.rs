@@ -315,3 +315,31 @@ async fn an_answer_without_cost_fields_is_estimated_from_its_text() {
     assert_eq!(miss["output_tokens"], said.div_ceil(4) as u64, "{miss}");
     assert!(miss["cost"].as_f64().unwrap() > 0.0, "{miss}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_export_neutralises_formulas_planted_in_requests() {
+    let fake = FakeUpstream::start().await;
+    let d = Daemon::start(&fake.url()).await;
+    let model = "=HYPERLINK(\"http://x.example\",\"open\")";
+    let body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    let h = [("authorization", KEY), ("x-chatcache-project", "team-a")];
+    let r = post_with(&d.url("/chat/completions"), &body.to_string(), &h).await;
+    // Upstream refuses the model, and the refusal is in the ledger, model and all: any
+    // client can put text in the report.
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    let out = succeed(
+        binary()
+            .args([
+                "spend", "--format", "csv", "--by", "project", "--by", "model",
+            ])
+            .arg("--data-dir")
+            .arg(&d.data_dir)
+            .args(["--listen", &d.addr.to_string()]),
+    );
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let row = csv.lines().nth(1).unwrap();
+    assert!(
+        row.starts_with("team-a,\"'=HYPERLINK(\"\"http://x.example\"\",\"\"open\"\")\",1,1,0,"),
+        "{csv}"
+    );
+}

@@ -140,12 +140,18 @@ async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<B
         }
     }
     match (req.method(), path.as_str()) {
-        (&Method::GET, "/health") => json(&serde_json::json!({
-            "status": "ok",
-            "version": env!("CARGO_PKG_VERSION"),
-            "mode": app.config.mode.as_str(),
-            "team_ledger": app.team.as_ref().map(|t| t.stats()),
-        })),
+        (&Method::GET, "/health") => {
+            let room = app.spend.room();
+            let writable = app.spend.healthy();
+            let degraded = room.short || room.waiting_lines > 0 || !writable;
+            json(&serde_json::json!({
+                "status": if degraded { "degraded" } else { "ok" },
+                "version": env!("CARGO_PKG_VERSION"),
+                "mode": app.config.mode.as_str(),
+                "ledger": {"writable": writable, "room": room},
+                "team_ledger": app.team.as_ref().map(|t| t.stats()),
+            }))
+        }
         (&Method::GET, "/budgets") => json(&dashboard::budget_rows(
             &app.config.projects,
             |p| app.spend.budget(p),

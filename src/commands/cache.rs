@@ -52,8 +52,9 @@ async fn cache_with(admin: &Admin, cmd: CacheCommand) -> anyhow::Result<()> {
                     "{:<64}  {:<6} {:<18} {:<22} {:>9}  {}",
                     r["key"].as_str().unwrap_or(""),
                     r["stream"].as_bool().unwrap_or(false),
-                    r["path"].as_str().unwrap_or(""),
-                    r["model"].as_str().unwrap_or("-"),
+                    // Both come from requests: no terminal control characters.
+                    crate::spend::printable(r["path"].as_str().unwrap_or("")),
+                    crate::spend::printable(r["model"].as_str().unwrap_or("-")),
                     r["bytes"].as_u64().unwrap_or(0),
                     created
                 );

@@ -19,7 +19,7 @@ use crate::cost::{estimate, CostSource, Prices, Usage};
 use crate::error::ApiError;
 use crate::policy::Endpoint;
 use crate::proxy::exchange::{response_headers, Accounting, Exchange};
-use crate::spend::Reservation;
+use crate::spend::{Reservation, Room};
 use crate::stream::tee::{tee, Tee, TeeEnd};
 
 /// What the exchange tells the client that caused it, once it knows.
@@ -46,15 +46,17 @@ pub async fn pass(app: &Arc<App>, ex: &Exchange) -> Result<Response<Body>, ApiEr
 /// Runs one exchange to its end. `first` hears how it started; the leader's flight hears
 /// everything else. Dropping `leader` unfinished (any early return) releases followers.
 ///
-/// `reservation` is what the request holds of its project's budget: it gives way to the
-/// real cost when the line is recorded, and is released on any other way out.
+/// `held` is what the request holds of its project's budget, and the room claimed for its
+/// ledger line: they give way to the real cost and the line when it is recorded, and are
+/// released on any other way out.
 pub async fn drive(
     app: Arc<App>,
     ex: Arc<Exchange>,
     leader: Leader,
-    reservation: Option<Reservation>,
+    held: (Option<Reservation>, Option<Room>),
     first: oneshot::Sender<First>,
 ) {
+    let (reservation, room) = held;
     let req = match ex.upstream_request(&app) {
         Ok(r) => r,
         Err(e) => {
@@ -91,7 +93,7 @@ pub async fn drive(
                 ..Accounting::default()
             };
             let line = ex.ledger_line(ex.policy.upstream_outcome(), status.as_u16(), acc);
-            app.account(line, ex.prompt()).await;
+            app.account(line, ex.prompt(), room).await;
         }
         let mut out = Response::new(app.upstream.relay(body));
         *out.status_mut() = status;
@@ -165,7 +167,10 @@ pub async fn drive(
     // before the flight ends, so the next identical request finds one or the other.
     if ex.endpoint.billable() {
         let line = ex.ledger_line(ex.policy.upstream_outcome(), head.status.as_u16(), acc);
-        if let Err(e) = app.account_durably(line, ex.prompt(), reservation).await {
+        if let Err(e) = app
+            .account_durably(line, ex.prompt(), reservation, room)
+            .await
+        {
             tracing::error!(parent: &ex.span(), error = %e, "could not make the ledger line durable");
         }
     }

@@ -12,6 +12,7 @@ use crate::body::{full, Body};
 use crate::cache::entry::Entry;
 use crate::cache::key::CacheKey;
 use crate::cache::{now_ms, Lookup};
+use crate::error::ApiError;
 use crate::proxy::exchange::{Accounting, Exchange};
 use crate::proxy::respond;
 use crate::spend::Outcome;
@@ -68,14 +69,20 @@ async fn may_hit(app: &Arc<App>, attr: &Attribution) -> bool {
 }
 
 /// The recorded answer, its ledger line written (cost 0, the recorded cost saved).
-pub async fn serve(app: &Arc<App>, ex: &Exchange, entry: Arc<Entry>) -> (Response<Body>, Outcome) {
+/// Refused when too many lines already wait for room in the ledger: an answer is never
+/// served unrecorded.
+pub async fn serve(
+    app: &Arc<App>,
+    ex: &Exchange,
+    entry: Arc<Entry>,
+) -> Result<(Response<Body>, Outcome), ApiError> {
     if ex.endpoint.billable() {
+        if !app.spend.takes_hits() {
+            return Err(ApiError::LedgerBacklog);
+        }
         let acc = Accounting::saved_from_entry(&entry.meta);
-        app.account(
-            ex.ledger_line(Outcome::Hit, entry.meta.status, acc),
-            ex.prompt(),
-        )
-        .await;
+        let line = ex.ledger_line(Outcome::Hit, entry.meta.status, acc);
+        app.account(line, ex.prompt(), None).await;
     }
     let age = now_ms().saturating_sub(entry.meta.created_ms) / 1000;
     let body = if entry.meta.stream {
@@ -96,5 +103,5 @@ pub async fn serve(app: &Arc<App>, ex: &Exchange, entry: Arc<Entry>) -> (Respons
     if let Ok(age) = HeaderValue::from_str(itoa::Buffer::new().format(age)) {
         resp.headers_mut().insert(header::AGE, age);
     }
-    (resp, Outcome::Hit)
+    Ok((resp, Outcome::Hit))
 }

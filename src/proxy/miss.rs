@@ -16,18 +16,18 @@ use crate::policy::Endpoint;
 use crate::proxy::drive::{self, First};
 use crate::proxy::exchange::{Accounting, Exchange};
 use crate::proxy::respond;
-use crate::spend::{BudgetState, Outcome, Reservation};
+use crate::spend::{line_room, BudgetState, Outcome, Reservation, Room};
 
 /// Answers `ex` from upstream, or from an identical request's answer in flight.
 pub async fn fetch(app: &Arc<App>, ex: Exchange) -> Result<(Response<Body>, Outcome), ApiError> {
-    admit(app, &ex).await?;
+    let room = admit(app, &ex).await?;
     let ex = Arc::new(ex.for_upstream());
     let (endpoint, policy) = (ex.endpoint, ex.policy);
     match ex.key {
-        Some(key) if policy.lookup => coalesce(app, &ex, key).await,
-        Some(_) if policy.store => lead(app, &ex, app.flights.solo()).await,
+        Some(key) if policy.lookup => coalesce(app, &ex, key, room).await,
+        Some(_) if policy.store => lead(app, &ex, app.flights.solo(), room).await,
         _ if endpoint.billable() || endpoint == Endpoint::Models => {
-            lead(app, &ex, app.flights.solo()).await
+            lead(app, &ex, app.flights.solo(), room).await
         }
         _ if endpoint == Endpoint::Credits => Ok((
             super::credits::pass_observed(app, &ex).await?,
@@ -38,10 +38,11 @@ pub async fn fetch(app: &Arc<App>, ex: Exchange) -> Result<(Response<Body>, Outc
 }
 
 /// Refuses what may not go upstream: a project over its budget, a ledger that cannot
-/// record what it would cost.
-async fn admit(app: &Arc<App>, ex: &Exchange) -> Result<(), ApiError> {
+/// record what it would cost. Claims the room of the request's ledger line, so that its
+/// line is written whether it leads, follows or gets an error from upstream.
+async fn admit(app: &Arc<App>, ex: &Exchange) -> Result<Option<Room>, ApiError> {
     if !ex.endpoint.billable() {
-        return Ok(());
+        return Ok(None);
     }
     if let BudgetState::Exhausted { budget, spent } = app.spend.budget(&ex.attr.project) {
         return Err(ApiError::BudgetExceeded {
@@ -53,7 +54,11 @@ async fn admit(app: &Arc<App>, ex: &Exchange) -> Result<(), ApiError> {
     if !app.spend.writable().await {
         return Err(ApiError::LedgerUnavailable);
     }
-    Ok(())
+    let bytes = line_room(&ex.attr.project, ex.model());
+    match app.spend.hold_room(bytes).await {
+        Ok(room) => Ok(Some(room)),
+        Err(_) => Err(ApiError::LedgerUnavailable),
+    }
 }
 
 /// Holds the request's worst-case cost against its project's budget (only a request that
@@ -88,42 +93,49 @@ async fn coalesce(
     app: &Arc<App>,
     ex: &Arc<Exchange>,
     key: CacheKey,
+    mut room: Option<Room>,
 ) -> Result<(Response<Body>, Outcome), ApiError> {
     // A follower whose leader gave up before answering tries again; after a few rounds
     // it fetches on its own rather than wait behind a run of failures. An answer that has
     // outgrown the recording bound takes no followers: they fetch for themselves.
     for _ in 0..3 {
         match app.flights.join(key) {
-            Role::Leader(leader) => return lead(app, ex, leader).await,
+            Role::Leader(leader) => return lead(app, ex, leader, room).await,
             Role::Follower(flight) => {
                 let Some(reader) = flight.reader() else {
                     break;
                 };
-                if let Some(resp) = follow(app, ex, reader).await {
+                if let Some(resp) = follow(app, ex, reader, &mut room).await {
                     return Ok((resp, Outcome::Coalesced));
                 }
             }
         }
     }
-    lead(app, ex, app.flights.solo()).await
+    lead(app, ex, app.flights.solo(), room).await
 }
 
-/// Reads somebody else's answer; None if that answer was given up before it started.
-async fn follow(app: &Arc<App>, ex: &Arc<Exchange>, mut reader: Reader) -> Option<Response<Body>> {
+/// Reads somebody else's answer; None if that answer was given up before it started (the
+/// request's room is then still its own).
+async fn follow(
+    app: &Arc<App>,
+    ex: &Arc<Exchange>,
+    mut reader: Reader,
+    room: &mut Option<Room>,
+) -> Option<Response<Body>> {
     let head = reader.head().await.ok()?;
     let status = head.status.as_u16();
     let flight = reader.flight().clone();
     let body = if head.stream {
-        account_when_complete(app, ex, flight, status);
+        account_when_complete(app, ex, flight, status, room.take());
         reader.into_body(true)
     } else {
         match reader.whole().await {
             Whole::Complete(bytes) => {
-                account_coalesced(app, ex, &flight, status).await;
+                account_coalesced(app, ex, &flight, status, room.take()).await;
                 full(bytes)
             }
             Whole::Outgrown => {
-                account_when_complete(app, ex, flight, status);
+                account_when_complete(app, ex, flight, status, room.take());
                 reader.into_body(false)
             }
             Whole::Ended(_) => return None,
@@ -133,20 +145,32 @@ async fn follow(app: &Arc<App>, ex: &Arc<Exchange>, mut reader: Reader) -> Optio
 }
 
 /// Writes a follower's ledger line once the answer it reads has ended cleanly.
-fn account_when_complete(app: &Arc<App>, ex: &Arc<Exchange>, flight: Arc<Flight>, status: u16) {
+fn account_when_complete(
+    app: &Arc<App>,
+    ex: &Arc<Exchange>,
+    flight: Arc<Flight>,
+    status: u16,
+    room: Option<Room>,
+) {
     let (app, ex) = (app.clone(), ex.clone());
     tokio::spawn(async move {
         if matches!(flight.end().await, End::Complete) {
-            account_coalesced(&app, &ex, &flight, status).await;
+            account_coalesced(&app, &ex, &flight, status, room).await;
         }
     });
 }
 
-async fn account_coalesced(app: &App, ex: &Exchange, flight: &Flight, status: u16) {
+async fn account_coalesced(
+    app: &App,
+    ex: &Exchange,
+    flight: &Flight,
+    status: u16,
+    room: Option<Room>,
+) {
     if ex.endpoint.billable() {
         let acc = Accounting::saved(flight.cost());
-        app.account(ex.ledger_line(Outcome::Coalesced, status, acc), ex.prompt())
-            .await;
+        let line = ex.ledger_line(Outcome::Coalesced, status, acc);
+        app.account(line, ex.prompt(), room).await;
     }
 }
 
@@ -156,6 +180,7 @@ async fn lead(
     app: &Arc<App>,
     ex: &Arc<Exchange>,
     leader: Leader,
+    room: Option<Room>,
 ) -> Result<(Response<Body>, Outcome), ApiError> {
     let reservation = reserve(app, ex)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -163,8 +188,9 @@ async fn lead(
     // on every exchange. The exchange's own warnings make their context when they are
     // written.
     let span = tracing::debug_span!("exchange", method = %ex.method, path = %ex.path_q);
-    app.exchanges
-        .spawn(drive::drive(app.clone(), ex.clone(), leader, reservation, tx).instrument(span));
+    app.exchanges.spawn(
+        drive::drive(app.clone(), ex.clone(), leader, (reservation, room), tx).instrument(span),
+    );
     let outcome = ex.policy.upstream_outcome();
     match rx.await {
         Ok(First::Answer(reader, head)) => Ok((answer_from(reader, head).await?, outcome)),

@@ -97,7 +97,7 @@ async fn answer(
     let ex = read(app, req, started).await?;
     let project = ex.attr.project.clone();
     let (resp, outcome) = if let Some(entry) = hit::lookup(app, &ex, max_age(app, &ex)).await {
-        hit::serve(app, &ex, entry).await
+        hit::serve(app, &ex, entry).await?
     } else if ex.policy.offline {
         return Err(ApiError::CacheMiss);
     } else {

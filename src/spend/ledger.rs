@@ -13,7 +13,12 @@ use super::LedgerLine;
 
 /// The ledger file (name only) that holds a line: the UTC month of its `ts`.
 pub fn file_name_for(line: &LedgerLine) -> String {
-    let mut name = crate::spend::line::day_string(line.ts.to_offset(UtcOffset::UTC).date());
+    file_name_at(line.ts)
+}
+
+/// The ledger file (name only) for lines stamped at `ts`.
+pub fn file_name_at(ts: time::OffsetDateTime) -> String {
+    let mut name = crate::spend::line::day_string(ts.to_offset(UtcOffset::UTC).date());
     name.replace_range(7.., ".jsonl");
     name
 }

@@ -13,9 +13,13 @@ mod render;
 mod report;
 mod reserve;
 mod rollup;
+mod room;
+mod tail;
 pub mod team;
 mod writer;
 
+#[cfg(test)]
+mod room_tests;
 #[cfg(test)]
 mod tests;
 
@@ -32,13 +36,14 @@ pub use budget::{BudgetState, Budgets, PeriodUse, Refusal};
 pub use ledger::{read_all, ReadStats};
 pub use line::{new_id, LedgerLine, Outcome};
 pub use reconcile::{Observation, Reconciliation};
-pub use report::{render_csv, render_json, render_table, Dim, Report, ReportQuery, Row};
+pub use report::{printable, render_csv, render_json, render_table, Dim, Report, ReportQuery, Row};
 pub use reserve::Reservation;
 pub use rollup::Counters;
+pub use room::{line_room, Room, RoomState, WAITING_CAP};
 
 use crate::config::ProjectConfig;
 use crate::store::{Store, StoreError};
-use writer::{Msg, Shared, Writer};
+use writer::{Msg, Pending, Shared, Writer};
 
 /// Resolves once a handed-over ledger line is durable (see `durable`).
 pub type Durable = oneshot::Receiver<Result<(), SpendError>>;
@@ -66,6 +71,8 @@ pub enum SpendError {
     BadReport(String),
     #[error("the spend ledger is closed")]
     Closed,
+    #[error("no room in the spend ledger on disk now (a line already handed over waits for it)")]
+    NoRoom,
 }
 
 impl SpendError {
@@ -150,15 +157,17 @@ impl Spend {
     pub async fn record(&self, line: impl Into<Arc<LedgerLine>>) -> Result<(), SpendError> {
         let line = line.into();
         self.budgets().add_line(&line);
-        durable(self.hand_over(line)).await
+        durable(self.hand_over(line, 0)).await
     }
 
-    fn hand_over(&self, line: Arc<LedgerLine>) -> Durable {
+    /// Hands the line to the writer with the room claimed for it (bytes).
+    fn hand_over(&self, line: Arc<LedgerLine>, room: u64) -> Durable {
         let (reply, done) = oneshot::channel();
-        let msg = Msg::Line {
+        let msg = Msg::Line(Pending {
             line,
             reply: Some(reply),
-        };
+            room,
+        });
         // A writer that is gone drops the reply with the message: `done` then says Closed.
         let _ = self.inner.tx.send(msg);
         done
@@ -169,7 +178,18 @@ impl Spend {
     /// returned receiver then resolves once it is durable, and the caller should wait for
     /// it (backpressure on a writer that falls behind).
     pub fn record_nowait(&self, line: impl Into<Arc<LedgerLine>>) -> Option<Durable> {
+        self.record_nowait_in(line, None)
+    }
+
+    /// `record_nowait` for a line with room claimed for it (see `hold_room`); a hit's line
+    /// has none, and waits for room if there is none left.
+    pub fn record_nowait_in(
+        &self,
+        line: impl Into<Arc<LedgerLine>>,
+        room: Option<Room>,
+    ) -> Option<Durable> {
         let line = line.into();
+        let room = room.map_or(0, Room::take);
         self.budgets().add_line(&line);
         let mut q = self
             .inner
@@ -179,9 +199,9 @@ impl Spend {
             .unwrap_or_else(|p| p.into_inner());
         if q.len() >= writer::QUEUE_CAP {
             drop(q);
-            return Some(self.hand_over(line));
+            return Some(self.hand_over(line, room));
         }
-        q.push(line);
+        q.push((line, room));
         let queued = q.len();
         drop(q);
         // The writer takes queued lines with the next batch or within writer::QUEUE_FLUSH

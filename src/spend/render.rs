@@ -1,8 +1,13 @@
 //! Report renderers: JSON (design.md's shape), CSV (RFC 4180, header then rows, no
-//! total) and an aligned text table for terminals.
+//! total, text cells safe to open in a spreadsheet) and an aligned text table for
+//! terminals.
 
 use super::report::Report;
 use super::rollup::Counters;
+
+#[cfg(test)]
+#[path = "render_tests.rs"]
+mod tests;
 
 const COUNTER_NAMES: [&str; 7] = [
     "requests",
@@ -41,6 +46,18 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// A text cell: dimension values come from clients (a model name is whatever a request
+/// body says), so one that a spreadsheet would take for a formula gets a leading `'`, as
+/// OWASP advises for CSV injection. Counter cells are numbers, negative ones included, and
+/// are written as they are.
+fn csv_text(s: &str) -> String {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        csv_field(&format!("'{s}"))
+    } else {
+        csv_field(s)
+    }
+}
+
 /// A header row, then one row per report row (null → empty field). No total row.
 pub fn render_csv(report: &Report) -> String {
     let mut header: Vec<&str> = report.by.iter().map(|d| d.name()).collect();
@@ -51,7 +68,7 @@ pub fn render_csv(report: &Report) -> String {
         let mut cells: Vec<String> = row
             .dims
             .iter()
-            .map(|v| csv_field(v.as_deref().unwrap_or("")))
+            .map(|v| csv_text(v.as_deref().unwrap_or("")))
             .collect();
         cells.extend(counter_cells(&row.counters, |v| v.to_string()));
         out.push_str(&cells.join(","));
@@ -65,7 +82,7 @@ fn money(v: f64) -> String {
 }
 
 /// Dimension values come from clients (model names): no terminal control characters.
-fn printable(s: &str) -> String {
+pub fn printable(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { '\u{fffd}' } else { c })
         .collect()

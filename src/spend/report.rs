@@ -14,7 +14,7 @@ use super::rollup::{self, Counters};
 use super::SpendError;
 use crate::store::Store;
 
-pub use super::render::{render_csv, render_json, render_table};
+pub use super::render::{printable, render_csv, render_json, render_table};
 
 /// A report dimension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use super::budget::Refusal;
-use super::{LedgerLine, Spend, SpendError};
+use super::{LedgerLine, Room, Spend, SpendError};
 
 /// What a request holds against its project's budget. Dropped, it is released.
 pub struct Reservation {
@@ -35,20 +35,23 @@ impl Spend {
         }))
     }
 
-    /// `record`, with the line's cost taking the place of `reservation` in one step.
+    /// `record`, with the line's cost taking the place of `reservation` in one step, and
+    /// the line written into the `room` claimed for it.
     pub async fn record_reserved(
         &self,
         line: impl Into<Arc<LedgerLine>>,
         reservation: Option<Reservation>,
+        room: Option<Room>,
     ) -> Result<(), SpendError> {
         let line = line.into();
+        let room = room.map_or(0, Room::take);
         let done = {
             let mut budgets = self.budgets();
             budgets.add_line(&line);
             if let Some(mut r) = reservation {
                 budgets.release(&r.project, std::mem::take(&mut r.amount));
             }
-            self.hand_over(line)
+            self.hand_over(line, room)
         };
         super::durable(done).await
     }

@@ -4,8 +4,7 @@
 //! with their watermarks, in one atomic batch at most every `ROLLUP_EVERY`.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
@@ -14,8 +13,9 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use super::ledger;
 use super::rollup::{self, Accum};
+use super::room::{self, Space};
+use super::tail::{space, OpenFile};
 use super::{LedgerLine, SpendError};
 use crate::store::Store;
 
@@ -54,16 +54,22 @@ fn yield_to_requests() {
 
 pub(crate) type Reply = oneshot::Sender<Result<(), SpendError>>;
 
+/// A line on its way to disk: who waits for it, and the room claimed for it (bytes).
+pub(crate) struct Pending {
+    pub line: Arc<LedgerLine>,
+    pub reply: Option<Reply>,
+    pub room: u64,
+}
+
 pub(crate) enum Msg {
     /// The queue of lines nobody waits for was empty and now is not: take it within
     /// `QUEUE_FLUSH` (so an idle writer sleeps without a timer).
     Queued,
     /// Take the queued lines now.
     Wake,
-    Line {
-        line: Arc<LedgerLine>,
-        reply: Option<Reply>,
-    },
+    Line(Pending),
+    /// Preallocate room for at least this many more bytes than are claimed, then answer.
+    MakeRoom(u64, oneshot::Sender<()>),
     Rebuild(std::sync::mpsc::Sender<Result<(), SpendError>>),
     /// Fold every durable line into the rollups now (before a report reads them).
     FoldRollups(std::sync::mpsc::Sender<()>),
@@ -77,7 +83,11 @@ pub(crate) struct Shared {
     pub fsyncs: AtomicU64,
     /// Lines nobody waits for (cache hits), taken by the writer with the next batch or
     /// within `QUEUE_FLUSH`, so that a hit never has to wake the writer thread.
-    pub queued: std::sync::Mutex<Vec<Arc<LedgerLine>>>,
+    pub queued: std::sync::Mutex<Vec<(Arc<LedgerLine>, u64)>>,
+    /// The preallocated room and what of it is claimed (see `room`).
+    pub space: std::sync::Mutex<Space>,
+    /// Lines waiting for room.
+    pub waiting: std::sync::atomic::AtomicUsize,
     /// Per file the writer has opened: its length up to which every line is written and
     /// synced (what a failed write is cut back to). Readers go no further (the team
     /// ledger's shipper).
@@ -85,6 +95,9 @@ pub(crate) struct Shared {
     /// Test hook: the next N segment writes write half their bytes, then fail.
     #[cfg(test)]
     pub fail_writes: std::sync::atomic::AtomicU32,
+    /// Test hook: while set, preallocation fails as on a full disk.
+    #[cfg(test)]
+    pub disk_full: AtomicBool,
     /// Test hook: while held, the writer stops before committing a batch.
     #[cfg(test)]
     pub hold: std::sync::Mutex<()>,
@@ -94,7 +107,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn set_durable(&self, name: &str, len: u64) {
+    pub(super) fn set_durable(&self, name: &str, len: u64) {
         // A map of lengths: consistent after any panic, so poison is ignored.
         let mut d = self.durable.lock().unwrap_or_else(|p| p.into_inner());
         d.insert(name.to_string(), len);
@@ -105,9 +118,13 @@ impl Shared {
             healthy: AtomicBool::new(true),
             fsyncs: AtomicU64::new(0),
             queued: std::sync::Mutex::new(Vec::new()),
+            space: std::sync::Mutex::new(Space::default()),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
             durable: std::sync::Mutex::default(),
             #[cfg(test)]
             fail_writes: std::sync::atomic::AtomicU32::new(0),
+            #[cfg(test)]
+            disk_full: AtomicBool::new(false),
             #[cfg(test)]
             hold: std::sync::Mutex::new(()),
             #[cfg(test)]
@@ -116,24 +133,38 @@ impl Shared {
     }
 }
 
-struct OpenFile {
-    name: String,
-    file: File,
-    /// Bytes known to be complete lines on disk.
-    len: u64,
-}
-
 pub(crate) struct Writer {
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
     store: Store,
-    shared: Arc<Shared>,
-    current: Option<OpenFile>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) current: Option<OpenFile>,
     /// Files left with a partly written failed batch: cut back to this length first.
-    repairs: BTreeMap<String, u64>,
+    pub(super) repairs: BTreeMap<String, u64>,
     /// The last rollup apply failed: catch up from the watermarks next time.
     rollups_stale: bool,
     /// Durable lines not yet folded into the stored rollups, and since when.
     unfolded: Option<(Accum, Instant)>,
+    /// The file whose preallocated tail is the ledger's room (the newest month's).
+    pub(super) hold: Option<String>,
+    /// The file system cannot preallocate: room is taken on trust.
+    pub(super) unsupported: bool,
+    /// Written whatever the room (the last commit before closing).
+    pub(super) force: bool,
+    /// Lines that found no room, oldest first; written as soon as room returns.
+    pub(super) waiting: Vec<Pending>,
+    /// When preallocation was last tried.
+    pub(super) last_try: Instant,
+    /// This round tries again for room that was short.
+    pub(super) retrying: bool,
+}
+
+/// What became of one line of a commit.
+#[derive(Clone)]
+enum Fate {
+    Durable,
+    /// No room: kept, and written when room returns.
+    Waits,
+    Failed(String),
 }
 
 impl Writer {
@@ -146,6 +177,12 @@ impl Writer {
             repairs: BTreeMap::new(),
             rollups_stale: false,
             unfolded: None,
+            hold: None,
+            unsupported: false,
+            force: false,
+            waiting: Vec::new(),
+            last_try: Instant::now(),
+            retrying: false,
         }
     }
 
@@ -158,23 +195,28 @@ impl Writer {
             })
     }
 
-    fn take_queued(&self, pending: &mut Vec<(Arc<LedgerLine>, Option<Reply>)>) {
+    fn take_queued(&self, pending: &mut Vec<Pending>) {
         // Only pushes and a swap happen under this lock: a poisoned one holds a valid Vec.
         let lines =
             std::mem::take(&mut *self.shared.queued.lock().unwrap_or_else(|p| p.into_inner()));
-        pending.extend(lines.into_iter().map(|l| (l, None)));
+        pending.extend(lines.into_iter().map(|(line, room)| Pending {
+            line,
+            reply: None,
+            room,
+        }));
     }
 
     fn run(mut self, rx: Receiver<Msg>) {
         use std::sync::mpsc::RecvTimeoutError;
+        self.start_hold();
         let mut pending = Vec::new();
         // When the queued lines must be taken; None while none are known to be queued.
         let mut due: Option<Instant> = None;
         loop {
-            let wake = match (due, self.fold_due()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let wake = [due, self.fold_due(), self.retry_due()]
+                .into_iter()
+                .flatten()
+                .min();
             let first = match wake {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
@@ -197,11 +239,16 @@ impl Writer {
                     Msg::Queued => {
                         due.get_or_insert_with(|| Instant::now() + QUEUE_FLUSH);
                     }
-                    Msg::Line { line, reply } => {
-                        pending.push((line, reply));
+                    Msg::Line(p) => {
+                        pending.push(p);
                         take = true;
                     }
                     Msg::Wake => take = true,
+                    Msg::MakeRoom(bytes, reply) => {
+                        let claimed = space(&self.shared).claimed;
+                        self.top_up(claimed + bytes + room::TARGET);
+                        let _ = reply.send(());
+                    }
                     Msg::Rebuild(reply) => {
                         self.commit(&mut pending);
                         // The rebuild reads every durable line from the files.
@@ -217,9 +264,7 @@ impl Writer {
                         let _ = reply.send(());
                     }
                     Msg::Close(reply) => {
-                        self.take_queued(&mut pending);
-                        self.commit(&mut pending);
-                        self.fold_rollups();
+                        self.finish(&mut pending);
                         // Let go of the store, its writes done, before answering: whoever
                         // closed the ledger may then reopen the data dir at once.
                         if let Err(e) = self.store.flush() {
@@ -235,13 +280,33 @@ impl Writer {
                 self.take_queued(&mut pending);
                 due = None;
             }
+            self.retrying = self.retry_due().is_some_and(|at| at <= Instant::now());
+            if self.retrying {
+                self.retry_room();
+            }
             self.commit(&mut pending);
+            if std::mem::take(&mut self.retrying) {
+                self.last_try = Instant::now();
+            }
+            self.keep_room();
             if self.fold_due().is_some_and(|at| at <= Instant::now()) {
                 self.fold_rollups();
             }
         }
-        self.take_queued(&mut pending);
-        self.commit(&mut pending);
+        self.finish(&mut pending);
+    }
+
+    /// The last commit: everything queued or waiting is written if it can be at all.
+    fn finish(&mut self, pending: &mut Vec<Pending>) {
+        self.take_queued(pending);
+        self.force = true;
+        self.commit(pending);
+        if !self.waiting.is_empty() {
+            tracing::error!(
+                lines = self.waiting.len(),
+                "the spend ledger closes with lines that found no room on disk; they are lost"
+            );
+        }
         self.fold_rollups();
     }
 
@@ -265,64 +330,78 @@ impl Writer {
         }
     }
 
-    /// Makes `pending` durable, adds the durable lines to the unfolded rollups, answers the
-    /// waiters.
-    fn commit(&mut self, pending: &mut Vec<(Arc<LedgerLine>, Option<Reply>)>) {
-        if pending.is_empty() {
+    /// Makes `pending` and the lines that waited durable where there is room, adds the
+    /// durable lines to the unfolded rollups, answers the waiters; lines that found no
+    /// room wait for the next try.
+    fn commit(&mut self, pending: &mut Vec<Pending>) {
+        if pending.is_empty() && self.waiting.is_empty() {
             return;
         }
         #[cfg(test)]
         drop(self.shared.hold.lock());
-        let batch = std::mem::take(pending);
-        let mut results: Vec<Result<(), String>> = vec![Ok(()); batch.len()];
-        // Consecutive lines of one month file form a segment: (file, line indexes, bytes).
-        // A line's month is compared first; a file name is made once per segment.
-        let mut segments: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-        let mut month = None;
-        for (i, (line, _)) in batch.iter().enumerate() {
-            let date = line.utc_date();
-            let this_month = Some((date.year(), date.month()));
-            if month != this_month {
-                month = this_month;
-                segments.push((
-                    ledger::file_name_for(line),
-                    Vec::new(),
-                    Vec::with_capacity(512),
-                ));
-            }
-            let Some((_, idx, buf)) = segments.last_mut() else {
-                continue; // unreachable: a segment was just ensured
-            };
-            line.write_json(buf);
-            buf.push(b'\n');
-            idx.push(i);
+        let (batch, segments) = self.segments(pending);
+        if batch.is_empty() {
+            return;
         }
-        segments.retain(|(_, idx, _)| !idx.is_empty());
-        let mut all_ok = results.iter().all(Result::is_ok);
+        let mut fates = vec![Fate::Durable; batch.len()];
+        let mut all_ok = true;
         let mut durable: Vec<usize> = Vec::new();
         let mut marks: Vec<(String, u64)> = Vec::new();
-        for (name, idx, buf) in segments {
-            match self.write_segment(&name, &buf) {
+        for seg in segments {
+            let n = self.room_for(&seg);
+            for &i in &seg.idx[n..] {
+                fates[i] = Fate::Waits;
+            }
+            if n == 0 {
+                continue;
+            }
+            let bytes = seg.ends[n - 1];
+            let room: u64 = seg.idx[..n].iter().map(|&i| batch[i].room).sum();
+            match self.write_segment(&seg.name, &seg.buf[..bytes as usize]) {
                 Ok(len) => {
-                    durable.extend_from_slice(&idx);
-                    marks.push((name, len));
+                    durable.extend_from_slice(&seg.idx[..n]);
+                    marks.push((seg.name.clone(), len));
+                    self.used(&seg.name, bytes, room);
                 }
                 Err(e) => {
                     all_ok = false;
-                    tracing::error!(file = %name, error = %e, lines = idx.len(),
+                    // A failed write was cut back, and its file's preallocation with it.
+                    self.room_lost(&seg.name);
+                    let no_space = room::is_no_space(&e);
+                    tracing::error!(file = %seg.name, error = %e, lines = n, waits = no_space,
                         "cannot make spend ledger lines durable");
-                    for i in idx {
-                        results[i] = Err(e.to_string());
+                    if !no_space {
+                        self.used(&seg.name, 0, room);
+                    }
+                    for &i in &seg.idx[..n] {
+                        fates[i] = if no_space {
+                            Fate::Waits
+                        } else {
+                            Fate::Failed(e.to_string())
+                        };
                     }
                 }
             }
         }
         self.shared.healthy.store(all_ok, Ordering::SeqCst);
         self.update_rollups(&batch, &durable, &marks);
-        for ((_, reply), result) in batch.into_iter().zip(results) {
-            match reply {
+        for (mut p, fate) in batch.into_iter().zip(fates) {
+            let result = match fate {
+                Fate::Durable => Ok(()),
+                Fate::Failed(e) => Err(SpendError::NotDurable(e)),
+                Fate::Waits => {
+                    // Whoever waits hears now; the line is kept, and written when it can be.
+                    let reply = p.reply.take();
+                    self.waiting.push(p);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(SpendError::NoRoom));
+                    }
+                    continue;
+                }
+            };
+            match p.reply {
                 Some(reply) => {
-                    let _ = reply.send(result.map_err(SpendError::NotDurable));
+                    let _ = reply.send(result);
                 }
                 None if result.is_err() => {
                     tracing::warn!("a spend ledger line recorded without waiting was lost");
@@ -330,14 +409,12 @@ impl Writer {
                 None => {}
             }
         }
+        self.shared
+            .waiting
+            .store(self.waiting.len(), Ordering::Relaxed);
     }
 
-    fn update_rollups(
-        &mut self,
-        batch: &[(Arc<LedgerLine>, Option<Reply>)],
-        durable: &[usize],
-        marks: &[(String, u64)],
-    ) {
+    fn update_rollups(&mut self, batch: &[Pending], durable: &[usize], marks: &[(String, u64)]) {
         if self.rollups_stale {
             match rollup::catch_up(&self.store, &self.dir) {
                 Ok(_) => self.rollups_stale = false,
@@ -348,7 +425,7 @@ impl Writer {
         let (acc, _) = self
             .unfolded
             .get_or_insert_with(|| (Accum::new(&self.store, true), Instant::now()));
-        let added = durable.iter().try_for_each(|&i| acc.add(&batch[i].0));
+        let added = durable.iter().try_for_each(|&i| acc.add(&batch[i].line));
         for (name, len) in marks {
             acc.watermark(name, *len);
         }
@@ -358,84 +435,4 @@ impl Writer {
             self.rollups_stale = true;
         }
     }
-
-    /// Appends `buf` to the month file `name` and syncs it; returns the new length. On
-    /// failure the file is cut back to its last good length (now, or before its next use).
-    fn write_segment(&mut self, name: &str, buf: &[u8]) -> io::Result<u64> {
-        self.repair_all();
-        let shared = Arc::clone(&self.shared);
-        let file = self.file_for(name)?;
-        let good = file.len;
-        let result = write_and_sync(&mut file.file, buf, &shared);
-        match result {
-            Ok(()) => {
-                file.len = good + buf.len() as u64;
-                shared.set_durable(name, file.len);
-                Ok(file.len)
-            }
-            Err(e) => {
-                if file.file.set_len(good).is_err() {
-                    self.repairs.insert(name.to_string(), good);
-                    self.current = None;
-                }
-                Err(e)
-            }
-        }
-    }
-
-    fn repair_all(&mut self) {
-        let names: Vec<(String, u64)> = self.repairs.iter().map(|(n, l)| (n.clone(), *l)).collect();
-        for (name, len) in names {
-            let path = ledger::path_of(&self.dir, &name);
-            let fixed = ledger::open_append(&path)
-                .and_then(|f| f.set_len(len).and_then(|()| f.sync_data()));
-            if fixed.is_ok() {
-                self.repairs.remove(&name);
-            }
-        }
-    }
-
-    fn file_for(&mut self, name: &str) -> io::Result<&mut OpenFile> {
-        let reuse = matches!(&self.current, Some(f) if f.name == name);
-        if !reuse {
-            self.current = None;
-            if self.repairs.contains_key(name) {
-                return Err(io::Error::other(
-                    "ledger file awaits repair of a failed write",
-                ));
-            }
-            ledger::create_dir(&self.dir)?;
-            let path = ledger::path_of(&self.dir, name);
-            let existed = path.exists();
-            let file = ledger::open_append(&path)?;
-            if !existed {
-                ledger::sync_dir(&self.dir)?;
-            }
-            let len = file.metadata()?.len();
-            self.shared.set_durable(name, len);
-            self.current = Some(OpenFile {
-                name: name.to_string(),
-                file,
-                len,
-            });
-        }
-        self.current
-            .as_mut()
-            .ok_or_else(|| io::Error::other("no ledger file open"))
-    }
-}
-
-fn write_and_sync(file: &mut File, buf: &[u8], shared: &Shared) -> io::Result<()> {
-    #[cfg(test)]
-    if shared
-        .fail_writes
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
-    {
-        file.write_all(&buf[..buf.len() / 2])?;
-        return Err(io::Error::other("injected write failure"));
-    }
-    file.write_all(buf)?;
-    shared.fsyncs.fetch_add(1, Ordering::Relaxed);
-    file.sync_data()
 }
