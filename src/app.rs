@@ -8,6 +8,7 @@ use anyhow::Context;
 use http::HeaderValue;
 
 use crate::cache::flight::Flights;
+use crate::cache::redis_tier::TeamTier;
 use crate::cache::sled_store::SledStore;
 use crate::cache::Cache;
 use crate::config::Config;
@@ -15,7 +16,7 @@ use crate::cost::Prices;
 use crate::metrics::Metrics;
 use crate::recent::Recent;
 use crate::request::json::ParseMemo;
-use crate::secret::Fingerprinter;
+use crate::secret::{Fingerprinter, TeamSecret};
 use crate::spend::{LedgerLine, Reservation, Spend, SpendError};
 use crate::store::{Store, StoreError};
 use crate::upstream::Upstream;
@@ -26,6 +27,8 @@ pub struct App {
     pub store: Store,
     pub upstream: Upstream,
     pub cache: Cache,
+    /// The answer cache shared with the team, when `team.redis` is set.
+    pub team: Option<TeamTier>,
     pub flights: Arc<Flights>,
     pub spend: Spend,
     pub fingerprints: Fingerprinter,
@@ -47,10 +50,11 @@ impl App {
         // quarter for the store's page cache, a quarter for remembered parses.
         let hot_bytes = config.cache.memory / 2;
         let parse_bytes = config.cache.memory / 4;
-        let (store, fingerprints) = open_data_dir(
+        let (store, own_fingerprints) = open_data_dir(
             &config.data_dir,
             config.cache.memory - hot_bytes - parse_bytes,
         )?;
+        let (fingerprints, team) = open_team(&config, own_fingerprints)?;
         warn_of_earlier_answer_files(&config.data_dir);
         let limits = crate::cache::Limits {
             max_bytes: config.cache.max_bytes,
@@ -81,7 +85,8 @@ impl App {
             held_key,
             prices: RwLock::new(None),
             exchanges: tokio_util::task::TaskTracker::new(),
-            metrics: Metrics::new(cache.clone()),
+            metrics: Metrics::new(cache.clone(), team.clone()),
+            team,
             recent: Recent::default(),
             cache,
         }))
@@ -144,6 +149,9 @@ impl App {
 
     /// Makes everything written so far durable (on shutdown).
     pub async fn close(&self) {
+        if let Some(team) = &self.team {
+            team.close().await;
+        }
         self.spend.close().await;
         let cache = self.cache.clone();
         match tokio::task::spawn_blocking(move || cache.flush()).await {
@@ -152,6 +160,31 @@ impl App {
             Err(e) => tracing::error!(error = %e, "the task to flush the cache failed"),
         }
     }
+}
+
+/// The fingerprinter of credentials (the team's, with `team.secret_file`, so that cache
+/// partitions mean the same on every daemon of the team; else the daemon's own) and the
+/// team tier of the cache, with `team.redis`.
+fn open_team(
+    config: &Config,
+    own: Fingerprinter,
+) -> anyhow::Result<(Fingerprinter, Option<TeamTier>)> {
+    let t = &config.team_cache;
+    let secret = t.secret_file.as_deref().map(TeamSecret::load).transpose()?;
+    let fingerprints = secret.as_ref().map_or(own, TeamSecret::fingerprinter);
+    let Some(url) = &t.redis else {
+        return Ok((fingerprints, None));
+    };
+    if secret.is_none() && config.cache.scope == crate::config::Scope::Key {
+        tracing::warn!("team.redis is set without team.secret_file: with cache.scope = \"key\", each daemon's partitions are its own and the team shares nothing");
+    }
+    // Without a team secret the seal only binds an entry to its key.
+    let seal = secret.as_ref().map_or_else(
+        || blake3::derive_key("chatcache team cache entry seal v1, no team secret", b""),
+        TeamSecret::entry_key,
+    );
+    let team = TeamTier::open(url, t, config.cache.max_age, seal)?;
+    Ok((fingerprints, Some(team)))
 }
 
 /// An answer is recorded up to `cache.max_entry`; past it, it may run this far ahead of

@@ -1,5 +1,6 @@
-//! Prometheus metrics: request outcomes, upstream latency, cache size, spend by project,
-//! requests and streams in flight; rendered in the text exposition format.
+//! Prometheus metrics: request outcomes, upstream latency, cache size, the team cache's
+//! state, spend by project, requests and streams in flight; rendered in the text
+//! exposition format.
 
 use std::fmt;
 use std::sync::atomic::AtomicU64;
@@ -14,6 +15,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::cache::redis_tier::TeamTier;
 use crate::cache::Cache;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -92,8 +94,66 @@ impl Collector for CacheCollector {
     }
 }
 
+/// Team cache figures read from the tier at scrape time.
+struct TeamCollector(TeamTier);
+
+impl fmt::Debug for TeamCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TeamCollector")
+    }
+}
+
+impl Collector for TeamCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let s = self.0.stats();
+        let up = ConstGauge::new(i64::from(s.up));
+        up.encode(encoder.encode_descriptor(
+            "chatcache_team_cache_up",
+            "1 while the team cache (Redis) answers, 0 while requests go on without it",
+            None,
+            up.metric_type(),
+        )?)?;
+        for (name, help, value) in [
+            (
+                "chatcache_team_cache_hits",
+                "Local misses answered from the team cache",
+                s.hits,
+            ),
+            (
+                "chatcache_team_cache_misses",
+                "Local misses the team cache had no fresh answer for",
+                s.misses,
+            ),
+            (
+                "chatcache_team_cache_errors",
+                "Failed or timed-out exchanges with the team cache",
+                s.errors,
+            ),
+            (
+                "chatcache_team_cache_dropped_damaged",
+                "Team cache entries dropped for failing their checksum or seal",
+                s.dropped_damaged,
+            ),
+            (
+                "chatcache_team_cache_written",
+                "Answers shared with the team cache",
+                s.written,
+            ),
+            (
+                "chatcache_team_cache_skipped",
+                "Answers not shared: larger than team.max_entry, or Redis behind",
+                s.skipped,
+            ),
+        ] {
+            let c = ConstCounter::new(value);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
 impl Metrics {
-    pub fn new(cache: Cache) -> Metrics {
+    pub fn new(cache: Cache, team: Option<TeamTier>) -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -138,6 +198,9 @@ impl Metrics {
             streams.clone(),
         );
         registry.register_collector(Box::new(CacheCollector(cache)));
+        if let Some(team) = team {
+            registry.register_collector(Box::new(TeamCollector(team)));
+        }
         Metrics {
             registry,
             requests,

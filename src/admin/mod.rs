@@ -139,11 +139,17 @@ async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<B
         }
     }
     match (req.method(), path.as_str()) {
-        (&Method::GET, "/health") => json(&serde_json::json!({
-            "status": "ok",
-            "version": env!("CARGO_PKG_VERSION"),
-            "mode": app.config.mode.as_str(),
-        })),
+        (&Method::GET, "/health") => {
+            let mut health = serde_json::json!({
+                "status": "ok",
+                "version": env!("CARGO_PKG_VERSION"),
+                "mode": app.config.mode.as_str(),
+            });
+            if let Some(team) = &app.team {
+                health["team_cache"] = (if team.is_up() { "up" } else { "down" }).into();
+            }
+            json(&health)
+        }
         (&Method::GET, "/budgets") => json(&dashboard::budget_rows(&app.config.projects, |p| {
             app.spend.budget(p)
         })),

@@ -4,14 +4,17 @@
 
 mod cache;
 mod projects;
+mod team_cache;
 mod upstream;
 
 pub use cache::{CacheConfig, ReplayPace, Scope};
 pub use projects::{check_project_name, BudgetPeriod, ProjectConfig, DEFAULT_MAX_REQUEST_COST};
+pub use team_cache::{RedisUrl, TeamCacheConfig, REDIS_ENV};
 pub use upstream::UpstreamConfig;
 
 use cache::RawCache;
 use projects::{RawProject, RawToken};
+use team_cache::RawTeamCache;
 use upstream::RawUpstream;
 
 use std::collections::BTreeMap;
@@ -96,6 +99,8 @@ struct RawConfig {
     projects: BTreeMap<String, RawProject>,
     #[serde(default)]
     tokens: Vec<RawToken>,
+    #[serde(default)]
+    team: RawTeamCache,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,6 +144,8 @@ pub struct Config {
     pub projects: BTreeMap<String, ProjectConfig>,
     /// Local client tokens: blake3 hex of the token → project.
     pub tokens: BTreeMap<String, Arc<str>>,
+    /// `[team]`: the answer cache shared with the team.
+    pub team_cache: TeamCacheConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -304,6 +311,7 @@ fn validate(
         show_prompts: raw.admin.show_prompts.unwrap_or(false),
     };
     let (projects, tokens) = projects::validate(raw.projects, raw.tokens)?;
+    let team_cache = team_cache::validate(raw.team, get_env)?;
     Ok(Config {
         source,
         listen,
@@ -316,6 +324,7 @@ fn validate(
         log_format: raw.log.format.unwrap_or(LogFormat::Text),
         projects,
         tokens,
+        team_cache,
     })
 }
 

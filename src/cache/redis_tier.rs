@@ -1,0 +1,386 @@
+//! The team tier of the answer cache, on Redis: the second level behind the local store,
+//! shared by every daemon of a team. Lookups wait at most `team.timeout`; writes go in
+//! the background after the answer. While Redis cannot be reached the tier is "down" and
+//! skipped without waiting (a probe once a second notices when it is back).
+//!
+//! Keys: `{prefix}e:{cache key hex}` → the entry's record (`entry::Entry::encode`, the
+//! same checksummed form the local store keeps) followed by a 32-byte seal: keyed blake3,
+//! under a key derived from the team secret, of the cache key and the record. A record
+//! that fails its checksum or its seal (damaged, written under another key, or by someone
+//! without the team's secret) is ignored and deleted. Other names under the prefix are
+//! left free for what daemons of a team may come to share (leases, live answers).
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{watch, Semaphore};
+
+use crate::cache::entry::Entry;
+use crate::cache::key::CacheKey;
+use crate::cache::now_ms;
+use crate::config::{RedisUrl, TeamCacheConfig};
+
+/// How often the tier checks that Redis answers.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a probe or a write may take before Redis counts as down.
+const SLOW: Duration = Duration::from_secs(2);
+/// Writes in flight at most; past it, answers are not shared (Redis is behind).
+const WRITES_IN_FLIGHT: usize = 64;
+const SEAL_LEN: usize = 32;
+
+const UNKNOWN: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+
+/// What the tier's watchers see: whether Redis is reachable, how many entries this daemon
+/// has written to it, how many damaged ones it has deleted there, and how many exchanges
+/// with it failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TeamState {
+    pub up: bool,
+    pub written: u64,
+    pub deleted: u64,
+    pub failures: u64,
+}
+
+/// Counts for the metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TeamStats {
+    pub up: bool,
+    pub hits: u64,
+    pub misses: u64,
+    pub errors: u64,
+    pub dropped_damaged: u64,
+    pub written: u64,
+    pub skipped: u64,
+}
+
+#[derive(Clone)]
+pub struct TeamTier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    max_entry: u64,
+    max_age: Duration,
+    seal: [u8; 32],
+    /// Where it is, without any password, for logs.
+    location: String,
+    /// `UNKNOWN` until the first exchange with Redis, then `UP` or `DOWN`.
+    reach: AtomicU8,
+    state: watch::Sender<TeamState>,
+    writes: Arc<Semaphore>,
+    tasks: tokio_util::task::TaskTracker,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    damaged: AtomicU64,
+    skipped: AtomicU64,
+}
+
+impl TeamTier {
+    /// Prepares the tier for `url` without connecting (the daemon starts whether Redis is
+    /// there or not), and starts its probe. Needs a Tokio runtime. `seal` keys the seals
+    /// of entries; `max_age` is `cache.max_age`, the entries' time to live.
+    pub fn open(
+        url: &RedisUrl,
+        cfg: &TeamCacheConfig,
+        max_age: Duration,
+        seal: [u8; 32],
+    ) -> anyhow::Result<TeamTier> {
+        let location = url.redacted();
+        // Errors are reworded, never passed on: they could quote the URL.
+        let client = redis::Client::open(url.expose())
+            .map_err(|_| anyhow::anyhow!("team.redis {location} is not a Redis URL"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(SLOW))
+            .set_response_timeout(Some(SLOW))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| anyhow::anyhow!("cannot prepare the connection to {location}: {e}"))?;
+        let inner = Arc::new(Inner {
+            conn,
+            prefix: cfg.redis_prefix.clone(),
+            timeout: cfg.timeout,
+            max_entry: cfg.max_entry,
+            max_age,
+            seal,
+            location,
+            reach: AtomicU8::new(UNKNOWN),
+            state: watch::Sender::new(TeamState::default()),
+            writes: Arc::new(Semaphore::new(WRITES_IN_FLIGHT)),
+            tasks: tokio_util::task::TaskTracker::new(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            damaged: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        });
+        tokio::spawn(probe(Arc::downgrade(&inner)));
+        Ok(TeamTier { inner })
+    }
+
+    /// Whether Redis answered lately.
+    pub fn is_up(&self) -> bool {
+        self.inner.reach.load(Ordering::Relaxed) == UP
+    }
+
+    /// Watches whether Redis is reachable and the entries written (for whoever waits for
+    /// one: tests, a follower on another daemon).
+    pub fn watch(&self) -> watch::Receiver<TeamState> {
+        self.inner.state.subscribe()
+    }
+
+    /// The Redis key of `key`'s entry.
+    pub fn entry_name(&self, key: &CacheKey) -> String {
+        format!("{}e:{}", self.inner.prefix, key.to_hex())
+    }
+
+    /// The team's fresh entry under `key` (younger than `cache.max_age` and `max_age`),
+    /// if Redis gives it within `team.timeout`. Never fails: a tier that is down or slow
+    /// is a miss.
+    pub async fn get(&self, key: &CacheKey, max_age: Option<Duration>) -> Option<Entry> {
+        let i = &self.inner;
+        if !self.is_up() {
+            return None;
+        }
+        let name = self.entry_name(key);
+        let mut conn = i.conn.clone();
+        let got = tokio::time::timeout(
+            i.timeout,
+            redis::cmd("GET")
+                .arg(&name)
+                .query_async::<Option<Bytes>>(&mut conn),
+        )
+        .await;
+        let value = match got {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                i.failed(&e.to_string());
+                return None;
+            }
+            Err(_) => {
+                i.failed("no answer within team.timeout");
+                return None;
+            }
+        };
+        let Some(value) = value else {
+            i.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let Some(entry) = i.unseal(key, value) else {
+            tracing::warn!(key = %key, "dropping a damaged or foreign entry of the team cache");
+            i.damaged.fetch_add(1, Ordering::Relaxed);
+            // Whatever is there now goes: at worst an entry rewritten since the read, which
+            // costs one more miss, not a wrong answer.
+            let i = self.inner.clone();
+            i.tasks.clone().spawn(async move {
+                if i.run(redis::cmd("DEL").arg(&name)).await {
+                    i.state.send_modify(|s| s.deleted += 1);
+                }
+            });
+            return None;
+        };
+        let age = Duration::from_millis(now_ms().saturating_sub(entry.meta.created_ms));
+        if age > i.max_age || max_age.is_some_and(|m| age > m) {
+            i.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        i.hits.fetch_add(1, Ordering::Relaxed);
+        Some(entry)
+    }
+
+    /// Shares `entry` with the team under `key`, in the background, unless Redis is down,
+    /// the entry is larger than `team.max_entry`, or too many writes are already waiting.
+    pub fn offer(&self, key: CacheKey, entry: Arc<Entry>) {
+        let i = self.inner.clone();
+        if !self.is_up() {
+            return;
+        }
+        let Ok(permit) = i.writes.clone().try_acquire_owned() else {
+            i.skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let name = self.entry_name(&key);
+        i.tasks.clone().spawn(async move {
+            let _permit = permit;
+            let left = i
+                .max_age
+                .saturating_sub(Duration::from_millis(
+                    now_ms().saturating_sub(entry.meta.created_ms),
+                ))
+                .as_millis() as u64;
+            let value = i.seal(&key, entry.encode());
+            if left == 0 || value.len() as u64 > i.max_entry {
+                i.skipped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let mut set = redis::cmd("SET");
+            set.arg(&name).arg(value).arg("PX").arg(left);
+            if i.run(&set).await {
+                i.state.send_modify(|s| s.written += 1);
+            }
+        });
+    }
+
+    /// Waits (up to a few seconds) for the writes in flight to end.
+    pub async fn close(&self) {
+        let tasks = &self.inner.tasks;
+        tasks.close();
+        let _ = tokio::time::timeout(SLOW, tasks.wait()).await;
+    }
+
+    pub fn stats(&self) -> TeamStats {
+        let i = &self.inner;
+        TeamStats {
+            up: self.is_up(),
+            hits: i.hits.load(Ordering::Relaxed),
+            misses: i.misses.load(Ordering::Relaxed),
+            errors: i.state.borrow().failures,
+            dropped_damaged: i.damaged.load(Ordering::Relaxed),
+            written: i.state.borrow().written,
+            skipped: i.skipped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Inner {
+    fn seal_of(&self, key: &CacheKey, record: &[u8]) -> blake3::Hash {
+        blake3::Hasher::new_keyed(&self.seal)
+            .update(&key.0)
+            .update(record)
+            .finalize()
+    }
+
+    fn seal(&self, key: &CacheKey, mut record: Vec<u8>) -> Vec<u8> {
+        let seal = self.seal_of(key, &record);
+        record.extend_from_slice(seal.as_bytes());
+        record
+    }
+
+    /// The entry in `value` if its seal and checksum hold.
+    fn unseal(&self, key: &CacheKey, value: Bytes) -> Option<Entry> {
+        let at = value.len().checked_sub(SEAL_LEN)?;
+        let seal: [u8; SEAL_LEN] = value[at..].try_into().ok()?;
+        // blake3's Hash compares in constant time.
+        if self.seal_of(key, &value[..at]) != blake3::Hash::from_bytes(seal) {
+            return None;
+        }
+        Entry::decode(value.slice(..at)).ok()
+    }
+
+    /// Runs a write within `SLOW`; false (and Redis counted down) if it failed.
+    async fn run(&self, cmd: &redis::Cmd) -> bool {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(SLOW, cmd.query_async::<()>(&mut conn)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                self.failed(&e.to_string());
+                false
+            }
+            Err(_) => {
+                self.failed("no answer to a write");
+                false
+            }
+        }
+    }
+
+    fn failed(&self, why: &str) {
+        self.mark(false, why);
+        self.state.send_modify(|s| s.failures += 1);
+    }
+
+    /// Notes whether Redis is reachable; the change (not every request) is logged.
+    fn mark(&self, up: bool, why: &str) {
+        let now = if up { UP } else { DOWN };
+        if self.reach.swap(now, Ordering::Relaxed) == now {
+            return;
+        }
+        self.state.send_modify(|s| s.up = up);
+        if up {
+            tracing::info!(redis = %self.location, "the team cache is reachable; answers are shared with the team");
+        } else {
+            tracing::warn!(redis = %self.location, reason = why, "the team cache cannot be reached; answers are cached on this machine only until it is back");
+        }
+    }
+}
+
+/// Pings Redis once a second while the tier exists, marking it up or down.
+async fn probe(tier: Weak<Inner>) {
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(i) = tier.upgrade() else {
+            return;
+        };
+        let mut conn = i.conn.clone();
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(SLOW, ping.query_async::<()>(&mut conn)).await {
+            Ok(Ok(())) => i.mark(true, ""),
+            Ok(Err(e)) => i.failed(&e.to_string()),
+            Err(_) => i.failed("no answer to a ping"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::tests::sample;
+
+    /// A tier whose Redis is a closed port: nothing here talks to it.
+    fn tier(seal: [u8; 32]) -> TeamTier {
+        let text = "[team]\nredis = \"redis://127.0.0.1:1/0\"\n";
+        let ov = crate::config::Overrides {
+            data_dir: Some("/nonexistent".into()),
+            ..Default::default()
+        };
+        let config = crate::config::Config::from_parts(None, Some(text), ov, |_| None).unwrap();
+        let t = &config.team_cache;
+        TeamTier::open(t.redis.as_ref().unwrap(), t, Duration::from_secs(60), seal).unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_an_intact_entry_sealed_under_its_own_key_is_taken() {
+        let t = tier([1; 32]);
+        let (key, other) = (CacheKey([5; 32]), CacheKey([6; 32]));
+        let entry = sample(true);
+        let value = Bytes::from(t.inner.seal(&key, entry.encode()));
+        let back = t.inner.unseal(&key, value.clone()).expect("intact");
+        assert_eq!(back.body, entry.body);
+        assert!(t.inner.unseal(&other, value.clone()).is_none(), "moved");
+        let stranger = tier([2; 32]);
+        assert!(stranger.inner.unseal(&key, value.clone()).is_none());
+        for at in [0, 4, 40, value.len() / 2, value.len() - 1] {
+            let mut bad = value.to_vec();
+            bad[at] ^= 0x01;
+            assert!(t.inner.unseal(&key, bad.into()).is_none(), "flip at {at}");
+        }
+        assert!(t.inner.unseal(&key, value.slice(..20)).is_none());
+        // A record with a valid checksum but no seal (as the local store keeps it).
+        assert!(t.inner.unseal(&key, entry.encode().into()).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_tier_not_yet_reached_is_skipped_without_waiting() {
+        let t = tier([1; 32]);
+        assert!(!t.is_up());
+        // Resolved at its first poll: no exchange with Redis was even begun.
+        let got = futures_util::FutureExt::now_or_never(t.get(&CacheKey([5; 32]), None));
+        assert!(matches!(got, Some(None)));
+        assert_eq!(t.stats().misses, 0);
+        t.offer(CacheKey([5; 32]), Arc::new(sample(false)));
+        t.close().await;
+        assert_eq!(t.stats().written, 0);
+        assert_eq!(
+            t.entry_name(&CacheKey([0xab; 32])),
+            format!("chatcache:e:{}", "ab".repeat(32))
+        );
+    }
+}
