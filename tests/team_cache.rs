@@ -12,6 +12,8 @@ use http::{Method, StatusCode};
 use redis::Commands;
 use support::daemon::*;
 use support::FakeUpstream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use chatcache::cache::redis_tier::TeamState;
@@ -273,4 +275,88 @@ async fn with_redis_unreachable_requests_are_answered_and_health_says_down() {
     let plain = Daemon::start(&fake.url()).await;
     assert!(health(&plain).await.get("team_cache").is_none());
     plain.stop().await;
+}
+
+/// A TCP relay to the test Redis that can be made to stall: while stalled, what clients
+/// send is held, never passed on, so Redis seems alive but silent (a frozen server, a
+/// dropped route).
+struct Relay {
+    url: String,
+    stall: watch::Sender<bool>,
+}
+
+impl Relay {
+    async fn start() -> Relay {
+        let target = support::redis_url()
+            .trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}/0", listener.local_addr().unwrap());
+        let (stall, stalled) = watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let (from_client, to_client) = client.into_split();
+                let (from_server, to_server) = server.into_split();
+                tokio::spawn(pipe(from_client, to_server, Some(stalled.clone())));
+                tokio::spawn(pipe(from_server, to_client, None));
+            }
+        });
+        Relay { url, stall }
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stalled: Option<watch::Receiver<bool>>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if stalled.as_ref().is_some_and(|s| *s.borrow()) {
+            // Held for good: this connection never hears back.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_silent_redis_costs_a_request_at_most_the_timeout_and_is_used_again_once_back() {
+    let prefix = Prefix::new();
+    let fake = FakeUpstream::start().await;
+    let relay = Relay::start().await;
+    let d = Daemon::start_with(&fake.url(), &team_config(&relay.url, &prefix, None)).await;
+    team_reaches(&d, "up", |s| s.up).await;
+
+    relay.stall.send_replace(true);
+    let started = std::time::Instant::now();
+    let r = ask(&d, &chat("asked while Redis is silent"), KEY).await;
+    let took = started.elapsed();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("x-chatcache"), Some("miss"));
+    // team.timeout is 50 ms; Redis's own response timeout is 2 s. The bound sits between
+    // them with room for a slow machine.
+    assert!(took < Duration::from_secs(1), "the request waited {took:?}");
+    team_reaches(&d, "down", |s| !s.up && s.failures >= 1).await;
+    assert_eq!(health(&d).await["team_cache"], "down");
+
+    relay.stall.send_replace(false);
+    team_reaches(&d, "up again", |s| s.up).await;
+    assert_eq!(health(&d).await["team_cache"], "up");
+    ask(&d, &chat("asked once Redis is back"), KEY).await;
+    team_reaches(&d, "the answer written", |s| s.written >= 1).await;
+    assert_eq!(prefix.keys().len(), 1);
+    d.stop().await;
 }

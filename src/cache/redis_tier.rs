@@ -64,7 +64,11 @@ pub struct TeamTier {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    /// The connection, replaced by the probe when Redis stops answering on it (a reset
+    /// connection the manager replaces itself; a silent one it keeps).
+    conn: std::sync::RwLock<ConnectionManager>,
+    client: redis::Client,
+    conn_config: ConnectionManagerConfig,
     prefix: String,
     timeout: Duration,
     max_entry: u64,
@@ -102,10 +106,12 @@ impl TeamTier {
             .set_response_timeout(Some(SLOW))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
             .map_err(|e| anyhow::anyhow!("cannot prepare the connection to {location}: {e}"))?;
         let inner = Arc::new(Inner {
-            conn,
+            conn: std::sync::RwLock::new(conn),
+            client,
+            conn_config: config,
             prefix: cfg.redis_prefix.clone(),
             timeout: cfg.timeout,
             max_entry: cfg.max_entry,
@@ -150,7 +156,7 @@ impl TeamTier {
             return None;
         }
         let name = self.entry_name(key);
-        let mut conn = i.conn.clone();
+        let mut conn = i.conn();
         let got = tokio::time::timeout(
             i.timeout,
             redis::cmd("GET")
@@ -250,6 +256,28 @@ impl TeamTier {
 }
 
 impl Inner {
+    fn conn(&self) -> ConnectionManager {
+        // A poisoned lock still holds a whole manager: it is only ever replaced whole.
+        self.conn
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Starts over on a new connection (made when first used).
+    fn reconnect(&self) {
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.conn_config.clone())
+        {
+            Ok(fresh) => {
+                *self
+                    .conn
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot prepare a new connection to Redis"),
+        }
+    }
+
     fn seal_of(&self, key: &CacheKey, record: &[u8]) -> blake3::Hash {
         blake3::Hasher::new_keyed(&self.seal)
             .update(&key.0)
@@ -276,7 +304,7 @@ impl Inner {
 
     /// Runs a write within `SLOW`; false (and Redis counted down) if it failed.
     async fn run(&self, cmd: &redis::Cmd) -> bool {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         match tokio::time::timeout(SLOW, cmd.query_async::<()>(&mut conn)).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
@@ -319,12 +347,18 @@ async fn probe(tier: Weak<Inner>) {
         let Some(i) = tier.upgrade() else {
             return;
         };
-        let mut conn = i.conn.clone();
+        let mut conn = i.conn();
         let ping = redis::cmd("PING");
         match tokio::time::timeout(SLOW, ping.query_async::<()>(&mut conn)).await {
             Ok(Ok(())) => i.mark(true, ""),
-            Ok(Err(e)) => i.failed(&e.to_string()),
-            Err(_) => i.failed("no answer to a ping"),
+            Ok(Err(e)) => {
+                i.failed(&e.to_string());
+                i.reconnect();
+            }
+            Err(_) => {
+                i.failed("no answer to a ping");
+                i.reconnect();
+            }
         }
     }
 }
