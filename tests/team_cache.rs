@@ -174,6 +174,47 @@ async fn an_answer_recorded_on_one_daemon_is_a_team_hit_on_another() {
 }
 
 #[tokio::test]
+async fn answers_over_team_max_entry_stay_local() {
+    let prefix = Prefix::new();
+    let fake = FakeUpstream::start().await;
+    let config = format!(
+        "{}max_entry = \"4 KiB\"\n",
+        team_config(&support::redis_url(), &prefix, None)
+    );
+    let d = Daemon::start_with(&fake.url(), &config).await;
+    team_reaches(&d, "up", |s| s.up).await;
+    let large = post_with(
+        &d.url("/chat/completions"),
+        &chat("a long answer"),
+        &[("authorization", KEY), (support::WORDS_HEADER, "2000")],
+    )
+    .await;
+    assert_eq!(large.status, StatusCode::OK);
+    assert!(large.body.len() > 4096, "{} bytes", large.body.len());
+    ask(&d, &chat("a short answer"), KEY).await;
+    team_reaches(&d, "one answer written, one not", |s| {
+        s.written == 1 && s.skipped == 1
+    })
+    .await;
+    assert_eq!(prefix.keys().len(), 1);
+    let mut conn = prefix.conn();
+    let stored: Vec<u8> = conn.get(&prefix.keys()[0]).unwrap();
+    assert!(stored.len() < 4096);
+    // Its time to live is cache.max_age (1 h here).
+    let ttl: i64 = conn.pttl(&prefix.keys()[0]).unwrap();
+    assert!(ttl > 3_500_000 && ttl <= 3_600_000, "ttl {ttl} ms");
+    // The large one is still this daemon's own hit.
+    let again = post_with(
+        &d.url("/chat/completions"),
+        &chat("a long answer"),
+        &[("authorization", KEY), (support::WORDS_HEADER, "2000")],
+    )
+    .await;
+    assert_eq!(again.header("x-chatcache"), Some("hit"));
+    d.stop().await;
+}
+
+#[tokio::test]
 async fn a_credential_never_gets_another_credentials_answer_on_any_daemon() {
     let prefix = Prefix::new();
     let dir = tempfile::tempdir().unwrap();

@@ -36,12 +36,13 @@ const UP: u8 = 1;
 const DOWN: u8 = 2;
 
 /// What the tier's watchers see: whether Redis is reachable, how many entries this daemon
-/// has written to it, how many damaged ones it has deleted there, and how many exchanges
-/// with it failed.
+/// has written to it, left unwritten (too large, too old, too many waiting), and deleted
+/// there as damaged, and how many exchanges with it failed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TeamState {
     pub up: bool,
     pub written: u64,
+    pub skipped: u64,
     pub deleted: u64,
     pub failures: u64,
 }
@@ -84,7 +85,6 @@ struct Inner {
     hits: AtomicU64,
     misses: AtomicU64,
     damaged: AtomicU64,
-    skipped: AtomicU64,
 }
 
 impl TeamTier {
@@ -125,7 +125,6 @@ impl TeamTier {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             damaged: AtomicU64::new(0),
-            skipped: AtomicU64::new(0),
         });
         tokio::spawn(probe(Arc::downgrade(&inner)));
         Ok(TeamTier { inner })
@@ -209,7 +208,7 @@ impl TeamTier {
             return;
         }
         let Ok(permit) = i.writes.clone().try_acquire_owned() else {
-            i.skipped.fetch_add(1, Ordering::Relaxed);
+            i.state.send_modify(|s| s.skipped += 1);
             return;
         };
         let name = self.entry_name(&key);
@@ -223,7 +222,7 @@ impl TeamTier {
                 .as_millis() as u64;
             let value = i.seal(&key, entry.encode());
             if left == 0 || value.len() as u64 > i.max_entry {
-                i.skipped.fetch_add(1, Ordering::Relaxed);
+                i.state.send_modify(|s| s.skipped += 1);
                 return;
             }
             let mut set = redis::cmd("SET");
@@ -250,7 +249,7 @@ impl TeamTier {
             errors: i.state.borrow().failures,
             dropped_damaged: i.damaged.load(Ordering::Relaxed),
             written: i.state.borrow().written,
-            skipped: i.skipped.load(Ordering::Relaxed),
+            skipped: i.state.borrow().skipped,
         }
     }
 }
