@@ -11,62 +11,11 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use redis::Commands;
 use support::daemon::*;
+use support::redis::{Prefix, Relay};
 use support::FakeUpstream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use chatcache::cache::redis_tier::TeamState;
-
-/// A key prefix of this test's own in the test Redis; its keys are deleted when it goes
-/// (also when the test fails).
-struct Prefix {
-    name: String,
-    redis: redis::Client,
-}
-
-impl Prefix {
-    fn new() -> Prefix {
-        let mut raw = [0u8; 8];
-        getrandom::fill(&mut raw).unwrap();
-        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        let redis = redis::Client::open(support::redis_url()).unwrap();
-        let mut conn = redis.get_connection().unwrap_or_else(|e| {
-            panic!(
-                "these tests need Redis at {} (set CHATCACHE_TEST_REDIS): {e}",
-                support::redis_url()
-            )
-        });
-        let _: () = redis::cmd("PING").query(&mut conn).unwrap();
-        Prefix {
-            name: format!("chatcache-test:{hex}:"),
-            redis,
-        }
-    }
-
-    fn conn(&self) -> redis::Connection {
-        self.redis.get_connection().unwrap()
-    }
-
-    /// Every key under the prefix.
-    fn keys(&self) -> Vec<String> {
-        let mut conn = self.conn();
-        let found: Result<Vec<String>, _> = conn
-            .scan_match(format!("{}*", self.name))
-            .unwrap()
-            .collect();
-        found.unwrap()
-    }
-}
-
-impl Drop for Prefix {
-    fn drop(&mut self) {
-        let keys = self.keys();
-        if !keys.is_empty() {
-            let _: Result<(), _> = self.conn().del(keys);
-        }
-    }
-}
 
 /// A team secret file in `dir`, as `openssl rand -hex 32` makes one.
 fn team_secret(dir: &Path, byte: u8) -> std::path::PathBuf {
@@ -318,66 +267,11 @@ async fn with_redis_unreachable_requests_are_answered_and_health_says_down() {
     plain.stop().await;
 }
 
-/// A TCP relay to the test Redis that can be made to stall: while stalled, what clients
-/// send is held, never passed on, so Redis seems alive but silent (a frozen server, a
-/// dropped route).
-struct Relay {
-    url: String,
-    stall: watch::Sender<bool>,
-}
-
-impl Relay {
-    async fn start() -> Relay {
-        let target = support::redis_url()
-            .trim_start_matches("redis://")
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("redis://{}/0", listener.local_addr().unwrap());
-        let (stall, stalled) = watch::channel(false);
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = TcpStream::connect(&target).await else {
-                    continue;
-                };
-                let (from_client, to_client) = client.into_split();
-                let (from_server, to_server) = server.into_split();
-                tokio::spawn(pipe(from_client, to_server, Some(stalled.clone())));
-                tokio::spawn(pipe(from_server, to_client, None));
-            }
-        });
-        Relay { url, stall }
-    }
-}
-
-async fn pipe(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    stalled: Option<watch::Receiver<bool>>,
-) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if stalled.as_ref().is_some_and(|s| *s.borrow()) {
-            // Held for good: this connection never hears back.
-            std::future::pending::<()>().await;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_silent_redis_costs_a_request_at_most_the_timeout_and_is_used_again_once_back() {
     let prefix = Prefix::new();
     let fake = FakeUpstream::start().await;
-    let relay = Relay::start().await;
+    let relay = Relay::start(None).await;
     let d = Daemon::start_with(&fake.url(), &team_config(&relay.url, &prefix, None)).await;
     team_reaches(&d, "up", |s| s.up).await;
 
@@ -400,4 +294,28 @@ async fn a_silent_redis_costs_a_request_at_most_the_timeout_and_is_used_again_on
     team_reaches(&d, "the answer written", |s| s.written >= 1).await;
     assert_eq!(prefix.keys().len(), 1);
     d.stop().await;
+}
+
+#[tokio::test]
+async fn rediss_is_verified_against_the_configured_ca() {
+    let prefix = Prefix::new();
+    let fake = FakeUpstream::start().await;
+    let (ca, server) = support::tls::make_server();
+    let relay = Relay::start(Some(server)).await;
+    let base = team_config(&relay.url, &prefix, None);
+    let trusting = format!("{base}redis_ca_file = \"{}\"\n", ca.ca_path.display());
+    let d = Daemon::start_with(&fake.url(), &trusting).await;
+    team_reaches(&d, "up over TLS", |s| s.up).await;
+    ask(&d, &chat("sent over TLS"), KEY).await;
+    team_reaches(&d, "the answer written", |s| s.written >= 1).await;
+    assert_eq!(prefix.keys().len(), 1);
+    d.stop().await;
+
+    // The system's roots do not know the test CA: no connection, so no team cache.
+    let doubting = Daemon::start_with(&fake.url(), &base).await;
+    team_reaches(&doubting, "a refused handshake", |s| s.failures >= 1).await;
+    assert_eq!(health(&doubting).await["team_cache"], "down");
+    let r = ask(&doubting, &chat("sent over TLS"), KEY).await;
+    assert_eq!(r.header("x-chatcache"), Some("miss"));
+    doubting.stop().await;
 }

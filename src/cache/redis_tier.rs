@@ -98,9 +98,25 @@ impl TeamTier {
         seal: [u8; 32],
     ) -> anyhow::Result<TeamTier> {
         let location = url.redacted();
+        let client = match &cfg.redis_ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read team.redis_ca_file {}: {e}", path.display())
+                })?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(url.expose(), certs)
+            }
+            None => redis::Client::open(url.expose()),
+        };
         // Errors are reworded, never passed on: they could quote the URL.
-        let client = redis::Client::open(url.expose())
-            .map_err(|_| anyhow::anyhow!("team.redis {location} is not a Redis URL"))?;
+        let client = client.map_err(|_| {
+            anyhow::anyhow!(
+                "team.redis {location} is not a Redis URL, or its CA file holds no certificate"
+            )
+        })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(SLOW))
             .set_response_timeout(Some(SLOW))

@@ -1,7 +1,8 @@
 //! `[team]` keys of the shared answer cache: the Redis server (`redis`, or env
 //! `CHATCACHE_REDIS_URL`), the team secret that keys credential fingerprints
 //! (`secret_file`), the size cap per shared entry (`max_entry`), how long a request may wait
-//! for Redis (`timeout`) and the prefix of the keys it writes (`redis_prefix`).
+//! for Redis (`timeout`), the prefix of the keys it writes (`redis_prefix`) and the CA that
+//! vouches for a `rediss://` server (`redis_ca_file`; else the system's roots).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ pub(super) struct RawTeamCache {
     #[serde(default, with = "humantime_serde")]
     pub(super) timeout: Option<Duration>,
     pub(super) redis_prefix: Option<String>,
+    pub(super) redis_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +47,8 @@ pub struct TeamCacheConfig {
     pub timeout: Duration,
     /// Every key the daemon writes in Redis starts with this.
     pub redis_prefix: String,
+    /// PEM certificates of the CAs trusted for `rediss://` instead of the system's roots.
+    pub redis_ca_file: Option<PathBuf>,
 }
 
 impl Default for TeamCacheConfig {
@@ -55,6 +59,7 @@ impl Default for TeamCacheConfig {
             max_entry: DEFAULT_TEAM_MAX_ENTRY,
             timeout: DEFAULT_TEAM_TIMEOUT,
             redis_prefix: DEFAULT_REDIS_PREFIX.to_string(),
+            redis_ca_file: None,
         }
     }
 }
@@ -147,6 +152,7 @@ pub(super) fn validate(
         max_entry,
         timeout,
         redis_prefix,
+        redis_ca_file: t.redis_ca_file,
     })
 }
 
@@ -212,6 +218,12 @@ mod tests {
         assert_eq!(t.max_entry, 256 * 1024);
         assert_eq!(t.timeout, Duration::from_millis(20));
         assert_eq!(t.redis_prefix, "ci:");
+        let t = parse(
+            "[team]\nredis = \"rediss://cache.lan/0\"\nredis_ca_file = \"/etc/ca.pem\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(t.redis_ca_file, Some(PathBuf::from("/etc/ca.pem")));
     }
 
     #[test]
@@ -241,6 +253,7 @@ mod tests {
             "redis_prefix = \"a b\"",
             "redis_prefix = \"a*\"",
             "secret_file = \"\"",
+            "redis = \"redis://plain\"\nredis_ca_file = \"/ca.pem\"",
             "redis_typo = \"x\"",
         ] {
             let e = parse(&format!("[team]\n{bad}\n"), &[]);

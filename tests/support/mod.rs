@@ -9,6 +9,7 @@ pub mod faults;
 pub mod h2;
 pub mod hold;
 pub mod http1;
+pub mod redis;
 pub mod respond;
 pub mod skip;
 pub mod tls;
