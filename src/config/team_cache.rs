@@ -146,6 +146,11 @@ pub(super) fn validate(
     {
         return Err(err("team.secret_file must name a file"));
     }
+    if t.redis_ca_file.is_some() && !redis.as_ref().is_some_and(RedisUrl::tls) {
+        return Err(err(
+            "team.redis_ca_file is for a rediss:// server; team.redis is not one",
+        ));
+    }
     Ok(TeamCacheConfig {
         redis,
         secret_file: t.secret_file,
