@@ -172,7 +172,7 @@ fn open_team(
     let t = &config.team_cache;
     let secret = t.secret_file.as_deref().map(TeamSecret::load).transpose()?;
     let fingerprints = secret.as_ref().map_or(own, TeamSecret::fingerprinter);
-    let Some(url) = &t.redis else {
+    let Some(servers) = &t.redis else {
         return Ok((fingerprints, None));
     };
     if secret.is_none() && config.cache.scope == crate::config::Scope::Key {
@@ -183,7 +183,7 @@ fn open_team(
         || blake3::derive_key("chatcache team cache entry seal v1, no team secret", b""),
         TeamSecret::entry_key,
     );
-    let team = TeamTier::open(url, t, config.cache.max_age, seal)?;
+    let team = TeamTier::open(servers, t, config.cache.max_age, seal)?;
     Ok((fingerprints, Some(team)))
 }
 

@@ -15,13 +15,15 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{watch, Semaphore};
 
 use crate::cache::entry::Entry;
 use crate::cache::key::CacheKey;
 use crate::cache::now_ms;
-use crate::config::{RedisUrl, TeamCacheConfig};
+use crate::config::{RedisServers, TeamCacheConfig};
+use conn::{Client, Conn};
+
+mod conn;
 
 /// How often the tier checks that Redis answers.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -65,11 +67,10 @@ pub struct TeamTier {
 }
 
 struct Inner {
-    /// The connection, replaced by the probe when Redis stops answering on it (a reset
-    /// connection the manager replaces itself; a silent one it keeps).
-    conn: std::sync::RwLock<ConnectionManager>,
-    client: redis::Client,
-    conn_config: ConnectionManagerConfig,
+    /// The connection: made by the probe, and dropped by it when Redis stops answering
+    /// on it (a reset connection is replaced without it; a silent one is not).
+    conn: std::sync::RwLock<Option<Conn>>,
+    client: Client,
     prefix: String,
     timeout: Duration,
     max_entry: u64,
@@ -88,52 +89,26 @@ struct Inner {
 }
 
 impl TeamTier {
-    /// Prepares the tier for `url` without connecting (the daemon starts whether Redis is
-    /// there or not), and starts its probe. Needs a Tokio runtime. `seal` keys the seals
-    /// of entries; `max_age` is `cache.max_age`, the entries' time to live.
+    /// Prepares the tier for `servers` without connecting (the daemon starts whether Redis
+    /// is there or not), and starts its probe, which connects. Needs a Tokio runtime.
+    /// `seal` keys the seals of entries; `max_age` is `cache.max_age`, the entries' time to
+    /// live.
     pub fn open(
-        url: &RedisUrl,
+        servers: &RedisServers,
         cfg: &TeamCacheConfig,
         max_age: Duration,
         seal: [u8; 32],
     ) -> anyhow::Result<TeamTier> {
-        let location = url.redacted();
-        let client = match &cfg.redis_ca_file {
-            Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    anyhow::anyhow!("cannot read team.redis_ca_file {}: {e}", path.display())
-                })?;
-                let certs = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem),
-                };
-                redis::Client::build_with_tls(url.expose(), certs)
-            }
-            None => redis::Client::open(url.expose()),
-        };
-        // Errors are reworded, never passed on: they could quote the URL.
-        let client = client.map_err(|_| {
-            anyhow::anyhow!(
-                "team.redis {location} is not a Redis URL, or its CA file holds no certificate"
-            )
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(SLOW))
-            .set_response_timeout(Some(SLOW))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-            .map_err(|e| anyhow::anyhow!("cannot prepare the connection to {location}: {e}"))?;
+        let client = Client::new(servers, cfg, SLOW)?;
         let inner = Arc::new(Inner {
-            conn: std::sync::RwLock::new(conn),
+            conn: std::sync::RwLock::new(None),
             client,
-            conn_config: config,
             prefix: cfg.redis_prefix.clone(),
             timeout: cfg.timeout,
             max_entry: cfg.max_entry,
             max_age,
             seal,
-            location,
+            location: servers.redacted(),
             reach: AtomicU8::new(UNKNOWN),
             state: watch::Sender::new(TeamState::default()),
             writes: Arc::new(Semaphore::new(WRITES_IN_FLIGHT)),
@@ -171,14 +146,9 @@ impl TeamTier {
             return None;
         }
         let name = self.entry_name(key);
-        let mut conn = i.conn();
-        let got = tokio::time::timeout(
-            i.timeout,
-            redis::cmd("GET")
-                .arg(&name)
-                .query_async::<Option<Bytes>>(&mut conn),
-        )
-        .await;
+        let mut conn = i.conn()?;
+        let get = redis::cmd("GET").arg(&name).clone();
+        let got = tokio::time::timeout(i.timeout, conn.query::<Option<Bytes>>(&get)).await;
         let value = match got {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
@@ -271,26 +241,19 @@ impl TeamTier {
 }
 
 impl Inner {
-    fn conn(&self) -> ConnectionManager {
-        // A poisoned lock still holds a whole manager: it is only ever replaced whole.
+    fn conn(&self) -> Option<Conn> {
+        // A poisoned lock still holds a whole connection: it is only ever replaced whole.
         self.conn
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
-    /// Starts over on a new connection (made when first used).
-    fn reconnect(&self) {
-        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.conn_config.clone())
-        {
-            Ok(fresh) => {
-                *self
-                    .conn
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
-            }
-            Err(e) => tracing::debug!(error = %e, "cannot prepare a new connection to Redis"),
-        }
+    fn set_conn(&self, conn: Option<Conn>) {
+        *self
+            .conn
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = conn;
     }
 
     fn seal_of(&self, key: &CacheKey, record: &[u8]) -> blake3::Hash {
@@ -319,8 +282,10 @@ impl Inner {
 
     /// Runs a write within `SLOW`; false (and Redis counted down) if it failed.
     async fn run(&self, cmd: &redis::Cmd) -> bool {
-        let mut conn = self.conn();
-        match tokio::time::timeout(SLOW, cmd.query_async::<()>(&mut conn)).await {
+        let Some(mut conn) = self.conn() else {
+            return false;
+        };
+        match tokio::time::timeout(SLOW, conn.query::<()>(cmd)).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 self.failed(&e.to_string());
@@ -353,7 +318,9 @@ impl Inner {
     }
 }
 
-/// Pings Redis once a second while the tier exists, marking it up or down.
+/// Pings Redis once a second while the tier exists, connecting first if there is no
+/// connection, and marks it up or down; a connection on which Redis did not answer is
+/// dropped for a new one.
 async fn probe(tier: Weak<Inner>) {
     let mut tick = tokio::time::interval(PROBE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -362,74 +329,36 @@ async fn probe(tier: Weak<Inner>) {
         let Some(i) = tier.upgrade() else {
             return;
         };
-        let mut conn = i.conn();
-        let ping = redis::cmd("PING");
-        match tokio::time::timeout(SLOW, ping.query_async::<()>(&mut conn)).await {
+        let mut conn = match i.conn() {
+            Some(c) => c,
+            None => match tokio::time::timeout(SLOW, i.client.connect()).await {
+                Ok(Ok(c)) => {
+                    i.set_conn(Some(c.clone()));
+                    c
+                }
+                Ok(Err(e)) => {
+                    i.failed(&e.to_string());
+                    continue;
+                }
+                Err(_) => {
+                    i.failed("no connection made");
+                    continue;
+                }
+            },
+        };
+        match tokio::time::timeout(SLOW, conn.query::<()>(&redis::cmd("PING"))).await {
             Ok(Ok(())) => i.mark(true, ""),
             Ok(Err(e)) => {
                 i.failed(&e.to_string());
-                i.reconnect();
+                i.set_conn(None);
             }
             Err(_) => {
                 i.failed("no answer to a ping");
-                i.reconnect();
+                i.set_conn(None);
             }
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cache::entry::tests::sample;
-
-    /// A tier whose Redis is a closed port: nothing here talks to it.
-    fn tier(seal: [u8; 32]) -> TeamTier {
-        let text = "[team]\nredis = \"redis://127.0.0.1:1/0\"\n";
-        let ov = crate::config::Overrides {
-            data_dir: Some("/nonexistent".into()),
-            ..Default::default()
-        };
-        let config = crate::config::Config::from_parts(None, Some(text), ov, |_| None).unwrap();
-        let t = &config.team_cache;
-        TeamTier::open(t.redis.as_ref().unwrap(), t, Duration::from_secs(60), seal).unwrap()
-    }
-
-    #[tokio::test]
-    async fn only_an_intact_entry_sealed_under_its_own_key_is_taken() {
-        let t = tier([1; 32]);
-        let (key, other) = (CacheKey([5; 32]), CacheKey([6; 32]));
-        let entry = sample(true);
-        let value = Bytes::from(t.inner.seal(&key, entry.encode()));
-        let back = t.inner.unseal(&key, value.clone()).expect("intact");
-        assert_eq!(back.body, entry.body);
-        assert!(t.inner.unseal(&other, value.clone()).is_none(), "moved");
-        let stranger = tier([2; 32]);
-        assert!(stranger.inner.unseal(&key, value.clone()).is_none());
-        for at in [0, 4, 40, value.len() / 2, value.len() - 1] {
-            let mut bad = value.to_vec();
-            bad[at] ^= 0x01;
-            assert!(t.inner.unseal(&key, bad.into()).is_none(), "flip at {at}");
-        }
-        assert!(t.inner.unseal(&key, value.slice(..20)).is_none());
-        // A record with a valid checksum but no seal (as the local store keeps it).
-        assert!(t.inner.unseal(&key, entry.encode().into()).is_none());
-    }
-
-    #[tokio::test]
-    async fn a_tier_not_yet_reached_is_skipped_without_waiting() {
-        let t = tier([1; 32]);
-        assert!(!t.is_up());
-        // Resolved at its first poll: no exchange with Redis was even begun.
-        let got = futures_util::FutureExt::now_or_never(t.get(&CacheKey([5; 32]), None));
-        assert!(matches!(got, Some(None)));
-        assert_eq!(t.stats().misses, 0);
-        t.offer(CacheKey([5; 32]), Arc::new(sample(false)));
-        t.close().await;
-        assert_eq!(t.stats().written, 0);
-        assert_eq!(
-            t.entry_name(&CacheKey([0xab; 32])),
-            format!("chatcache:e:{}", "ab".repeat(32))
-        );
-    }
-}
+mod tests;

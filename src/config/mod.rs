@@ -9,7 +9,7 @@ mod upstream;
 
 pub use cache::{CacheConfig, ReplayPace, Scope};
 pub use projects::{check_project_name, BudgetPeriod, ProjectConfig, DEFAULT_MAX_REQUEST_COST};
-pub use team_cache::{RedisUrl, TeamCacheConfig, REDIS_ENV};
+pub use team_cache::{RedisServers, RedisUrl, TeamCacheConfig, REDIS_ENV};
 pub use upstream::UpstreamConfig;
 
 use cache::RawCache;

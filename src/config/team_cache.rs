@@ -1,5 +1,5 @@
-//! `[team]` keys of the shared answer cache: the Redis server (`redis`, or env
-//! `CHATCACHE_REDIS_URL`), the team secret that keys credential fingerprints
+//! `[team]` keys of the shared answer cache: the Redis server, or the nodes of a Redis
+//! Cluster (`redis`, or env `CHATCACHE_REDIS_URL`), the team secret that keys credential fingerprints
 //! (`secret_file`), the size cap per shared entry (`max_entry`), how long a request may wait
 //! for Redis (`timeout`), the prefix of the keys it writes (`redis_prefix`) and the CA that
 //! vouches for a `rediss://` server (`redis_ca_file`; else the system's roots).
@@ -25,7 +25,7 @@ const MAX_PREFIX: usize = 64;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTeamCache {
-    pub(super) redis: Option<String>,
+    pub(super) redis: Option<RawRedis>,
     pub(super) secret_file: Option<PathBuf>,
     pub(super) max_entry: Option<ByteSize>,
     #[serde(default, with = "humantime_serde")]
@@ -34,10 +34,38 @@ pub(super) struct RawTeamCache {
     pub(super) redis_ca_file: Option<PathBuf>,
 }
 
+/// `team.redis`: one server's URL, or a list of a cluster's nodes.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawRedis {
+    One(String),
+    Cluster(Vec<String>),
+}
+
+/// Where the shared cache lives: one server, or a Redis Cluster known by some of its nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisServers {
+    pub urls: Vec<RedisUrl>,
+    pub cluster: bool,
+}
+
+impl RedisServers {
+    /// Whether the connections are TLS (`rediss://`).
+    pub fn tls(&self) -> bool {
+        self.urls.iter().all(RedisUrl::tls)
+    }
+
+    /// The URLs with their passwords masked, for logs.
+    pub fn redacted(&self) -> String {
+        let shown: Vec<String> = self.urls.iter().map(RedisUrl::redacted).collect();
+        shown.join(", ")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct TeamCacheConfig {
-    /// The shared cache's server; none: the cache is this daemon's alone.
-    pub redis: Option<RedisUrl>,
+    /// The shared cache's server(s); none: the cache is this daemon's alone.
+    pub redis: Option<RedisServers>,
     /// The team's shared secret: credential fingerprints are keyed with it instead of the
     /// daemon's own, so that every daemon of the team partitions the cache alike.
     pub secret_file: Option<PathBuf>,
@@ -115,9 +143,38 @@ pub(super) fn validate(
     t: RawTeamCache,
     get_env: &impl Fn(&str) -> Option<String>,
 ) -> Result<TeamCacheConfig, ConfigError> {
-    let redis = match get_env(REDIS_ENV).filter(|v| !v.is_empty()).or(t.redis) {
+    // In the environment, a list of cluster nodes is written with commas between them.
+    let env = get_env(REDIS_ENV).filter(|v| !v.is_empty()).map(|v| {
+        if v.contains(',') {
+            RawRedis::Cluster(v.split(',').map(|u| u.trim().to_string()).collect())
+        } else {
+            RawRedis::One(v)
+        }
+    });
+    let redis = match env.or(t.redis) {
         None => None,
-        Some(url) => Some(check_redis_url(url)?),
+        Some(RawRedis::One(url)) => Some(RedisServers {
+            urls: vec![check_redis_url(url)?],
+            cluster: false,
+        }),
+        Some(RawRedis::Cluster(urls)) => {
+            let urls = urls
+                .into_iter()
+                .map(check_redis_url)
+                .collect::<Result<Vec<_>, _>>()?;
+            if urls.is_empty() {
+                return Err(err("team.redis: a cluster needs at least one node"));
+            }
+            if urls.iter().any(RedisUrl::tls) != urls.iter().all(RedisUrl::tls) {
+                return Err(err(
+                    "team.redis: a cluster's nodes are all redis:// or all rediss://",
+                ));
+            }
+            Some(RedisServers {
+                urls,
+                cluster: true,
+            })
+        }
     };
     let max_entry = t.max_entry.map_or(DEFAULT_TEAM_MAX_ENTRY, |b| b.as_u64());
     if max_entry == 0 {
@@ -146,7 +203,7 @@ pub(super) fn validate(
     {
         return Err(err("team.secret_file must name a file"));
     }
-    if t.redis_ca_file.is_some() && !redis.as_ref().is_some_and(RedisUrl::tls) {
+    if t.redis_ca_file.is_some() && !redis.as_ref().is_some_and(RedisServers::tls) {
         return Err(err(
             "team.redis_ca_file is for a rediss:// server; team.redis is not one",
         ));
@@ -213,9 +270,10 @@ mod tests {
             &[],
         )
         .unwrap();
-        let url = t.redis.unwrap();
-        assert_eq!(url.expose(), "rediss://cache.lan:6380/2");
-        assert!(url.tls());
+        let servers = t.redis.unwrap();
+        assert!(!servers.cluster);
+        assert_eq!(servers.urls[0].expose(), "rediss://cache.lan:6380/2");
+        assert!(servers.tls());
         assert_eq!(
             t.secret_file,
             Some(PathBuf::from("/etc/chatcache/team.key"))
@@ -238,11 +296,43 @@ mod tests {
             &[(REDIS_ENV, "redis://env:6379/1")],
         )
         .unwrap();
-        assert_eq!(t.redis.unwrap().expose(), "redis://env:6379/1");
+        assert_eq!(t.redis.unwrap().urls[0].expose(), "redis://env:6379/1");
         let t = parse("", &[(REDIS_ENV, "redis://env")]).unwrap();
         assert!(!t.redis.unwrap().tls());
         let t = parse("[team]\nredis = \"redis://file\"\n", &[(REDIS_ENV, "")]).unwrap();
-        assert_eq!(t.redis.unwrap().expose(), "redis://file");
+        assert_eq!(t.redis.unwrap().urls[0].expose(), "redis://file");
+        let t = parse("", &[(REDIS_ENV, "redis://a:7000, redis://b:7001")]).unwrap();
+        let servers = t.redis.unwrap();
+        assert!(servers.cluster);
+        assert_eq!(servers.redacted(), "redis://a:7000, redis://b:7001");
+    }
+
+    #[test]
+    fn a_list_names_the_nodes_of_a_cluster() {
+        let t = parse(
+            "[team]\nredis = [\"redis://:hunter2@n1:7000\", \"redis://:hunter2@n2:7001\"]\n",
+            &[],
+        )
+        .unwrap();
+        let servers = t.redis.unwrap();
+        assert!(servers.cluster);
+        assert_eq!(servers.urls.len(), 2);
+        assert_eq!(
+            servers.redacted(),
+            "redis://:***@n1:7000, redis://:***@n2:7001"
+        );
+        let one = parse("[team]\nredis = [\"redis://cfg:7000\"]\n", &[]).unwrap();
+        assert!(
+            one.redis.unwrap().cluster,
+            "a list of one is still a cluster"
+        );
+        for bad in [
+            "redis = []",
+            "redis = [\"redis://a:1\", \"rediss://b:2\"]",
+            "redis = [\"http://a:1\"]",
+        ] {
+            assert!(parse(&format!("[team]\n{bad}\n"), &[]).is_err(), "{bad}");
+        }
     }
 
     #[test]
