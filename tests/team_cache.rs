@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use redis::Commands;
 use support::daemon::*;
-use support::redis::{Prefix, Relay};
+use support::redis::{Cluster, Prefix, Relay};
 use support::FakeUpstream;
 use tokio::sync::watch;
 
@@ -318,4 +318,41 @@ async fn rediss_is_verified_against_the_configured_ca() {
     let r = ask(&doubting, &chat("sent over TLS"), KEY).await;
     assert_eq!(r.header("x-chatcache"), Some("miss"));
     doubting.stop().await;
+}
+
+#[tokio::test]
+async fn daemons_share_answers_through_a_redis_cluster() {
+    let cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
+    let prefix = Prefix::new();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = team_secret(dir.path(), 3);
+    let nodes: Vec<String> = cluster.urls.iter().map(|u| format!("\"{u}\"")).collect();
+    let config = team_config("CLUSTER", &prefix, Some(&secret)).replace(
+        "redis = \"CLUSTER\"",
+        &format!("redis = [{}]", nodes.join(", ")),
+    );
+    let fake = FakeUpstream::start().await;
+    let a = Daemon::start_with(&fake.url(), &config).await;
+    let b = Daemon::start_with(&fake.url(), &config).await;
+    for d in [&a, &b] {
+        team_reaches(d, "up", |s| s.up).await;
+    }
+    // Enough answers that their keys fall in the slots of more than one node.
+    let questions: Vec<String> = (0..12).map(|n| chat(&format!("question {n}"))).collect();
+    let mut first = Vec::new();
+    for q in &questions {
+        first.push(ask(&a, q, KEY).await);
+    }
+    team_reaches(&a, "every answer written", |s| s.written >= 12).await;
+    let spread = cluster.keys_per_node();
+    assert_eq!(spread.iter().sum::<usize>(), 12);
+    assert!(spread.iter().filter(|n| **n > 0).count() > 1, "{spread:?}");
+    for (q, f) in questions.iter().zip(&first) {
+        let r = ask(&b, q, KEY).await;
+        assert_eq!(r.header("x-chatcache-tier"), Some("team"));
+        assert_eq!(r.body, f.body);
+    }
+    assert_eq!(fake.count("/chat/completions"), 12);
+    a.stop().await;
+    b.stop().await;
 }

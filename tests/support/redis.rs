@@ -136,3 +136,115 @@ async fn pipe(
         }
     }
 }
+
+/// A 3-node Redis Cluster of `redis-server` processes on loopback, made for one test and
+/// stopped (its files removed) when dropped.
+pub struct Cluster {
+    pub urls: Vec<String>,
+    nodes: Vec<std::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        let mut ports = Vec::new();
+        while ports.len() < 3 {
+            // Each node also listens on its port + 10000 (the cluster bus).
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+                ports.push(port);
+            }
+        }
+        for port in &ports {
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(dir.path().join(format!("nodes-{port}.conf")))
+                .arg("--dir")
+                .arg(dir.path())
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("redis-server is installed");
+            let out = child.stdout.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            // Read to the end (a full pipe would stall the server); say when it is ready.
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if line.contains("Ready to accept connections") {
+                        let _ = tx.send(());
+                    }
+                }
+            });
+            nodes.push(child);
+            rx.recv_timeout(std::time::Duration::from_secs(10))
+                .expect("a cluster node started");
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let made = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(made.success(), "redis-cli --cluster create failed");
+        let urls: Vec<String> = addrs.iter().map(|a| format!("redis://{a}")).collect();
+        // The nodes agree on the slots a moment after `create` returns, and say so only
+        // when asked: a bounded poll of each node's CLUSTER INFO.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        for url in &urls {
+            let mut conn = redis::Client::open(url.as_str())
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            loop {
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut conn).unwrap();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the cluster never got ready"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        Cluster {
+            urls,
+            nodes,
+            _dir: dir,
+        }
+    }
+
+    /// How many keys each node holds.
+    pub fn keys_per_node(&self) -> Vec<usize> {
+        self.urls
+            .iter()
+            .map(|u| {
+                let mut conn = redis::Client::open(u.as_str())
+                    .unwrap()
+                    .get_connection()
+                    .unwrap();
+                redis::cmd("DBSIZE").query(&mut conn).unwrap()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            let _ = n.kill();
+            let _ = n.wait();
+        }
+    }
+}
