@@ -228,6 +228,16 @@ async fn a_damaged_entry_in_redis_is_ignored_and_deleted() {
         metric(&b, "chatcache_team_cache_dropped_damaged_total").await,
         1.0
     );
+    // Something foreign under the entry's name (a list, not a string) goes the same way.
+    let _: () = conn.rpush(&keys[0], "not an entry").unwrap();
+    let r = ask(&b, &body, KEY).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.text());
+    team_reaches(&b, "the foreign entry deleted", |s| s.deleted >= 2).await;
+    assert!(prefix.keys().is_empty(), "the foreign entry is gone");
+    assert!(
+        watch_team(&b).borrow().up,
+        "a foreign entry is not Redis being down"
+    );
     // A's own copy was never touched.
     assert_eq!(ask(&a, &body, KEY).await.header("x-chatcache"), Some("hit"));
     assert_eq!(fake.count("/chat/completions"), 1);

@@ -1,5 +1,5 @@
-//! The team tier of the answer cache, on Redis: the second level behind the local store,
-//! shared by every daemon of a team. Lookups wait at most `team.timeout`; writes go in
+//! The team tier of the answer cache, on Redis: the level behind this daemon's memory and
+//! store, shared by every daemon of a team. Lookups wait at most `team.timeout`; writes go in
 //! the background after the answer. While Redis cannot be reached the tier is "down" and
 //! skipped without waiting (a probe once a second notices when it is back).
 //!
@@ -151,6 +151,8 @@ impl TeamTier {
         let got = tokio::time::timeout(i.timeout, conn.query::<Option<Bytes>>(&get)).await;
         let value = match got {
             Ok(Ok(v)) => v,
+            // Something other than a string under the name: foreign, dropped like damage.
+            Ok(Err(e)) if e.code() == Some("WRONGTYPE") => Some(Bytes::new()),
             Ok(Err(e)) => {
                 i.failed(&e.to_string());
                 return None;
