@@ -94,25 +94,25 @@ async fn answer(
 ) -> Result<(Response<Body>, Outcome), ApiError> {
     let ex = read(app, req, started).await?;
     let project = ex.attr.project.clone();
-    let (resp, outcome) =
-        if let Some((entry, tier)) = hit::lookup(app, &ex, max_age(app, &ex)).await {
-            hit::serve(app, &ex, entry, tier).await
-        } else if ex.policy.offline {
-            return Err(ApiError::CacheMiss);
-        } else {
-            let reason = match ex.headers.get(EXPLAIN_HEADER) {
-                Some(v) if v == "1" => miss_reason(app, &ex).await,
-                _ => None,
-            };
-            // Boxed: a hit's future stays small (it is moved several times per request) and
-            // does not carry the state of the upstream path it never takes.
-            let (mut resp, outcome) = Box::pin(miss::fetch(app, ex)).await?;
-            if let Some(r) = reason {
-                resp.headers_mut()
-                    .insert(REASON_HEADER, HeaderValue::from_static(r));
-            }
-            (resp, outcome)
+    let found = hit::lookup(app, &ex, max_age(app, &ex)).await;
+    let (resp, outcome) = if let Some((entry, tier)) = found {
+        hit::serve(app, &ex, entry, tier).await
+    } else if ex.policy.offline {
+        return Err(ApiError::CacheMiss);
+    } else {
+        let reason = match ex.headers.get(EXPLAIN_HEADER) {
+            Some(v) if v == "1" => miss_reason(app, &ex).await,
+            _ => None,
         };
+        // Boxed: a hit's future stays small (it is moved several times per request) and
+        // does not carry the state of the upstream path it never takes.
+        let (mut resp, outcome) = Box::pin(miss::fetch(app, ex)).await?;
+        if let Some(r) = reason {
+            resp.headers_mut()
+                .insert(REASON_HEADER, HeaderValue::from_static(r));
+        }
+        (resp, outcome)
+    };
     Ok((with_budget(app, &project, resp), outcome))
 }
 
