@@ -9,6 +9,7 @@ use http::HeaderValue;
 
 use crate::alerts::Alerts;
 use crate::cache::flight::Flights;
+use crate::cache::redis_tier::TeamTier;
 use crate::cache::sled_store::SledStore;
 use crate::cache::Cache;
 use crate::config::Config;
@@ -16,7 +17,7 @@ use crate::cost::Prices;
 use crate::metrics::Metrics;
 use crate::recent::Recent;
 use crate::request::json::ParseMemo;
-use crate::secret::Fingerprinter;
+use crate::secret::{Fingerprinter, TeamSecret};
 use crate::spend::team::Team;
 use crate::spend::{LedgerLine, Reservation, Room, Spend, SpendError};
 use crate::store::{Store, StoreError};
@@ -28,6 +29,8 @@ pub struct App {
     pub store: Store,
     pub upstream: Upstream,
     pub cache: Cache,
+    /// The answer cache shared with the team, when `team.redis` is set.
+    pub team_cache: Option<TeamTier>,
     pub flights: Arc<Flights>,
     pub spend: Spend,
     /// The team ledger on PostgreSQL, when `[team] postgres` is set.
@@ -53,10 +56,11 @@ impl App {
         // quarter for the store's page cache, a quarter for remembered parses.
         let hot_bytes = config.cache.memory / 2;
         let parse_bytes = config.cache.memory / 4;
-        let (store, fingerprints) = open_data_dir(
+        let (store, own_fingerprints) = open_data_dir(
             &config.data_dir,
             config.cache.memory - hot_bytes - parse_bytes,
         )?;
+        let (fingerprints, team_cache) = open_team(&config, own_fingerprints)?;
         warn_of_earlier_answer_files(&config.data_dir);
         let limits = crate::cache::Limits {
             max_bytes: config.cache.max_bytes,
@@ -79,7 +83,12 @@ impl App {
             config.admin.show_prompts,
         );
         let flights = Arc::new(Flights::new(recording_bounds(&config.cache)));
-        let metrics = Metrics::new(cache.clone(), spend.clone(), team.clone());
+        let metrics = Metrics::new(
+            cache.clone(),
+            spend.clone(),
+            team.clone(),
+            team_cache.clone(),
+        );
         Ok(Arc::new(App {
             parsed,
             store,
@@ -92,6 +101,7 @@ impl App {
             prices: RwLock::new(None),
             exchanges: tokio_util::task::TaskTracker::new(),
             metrics,
+            team_cache,
             team,
             recent: Recent::default(),
             cache,
@@ -175,6 +185,9 @@ impl App {
     /// Makes everything written so far durable (on shutdown).
     pub async fn close(&self) {
         self.alerts.close().await;
+        if let Some(team) = &self.team_cache {
+            team.close().await;
+        }
         self.spend.close().await;
         let cache = self.cache.clone();
         match tokio::task::spawn_blocking(move || cache.flush()).await {
@@ -183,6 +196,31 @@ impl App {
             Err(e) => tracing::error!(error = %e, "the task to flush the cache failed"),
         }
     }
+}
+
+/// The fingerprinter of credentials (the team's, with `team.secret_file`, so that cache
+/// partitions mean the same on every daemon of the team; else the daemon's own) and the
+/// team tier of the cache, with `team.redis`.
+fn open_team(
+    config: &Config,
+    own: Fingerprinter,
+) -> anyhow::Result<(Fingerprinter, Option<TeamTier>)> {
+    let t = &config.team_cache;
+    let secret = t.secret_file.as_deref().map(TeamSecret::load).transpose()?;
+    let fingerprints = secret.as_ref().map_or(own, TeamSecret::fingerprinter);
+    let Some(servers) = &t.redis else {
+        return Ok((fingerprints, None));
+    };
+    if secret.is_none() && config.cache.scope == crate::config::Scope::Key {
+        tracing::warn!("team.redis is set without team.secret_file: with cache.scope = \"key\", each daemon's partitions are its own and the team shares nothing");
+    }
+    // Without a team secret the seal only binds an entry to its key.
+    let seal = secret.as_ref().map_or_else(
+        || blake3::derive_key("chatcache team cache entry seal v1, no team secret", b""),
+        TeamSecret::entry_key,
+    );
+    let team = TeamTier::open(servers, t, config.cache.max_age, seal)?;
+    Ok((fingerprints, Some(team)))
 }
 
 /// An answer is recorded up to `cache.max_entry`; past it, it may run this far ahead of

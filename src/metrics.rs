@@ -1,5 +1,6 @@
-//! Prometheus metrics: request outcomes, upstream latency, cache size, spend by project,
-//! the ledger's room on disk, requests and streams in flight; rendered in the text
+//! Prometheus metrics: request outcomes, upstream latency, cache size, the team cache's
+//! state, the team ledger's lag, spend by project, the ledger's room on disk, requests and
+//! streams in flight; rendered in the text
 //! exposition format.
 
 use std::fmt;
@@ -15,6 +16,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::cache::redis_tier::TeamTier;
 use crate::cache::Cache;
 use crate::spend::team::Team;
 use crate::spend::Spend;
@@ -95,16 +97,74 @@ impl Collector for CacheCollector {
     }
 }
 
-/// The team ledger's shipping lag, read from the shipper at scrape time.
-struct TeamCollector(Team);
+/// Team cache figures read from the tier at scrape time.
+struct TeamCacheCollector(TeamTier);
 
-impl fmt::Debug for TeamCollector {
+impl fmt::Debug for TeamCacheCollector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TeamCollector")
+        f.write_str("TeamCacheCollector")
     }
 }
 
-impl Collector for TeamCollector {
+impl Collector for TeamCacheCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let s = self.0.stats();
+        let up = ConstGauge::new(i64::from(s.up));
+        up.encode(encoder.encode_descriptor(
+            "chatcache_team_cache_up",
+            "1 while the team cache (Redis) answers, 0 while requests go on without it",
+            None,
+            up.metric_type(),
+        )?)?;
+        for (name, help, value) in [
+            (
+                "chatcache_team_cache_hits",
+                "Local misses answered from the team cache",
+                s.hits,
+            ),
+            (
+                "chatcache_team_cache_misses",
+                "Local misses the team cache had no fresh answer for",
+                s.misses,
+            ),
+            (
+                "chatcache_team_cache_errors",
+                "Failed or timed-out exchanges with the team cache",
+                s.errors,
+            ),
+            (
+                "chatcache_team_cache_dropped_damaged",
+                "Team cache entries dropped for failing their checksum or seal",
+                s.dropped_damaged,
+            ),
+            (
+                "chatcache_team_cache_written",
+                "Answers shared with the team cache",
+                s.written,
+            ),
+            (
+                "chatcache_team_cache_skipped",
+                "Answers not shared: larger than team.max_entry, or Redis behind",
+                s.skipped,
+            ),
+        ] {
+            let c = ConstCounter::new(value);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The team ledger's shipping lag, read from the shipper at scrape time.
+struct TeamLedgerCollector(Team);
+
+impl fmt::Debug for TeamLedgerCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TeamLedgerCollector")
+    }
+}
+
+impl Collector for TeamLedgerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let s = self.0.stats();
         let pending = ConstGauge::new(s.pending_lines as i64);
@@ -177,7 +237,12 @@ impl Collector for LedgerCollector {
 }
 
 impl Metrics {
-    pub fn new(cache: Cache, spend: Spend, team: Option<Team>) -> Metrics {
+    pub fn new(
+        cache: Cache,
+        spend: Spend,
+        team: Option<Team>,
+        team_cache: Option<TeamTier>,
+    ) -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -223,7 +288,10 @@ impl Metrics {
         );
         registry.register_collector(Box::new(CacheCollector(cache)));
         if let Some(team) = team {
-            registry.register_collector(Box::new(TeamCollector(team)));
+            registry.register_collector(Box::new(TeamLedgerCollector(team)));
+        }
+        if let Some(tier) = team_cache {
+            registry.register_collector(Box::new(TeamCacheCollector(tier)));
         }
         registry.register_collector(Box::new(LedgerCollector(spend)));
         Metrics {

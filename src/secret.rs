@@ -1,5 +1,6 @@
-//! The daemon's fingerprint secret (in the data dir, mode 0600) and the keyed fingerprints
-//! of credentials made with it: the only form in which a credential is ever stored.
+//! The daemon's fingerprint secret (in the data dir, mode 0600), the team's shared secret
+//! (`team.secret_file`), and the keyed fingerprints of credentials made with either: the
+//! only form in which a credential is ever stored.
 
 use std::io::Write;
 use std::path::Path;
@@ -95,6 +96,71 @@ impl Fingerprinter {
     }
 }
 
+/// The team's shared secret. Every daemon of the team reads the same file, so fingerprints
+/// keyed with it (and so cache partitions) are the same on each; entries the team shares
+/// are sealed with a key derived from it too.
+pub struct TeamSecret([u8; 32]);
+
+/// Fewest bytes a team secret file must hold: 256 bits, as `openssl rand -hex 32` makes.
+const TEAM_SECRET_MIN: usize = 32;
+
+impl std::fmt::Debug for TeamSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TeamSecret(..)")
+    }
+}
+
+impl TeamSecret {
+    /// Reads the secret from `path`: any bytes, at least 32 (a text file's surrounding
+    /// white space aside).
+    pub fn load(path: &Path) -> anyhow::Result<TeamSecret> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("cannot read team.secret_file {}: {e}", path.display()))?;
+        #[cfg(unix)]
+        if let Ok(meta) = std::fs::metadata(path) {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(file = %path.display(), "team.secret_file can be read by other users of this machine; make it 0600");
+            }
+        }
+        let material = match std::str::from_utf8(&bytes) {
+            Ok(text) => text.trim().as_bytes(),
+            Err(_) => &bytes[..],
+        };
+        if material.len() < TEAM_SECRET_MIN {
+            anyhow::bail!(
+                "team.secret_file {} holds fewer than {TEAM_SECRET_MIN} bytes; make one with `openssl rand -hex 32`",
+                path.display()
+            );
+        }
+        Ok(TeamSecret(blake3::derive_key(
+            "chatcache team secret 2026-12 v1",
+            material,
+        )))
+    }
+
+    #[cfg(test)]
+    pub fn from_material(material: &[u8]) -> TeamSecret {
+        TeamSecret(blake3::derive_key(
+            "chatcache team secret 2026-12 v1",
+            material,
+        ))
+    }
+
+    /// The fingerprinter every daemon of the team shares.
+    pub fn fingerprinter(&self) -> Fingerprinter {
+        Fingerprinter::with_secret(blake3::derive_key(
+            "chatcache team credential fingerprint v1",
+            &self.0,
+        ))
+    }
+
+    /// The key that seals entries shared with the team.
+    pub fn entry_key(&self) -> [u8; 32] {
+        blake3::derive_key("chatcache team cache entry seal v1", &self.0)
+    }
+}
+
 /// blake3 hex of a local client token, as kept in the config's `[[tokens]]`.
 pub fn token_hash(token: &str) -> String {
     blake3::hash(token.as_bytes()).to_hex().to_string()
@@ -141,6 +207,31 @@ mod tests {
         let clone = f.clone();
         assert_eq!(clone.fingerprint(b"Bearer x"), f.compute(b"Bearer x"));
         assert_eq!(f.fingerprint(b"Bearer k"), f.compute(b"Bearer k"));
+    }
+
+    #[test]
+    fn team_secrets_agree_across_daemons_and_differ_from_the_daemons_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("team.key");
+        std::fs::write(&path, format!("{}\n", "ab".repeat(32))).unwrap();
+        let a = TeamSecret::load(&path).unwrap();
+        std::fs::write(&path, "ab".repeat(32)).unwrap();
+        let b = TeamSecret::load(&path).unwrap();
+        let own = Fingerprinter::load_or_create(dir.path()).unwrap();
+        let fa = a.fingerprinter().fingerprint(b"Bearer k");
+        assert_eq!(fa, b.fingerprinter().fingerprint(b"Bearer k"));
+        assert_ne!(fa, a.fingerprinter().fingerprint(b"Bearer j"));
+        assert_ne!(fa, own.fingerprint(b"Bearer k"));
+        assert_eq!(a.entry_key(), b.entry_key());
+        assert_ne!(
+            a.entry_key(),
+            TeamSecret::from_material(&[7; 32]).entry_key()
+        );
+        assert!(!format!("{a:?}").contains("ab"));
+        std::fs::write(&path, "short\n").unwrap();
+        let e = TeamSecret::load(&path).unwrap_err().to_string();
+        assert!(e.contains("fewer than 32 bytes"), "{e}");
+        assert!(TeamSecret::load(&dir.path().join("missing")).is_err());
     }
 
     #[test]

@@ -144,13 +144,18 @@ async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<B
             let room = app.spend.room();
             let writable = app.spend.healthy();
             let degraded = room.short || room.waiting_lines > 0 || !writable;
-            json(&serde_json::json!({
+            let mut health = serde_json::json!({
                 "status": if degraded { "degraded" } else { "ok" },
                 "version": env!("CARGO_PKG_VERSION"),
                 "mode": app.config.mode.as_str(),
                 "ledger": {"writable": writable, "room": room},
                 "team_ledger": app.team.as_ref().map(|t| t.stats()),
-            }))
+            });
+            // Absent when no team cache is configured; its state when one is.
+            if let Some(tier) = &app.team_cache {
+                health["team_cache"] = (if tier.is_up() { "up" } else { "down" }).into();
+            }
+            json(&health)
         }
         (&Method::GET, "/budgets") => json(&dashboard::budget_rows(
             &app.config.projects,

@@ -2,13 +2,15 @@
 //! with checksum and age checks, and the operations behind `chatcache cache …`. Lookups
 //! never wait for a change: every store, removal, eviction and expiry is done by the
 //! cache's writer thread (`writer`), and an answer handed to it is served from memory
-//! until it is stored.
+//! until it is stored. Behind both, a team may share a third level on Redis
+//! (`redis_tier`), which the proxy asks after a local miss.
 
 pub mod bundle;
 pub mod entry;
 pub mod explain;
 pub mod flight;
 pub mod key;
+pub mod redis_tier;
 pub mod sled_store;
 pub mod storage;
 mod writer;

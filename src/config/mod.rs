@@ -7,6 +7,7 @@ mod cache;
 mod projects;
 mod spend;
 mod team;
+mod team_cache;
 mod upstream;
 
 pub use alerts::AlertsConfig;
@@ -14,13 +15,13 @@ pub use cache::{CacheConfig, ReplayPace, Scope};
 pub use projects::{check_project_name, BudgetPeriod, ProjectConfig, DEFAULT_MAX_REQUEST_COST};
 pub use spend::SpendConfig;
 pub use team::{DatabaseUrl, TeamConfig, POSTGRES_ENV};
+pub use team_cache::{RedisServers, RedisUrl, TeamCacheConfig, REDIS_ENV};
 pub use upstream::UpstreamConfig;
 
 use alerts::RawAlerts;
 use cache::RawCache;
 use projects::{RawProject, RawToken};
 use spend::RawSpend;
-use team::RawTeam;
 use upstream::RawUpstream;
 
 use std::collections::BTreeMap;
@@ -110,7 +111,7 @@ struct RawConfig {
     #[serde(default)]
     tokens: Vec<RawToken>,
     #[serde(default)]
-    team: RawTeam,
+    team: toml::Table,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +158,8 @@ pub struct Config {
     pub spend: SpendConfig,
     pub alerts: AlertsConfig,
     pub team: TeamConfig,
+    /// `[team]`'s shared answer cache (Redis).
+    pub team_cache: TeamCacheConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -322,7 +325,9 @@ fn validate(
         show_prompts: raw.admin.show_prompts.unwrap_or(false),
     };
     let (projects, tokens) = projects::validate(raw.projects, raw.tokens)?;
-    let team = team::validate(raw.team, get_env, team::hostname)?;
+    let (ledger, shared) = team::split(raw.team)?;
+    let team = team::validate(ledger, get_env, team::hostname)?;
+    let team_cache = team_cache::validate(shared, get_env)?;
     Ok(Config {
         source,
         listen,
@@ -338,6 +343,7 @@ fn validate(
         spend: spend::validate(raw.spend)?,
         alerts: alerts::validate(raw.alerts)?,
         team,
+        team_cache,
     })
 }
 

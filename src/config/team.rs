@@ -1,6 +1,6 @@
-//! `[team]`: what a daemon shares with its team. For now the team ledger on PostgreSQL
-//! (`postgres`) and the name this daemon goes by in team reports (`name`). Later keys
-//! (`redis`, `secret_file`) belong here too.
+//! `[team]`: what a daemon shares with its team. Here the team ledger on PostgreSQL
+//! (`postgres`) and the name this daemon goes by in team reports (`name`); the shared
+//! answer cache's keys are read by `team_cache`.
 
 use std::fmt;
 
@@ -19,6 +19,24 @@ const MAX_NAME: usize = 64;
 pub(super) struct RawTeam {
     postgres: Option<String>,
     name: Option<String>,
+}
+
+/// Splits the `[team]` table between the ledger's keys (here) and the shared cache's
+/// (`team_cache`); a key neither knows is refused here, by name.
+pub(super) fn split(
+    table: toml::Table,
+) -> Result<(RawTeam, super::team_cache::RawTeamCache), ConfigError> {
+    let (cache, ledger): (toml::Table, toml::Table) = table
+        .into_iter()
+        .partition(|(k, _)| super::team_cache::KEYS.contains(&k.as_str()));
+    let read = |t: toml::Table| toml::Value::Table(t);
+    let ledger = read(ledger)
+        .try_into()
+        .map_err(|e| err(format!("[team]: {e}")))?;
+    let cache = read(cache)
+        .try_into()
+        .map_err(|e| err(format!("[team]: {e}")))?;
+    Ok((ledger, cache))
 }
 
 #[derive(Debug, Clone)]

@@ -1,6 +1,7 @@
 //! One exchange with upstream: the task that reads the answer into its recording, and the
-//! bookkeeping when it ends (ledger line made durable, entry handed to the cache,
-//! followers released) — in that order, before any client sees the end.
+//! bookkeeping when it ends (ledger line made durable, entry handed to the cache and
+//! offered to the team's, followers released) — in that order, before any client sees
+//! the end.
 
 use std::sync::Arc;
 
@@ -177,8 +178,19 @@ pub async fn drive(
     let parts = ex.key_parts(app.config.cache.scope);
     match (ex.key, parts, &body) {
         (Some(key), Some(parts), Some(body)) if clean && ex.policy.store => {
-            let entry = entry_of(&ex, &head, &t.chunk_times, body.clone(), &usage, source);
-            app.cache.store(key, parts, Arc::new(entry));
+            let entry = Arc::new(entry_of(
+                &ex,
+                &head,
+                &t.chunk_times,
+                body.clone(),
+                &usage,
+                source,
+            ));
+            app.cache.store(key, parts, entry.clone());
+            // Shared with the team in the background: nobody waits for Redis.
+            if let Some(team) = &app.team_cache {
+                team.offer(key, entry);
+            }
         }
         (Some(key), _, _) if !clean && ex.policy.store => app.cache.not_cacheable(key),
         _ => {}

@@ -1,10 +1,11 @@
 //! A request answered from the cache: whether its credential may be served, the lookup
-//! (memory first, then the store on a blocking thread), and the replayed answer.
+//! (memory first, then the store on a blocking thread, then the team's cache on Redis),
+//! and the replayed answer.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{header, HeaderValue, Response};
+use http::{header, HeaderName, HeaderValue, Response};
 
 use crate::app::App;
 use crate::attribution::{self, Attribution};
@@ -21,20 +22,40 @@ use crate::stream::replay::replay_body;
 /// A plain answer larger than this is sent in pieces of this size.
 const PIECE: usize = 64 * 1024;
 
-/// The fresh stored answer to `ex`, if it may be served one.
+/// Names the tier a hit came from when it is not this daemon's own.
+const TIER_HEADER: HeaderName = HeaderName::from_static("x-chatcache-tier");
+
+/// Where a stored answer was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// This daemon's memory or store.
+    Local,
+    /// The team's cache on Redis.
+    Team,
+}
+
+/// The fresh stored answer to `ex`, if it may be served one, and where it was found.
 pub async fn lookup(
     app: &Arc<App>,
     ex: &Exchange,
     max_age: Option<Duration>,
-) -> Option<Arc<Entry>> {
+) -> Option<(Arc<Entry>, Tier)> {
     let key = ex.key.filter(|_| ex.policy.lookup)?;
     if !may_hit(app, &ex.attr).await {
         return None;
     }
     if let Some(entry) = app.cache.get_now(key, max_age) {
-        return Some(entry);
+        return Some((entry, Tier::Local));
     }
-    stored(app, key, max_age).await
+    if let Some(entry) = stored(app, key, max_age).await {
+        return Some((entry, Tier::Local));
+    }
+    let entry = Arc::new(app.team_cache.as_ref()?.get(&key, max_age).await?);
+    // Kept here too, so the next identical request is a local hit.
+    if let (true, Some(parts)) = (ex.policy.store, ex.key_parts(app.config.cache.scope)) {
+        app.cache.store(key, parts, entry.clone());
+    }
+    Some((entry, Tier::Team))
 }
 
 async fn stored(app: &Arc<App>, key: CacheKey, max_age: Option<Duration>) -> Option<Arc<Entry>> {
@@ -75,6 +96,7 @@ pub async fn serve(
     app: &Arc<App>,
     ex: &Exchange,
     entry: Arc<Entry>,
+    tier: Tier,
 ) -> Result<(Response<Body>, Outcome), ApiError> {
     if ex.endpoint.billable() {
         if !app.spend.takes_hits() {
@@ -102,6 +124,10 @@ pub async fn serve(
     // One allocation where `HeaderValue::from(u64)` makes two; digits are always valid.
     if let Ok(age) = HeaderValue::from_str(itoa::Buffer::new().format(age)) {
         resp.headers_mut().insert(header::AGE, age);
+    }
+    if tier == Tier::Team {
+        resp.headers_mut()
+            .insert(TIER_HEADER, HeaderValue::from_static("team"));
     }
     Ok((resp, Outcome::Hit))
 }

@@ -96,8 +96,9 @@ async fn answer(
 ) -> Result<(Response<Body>, Outcome), ApiError> {
     let ex = read(app, req, started).await?;
     let project = ex.attr.project.clone();
-    let (resp, outcome) = if let Some(entry) = hit::lookup(app, &ex, max_age(app, &ex)).await {
-        hit::serve(app, &ex, entry).await?
+    let found = hit::lookup(app, &ex, max_age(app, &ex)).await;
+    let (resp, outcome) = if let Some((entry, tier)) = found {
+        hit::serve(app, &ex, entry, tier).await?
     } else if ex.policy.offline {
         return Err(ApiError::CacheMiss);
     } else {

@@ -13,6 +13,7 @@ pub mod hold;
 pub mod http1;
 pub mod pg;
 pub mod receiver;
+pub mod redis;
 pub mod respond;
 pub mod skip;
 pub mod team;

@@ -1,0 +1,95 @@
+//! The connection to the team's Redis: to one server through a connection manager (which
+//! reconnects by itself after a reset), or to a Redis Cluster through a cluster connection
+//! (which follows the cluster's slots and nodes). The tier's probe makes it, and drops it
+//! when Redis stops answering on it.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, RedisResult};
+
+use crate::config::{RedisServers, TeamCacheConfig};
+
+/// What connections are made from.
+pub(super) enum Client {
+    One(redis::Client, ConnectionManagerConfig),
+    Cluster(ClusterClient),
+}
+
+#[derive(Clone)]
+pub(super) enum Conn {
+    One(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Client {
+    /// A client for `servers`, trusting `team.redis_ca_file` if set; commands and
+    /// connections that take longer than `slow` fail.
+    pub(super) fn new(
+        servers: &RedisServers,
+        cfg: &TeamCacheConfig,
+        slow: Duration,
+    ) -> anyhow::Result<Client> {
+        let certs = match &cfg.redis_ca_file {
+            Some(path) => Some(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read team.redis_ca_file {}: {e}", path.display())
+                })?),
+            }),
+            None => None,
+        };
+        let urls: Vec<&str> = servers.urls.iter().map(|u| u.expose()).collect();
+        let built = if servers.cluster {
+            let mut b = ClusterClient::builder(urls)
+                .connection_timeout(slow)
+                .response_timeout(slow)
+                .retries(1);
+            if let Some(certs) = certs {
+                b = b.certs(certs);
+            }
+            b.build().map(Client::Cluster)
+        } else {
+            let url = urls.first().copied().unwrap_or_default();
+            let client = match certs {
+                Some(certs) => redis::Client::build_with_tls(url, certs),
+                None => redis::Client::open(url),
+            };
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(slow))
+                .set_response_timeout(Some(slow))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500));
+            client.map(|c| Client::One(c, config))
+        };
+        // Errors are reworded, never passed on: they could quote a URL.
+        built.map_err(|_| {
+            anyhow::anyhow!(
+                "team.redis {} is not a Redis URL (or list of them), or its CA file holds no certificate",
+                servers.redacted()
+            )
+        })
+    }
+
+    pub(super) async fn connect(&self) -> RedisResult<Conn> {
+        match self {
+            Client::One(client, config) => {
+                ConnectionManager::new_with_config(client.clone(), config.clone())
+                    .await
+                    .map(Conn::One)
+            }
+            Client::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+        }
+    }
+}
+
+impl Conn {
+    pub(super) async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<T> {
+        match self {
+            Conn::One(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+}

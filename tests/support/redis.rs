@@ -1,0 +1,250 @@
+//! Redis for tests: a key prefix of a test's own in the test Redis (deleted after), and a
+//! relay to it that can go silent or be the TLS end of a `rediss://` server.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use redis::Commands;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A key prefix of this test's own in the test Redis; its keys are deleted when it goes
+/// (also when the test fails).
+pub struct Prefix {
+    pub name: String,
+    redis: redis::Client,
+}
+
+impl Prefix {
+    pub fn new() -> Prefix {
+        let mut raw = [0u8; 8];
+        getrandom::fill(&mut raw).unwrap();
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let redis = redis::Client::open(super::redis_url()).unwrap();
+        let mut conn = redis.get_connection().unwrap_or_else(|e| {
+            panic!(
+                "these tests need Redis at {} (set CHATCACHE_TEST_REDIS): {e}",
+                super::redis_url()
+            )
+        });
+        let _: () = redis::cmd("PING").query(&mut conn).unwrap();
+        Prefix {
+            name: format!("chatcache-test:{hex}:"),
+            redis,
+        }
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        self.redis.get_connection().unwrap()
+    }
+
+    /// Every key under the prefix.
+    pub fn keys(&self) -> Vec<String> {
+        let mut conn = self.conn();
+        let found: Result<Vec<String>, _> = conn
+            .scan_match(format!("{}*", self.name))
+            .unwrap()
+            .collect();
+        found.unwrap()
+    }
+}
+
+impl Drop for Prefix {
+    fn drop(&mut self) {
+        let keys = self.keys();
+        if !keys.is_empty() {
+            let _: Result<(), _> = self.conn().del(keys);
+        }
+    }
+}
+
+/// A TCP relay to the test Redis that can be made to stall: while stalled, what clients
+/// send is held, never passed on, so Redis seems alive but silent (a frozen server, a
+/// dropped route). With `tls`, it is the TLS end (as a `rediss://` server is) of a plain
+/// connection to Redis.
+pub struct Relay {
+    pub url: String,
+    pub stall: watch::Sender<bool>,
+}
+
+impl Relay {
+    pub async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Relay {
+        let target = super::redis_url()
+            .trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let url = match tls {
+            Some(_) => format!("rediss://localhost:{port}/0"),
+            None => format!("redis://127.0.0.1:{port}/0"),
+        };
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        let (stall, stalled) = watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let (from_server, to_server) = server.into_split();
+                let stalled = stalled.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    match acceptor {
+                        Some(a) => {
+                            // A client that does not trust the certificate ends here.
+                            let Ok(tls) = a.accept(client).await else {
+                                return;
+                            };
+                            let (from_client, to_client) = tokio::io::split(tls);
+                            tokio::spawn(pipe(from_server, to_client, None));
+                            pipe(from_client, to_server, Some(stalled)).await;
+                        }
+                        None => {
+                            let (from_client, to_client) = client.into_split();
+                            tokio::spawn(pipe(from_server, to_client, None));
+                            pipe(from_client, to_server, Some(stalled)).await;
+                        }
+                    }
+                });
+            }
+        });
+        Relay { url, stall }
+    }
+}
+
+async fn pipe(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    stalled: Option<watch::Receiver<bool>>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if stalled.as_ref().is_some_and(|s| *s.borrow()) {
+            // Held for good: this connection never hears back.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A 3-node Redis Cluster of `redis-server` processes on loopback, made for one test and
+/// stopped (its files removed) when dropped.
+pub struct Cluster {
+    pub urls: Vec<String>,
+    nodes: Vec<std::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        let mut ports = Vec::new();
+        while ports.len() < 3 {
+            // Each node also listens on its port + 10000 (the cluster bus).
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+                ports.push(port);
+            }
+        }
+        for port in &ports {
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(dir.path().join(format!("nodes-{port}.conf")))
+                .arg("--dir")
+                .arg(dir.path())
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("redis-server is installed");
+            let out = child.stdout.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            // Read to the end (a full pipe would stall the server); say when it is ready.
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if line.contains("Ready to accept connections") {
+                        let _ = tx.send(());
+                    }
+                }
+            });
+            nodes.push(child);
+            rx.recv_timeout(std::time::Duration::from_secs(10))
+                .expect("a cluster node started");
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let made = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(made.success(), "redis-cli --cluster create failed");
+        let urls: Vec<String> = addrs.iter().map(|a| format!("redis://{a}")).collect();
+        // The nodes agree on the slots a moment after `create` returns, and say so only
+        // when asked: a bounded poll of each node's CLUSTER INFO.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        for url in &urls {
+            let mut conn = redis::Client::open(url.as_str())
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            loop {
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut conn).unwrap();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the cluster never got ready"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        Cluster {
+            urls,
+            nodes,
+            _dir: dir,
+        }
+    }
+
+    /// How many keys each node holds.
+    pub fn keys_per_node(&self) -> Vec<usize> {
+        self.urls
+            .iter()
+            .map(|u| {
+                let mut conn = redis::Client::open(u.as_str())
+                    .unwrap()
+                    .get_connection()
+                    .unwrap();
+                redis::cmd("DBSIZE").query(&mut conn).unwrap()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            let _ = n.kill();
+            let _ = n.wait();
+        }
+    }
+}
