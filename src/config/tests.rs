@@ -103,3 +103,22 @@ fn example_file_parses_and_matches_defaults() {
     assert_eq!(c.spend, d.spend);
     assert_eq!(c.alerts, d.alerts);
 }
+
+#[test]
+fn one_team_table_holds_the_ledgers_and_the_caches_keys() {
+    let file = "[team]\npostgres = \"postgres://u:pw@127.0.0.1/db\"\nname = \"laptop-7\"\nredis = \"redis://127.0.0.1:6379/0\"\ntimeout = \"20ms\"\n";
+    let c = Config::from_parts(None, Some(file), Overrides::default(), env(HOME)).unwrap();
+    assert_eq!(c.team.name, "laptop-7");
+    assert!(c.team.postgres.is_some());
+    assert!(c.team_cache.redis.is_some());
+    assert_eq!(c.team_cache.timeout, Duration::from_millis(20));
+    let e = Config::from_parts(
+        None,
+        Some("[team]\nredis = \"redis://127.0.0.1\"\nreddis = 1\n"),
+        Overrides::default(),
+        env(HOME),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("reddis"), "{e}");
+}
