@@ -66,7 +66,7 @@ impl App {
             max_bytes: config.cache.max_bytes,
             max_age: config.cache.max_age,
             hot_bytes,
-            pending_bytes: PENDING_BYTES,
+            pending_bytes: crate::config::PENDING_LIMIT,
         };
         let cache = Cache::open(Box::new(SledStore::new(store.clone())), limits)
             .context("cannot read the cache")?;
@@ -232,9 +232,6 @@ fn recording_bounds(cache: &crate::config::CacheConfig) -> crate::cache::flight:
         window: max_entry.min(1 << 20),
     }
 }
-
-/// Bytes of answers that may wait for the cache's writer (see `cache::Limits`).
-const PENDING_BYTES: u64 = 32 << 20;
 
 /// Earlier versions kept answers in files of their own under `answers/`; nothing reads
 /// them any more. They are left alone, and named once.

@@ -9,6 +9,9 @@ use super::{err, positive, ConfigError};
 
 /// `cache.max_entry` unless set: far above any chat answer, small beside the machine.
 pub const DEFAULT_MAX_ENTRY: u64 = 4 << 20;
+/// Bytes of answers that may wait in memory for the cache's writer, and so the largest
+/// `cache.max_entry`: an answer larger than what may wait could never be stored.
+pub const PENDING_LIMIT: u64 = 32 << 20;
 
 /// Who shares cache entries (`cache.scope`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -74,6 +77,12 @@ pub(super) fn validate(c: RawCache) -> Result<CacheConfig, ConfigError> {
     }
     if cache.max_entry == 0 {
         return Err(err("cache.max_entry must be more than 0"));
+    }
+    if cache.max_entry > PENDING_LIMIT {
+        return Err(err(format!(
+            "cache.max_entry must be at most {} (larger answers pass through unstored)",
+            ByteSize::b(PENDING_LIMIT).display().iec()
+        )));
     }
     Ok(cache)
 }

@@ -11,7 +11,7 @@ mod team_cache;
 mod upstream;
 
 pub use alerts::AlertsConfig;
-pub use cache::{CacheConfig, ReplayPace, Scope};
+pub use cache::{CacheConfig, ReplayPace, Scope, PENDING_LIMIT};
 pub use projects::{check_project_name, BudgetPeriod, ProjectConfig, DEFAULT_MAX_REQUEST_COST};
 pub use spend::SpendConfig;
 pub use team::{DatabaseUrl, TeamConfig, POSTGRES_ENV};

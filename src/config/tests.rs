@@ -122,3 +122,14 @@ fn one_team_table_holds_the_ledgers_and_the_caches_keys() {
     .to_string();
     assert!(e.contains("reddis"), "{e}");
 }
+
+#[test]
+fn max_entry_is_bounded_by_what_may_wait_for_the_writer() {
+    let ok = "[cache]\nmax_entry = \"32 MiB\"\n";
+    assert!(Config::from_parts(None, Some(ok), Overrides::default(), env(HOME)).is_ok());
+    let too_big = "[cache]\nmax_entry = \"512 MiB\"\n";
+    let e = Config::from_parts(None, Some(too_big), Overrides::default(), env(HOME))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cache.max_entry must be at most 32"), "{e}");
+}
