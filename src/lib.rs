@@ -5,12 +5,13 @@
 //!              └─> router ── /_chatcache/* ──> admin (health, stats, spend, cache ops,
 //!                    │                                dashboard, explain)
 //!                    └─ the API ──> proxy: the request read into an Exchange
-//!                         ├─ hit: cache (memory tier, then storage) ─> stream::replay ──┐
+//!                         ├─ hit: cache (memory, sled, the team's Redis) ─> replay ─────┐
 //!                         └─ miss: admission (budget reservation, ledger) ─>            │
 //!                              cache::flight (one upstream call per key) ─> upstream    │
 //!                              └─ stream::tee: to every reader now, recorded as it goes │
 //!                                 └─ at the clean end: cache writer stores the entry;   │
 //!                                    spend records the line (fsync) <───────────────────┘
+//! Beside them: the team ledger's shipper (spend::team), budget alerts, the credits poller.
 //! Below them all: request (bodies and their readings), attribution, cost, config, store
 //! (the data dir's sled database), error, body, metrics.
 //! ```
