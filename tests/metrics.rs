@@ -59,6 +59,8 @@ async fn counters_move_as_requests_are_made() {
     .await;
     post(&d.url("/chat/completions"), "{broken").await;
 
+    // The cache's gauges count what its writer has stored, after the answer.
+    d.app.cache.settle().unwrap();
     let after = scrape(&d).await;
     let chat = [("endpoint", "/chat/completions")];
     assert_eq!(
