@@ -145,7 +145,7 @@ async fn three_daemons_spend_no_more_than_one_team_budget() {
     // All admitted were in flight at once, each holding at least the least worst case:
     // together they fit one budget (each daemon alone would have let in that many).
     assert!(
-        admitted as f64 * least_worst_case() <= budget + ceiling,
+        admitted as f64 * least_worst_case() <= budget + 1e-12,
         "{admitted} admitted across the team"
     );
     let total: f64 = [&a, &b, &c].iter().map(|d| spent(d)).sum();
@@ -164,6 +164,45 @@ async fn three_daemons_spend_no_more_than_one_team_budget() {
     for d in [a, b, c] {
         d.stop().await;
     }
+}
+
+#[tokio::test]
+async fn what_one_daemon_spent_counts_on_another() {
+    let db = TestDb::create().await;
+    let fake = FakeUpstream::start().await;
+    // Requests without max_tokens reserve the ceiling: a few answers' cost plus one
+    // ceiling make more than the budget.
+    let extra = "budget_when_down = \"refuse\"\nbudget_timeout = \"10s\"";
+    let ceiling = "max_request_cost = 0.009\n";
+    let config = |name: &str| config(&db.url(), name, 0.01, extra) + ceiling;
+    let a = Daemon::start_with(&fake.url(), &config("spends")).await;
+    let b = Daemon::start_with(&fake.url(), &config("late")).await;
+    let url = a.url("/p/tight/chat/completions");
+    let mut admitted = 0;
+    for i in 0..10 {
+        let r = post_with(&url, &chat(&format!("on a {i}")), &[("authorization", KEY)]).await;
+        if r.status == 402 {
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+        admitted += 1;
+        // Until its line is shipped a request's reservation stays counted: wait for it.
+        let lines = ledger_lines(&a.data_dir).len();
+        db.wait_count(lines as i64, Duration::from_secs(60)).await;
+        assert_eq!(reservations(&db, None).await, 0, "settled with its line");
+    }
+    assert!((1..10).contains(&admitted), "{admitted}");
+    let r = post_with(
+        &b.url("/p/tight/chat/completions"),
+        &chat("on b"),
+        &[("authorization", KEY)],
+    )
+    .await;
+    assert_eq!(r.status, 402, "a's spend counts on b: {}", r.text());
+    assert_eq!(spent(&b), 0.0, "b alone would have let it in");
+    assert!(spent(&a) <= 0.01);
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test]
