@@ -340,3 +340,52 @@ async fn the_reservation_of_a_dead_daemon_expires() {
     assert_eq!(reservations(&db, Some("dies")).await, 0, "expired rows go");
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_live_daemon_renews_its_reservations() {
+    let db = TestDb::create().await;
+    let fake = FakeUpstream::start().await;
+    let extra = "budget_ttl = \"1s\"\nbudget_timeout = \"10s\"\nbudget_when_down = \"refuse\"";
+    let d = Daemon::start_with(&fake.url(), &config(&db.url(), "lives", 1.0, extra)).await;
+    let gate = fake.hold("long");
+    let held = {
+        let url = d.url("/p/tight/chat/completions");
+        tokio::spawn(async move {
+            post_with(
+                &url,
+                &chat_capped("a long answer"),
+                &[("authorization", KEY), (FAULT_HEADER, "hold=long")],
+            )
+            .await
+        })
+    };
+    gate.arrived().await;
+    let c = db.client().await;
+    let expiry = || async {
+        let row = c
+            .query_one(
+                "SELECT extract(epoch FROM expires_at)::float8 FROM chatcache_reservations",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get::<_, f64>(0)
+    };
+    let first = expiry().await;
+    // A bounded poll: the renewal runs on the daemon's own clock, and PostgreSQL tells
+    // nobody when a row changes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while expiry().await <= first {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a request in flight keeps its reservation alive"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gate.release();
+    assert_eq!(held.await.unwrap().status, 200);
+    let lines = ledger_lines(&d.data_dir).len();
+    db.wait_count(lines as i64, Duration::from_secs(60)).await;
+    assert_eq!(reservations(&db, None).await, 0, "settled with its line");
+    d.stop().await;
+}

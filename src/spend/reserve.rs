@@ -58,6 +58,7 @@ impl Spend {
     ) -> Result<(), SpendError> {
         let line = line.into();
         let room = room.map_or(0, Room::take);
+        let mut settling = None;
         let done = {
             let mut budgets = self.budgets();
             budgets.add_line(&line);
@@ -66,12 +67,16 @@ impl Spend {
                 if let Some(hold) = r.team.take() {
                     // Before the line is handed over, so the shipper never ships it
                     // without knowing the reservation it replaces.
-                    hold.settle(&line.id);
+                    settling = Some(hold.settle(&line.id));
                 }
             }
             self.hand_over(line, room)
         };
-        super::durable(done).await
+        let recorded = super::durable(done).await;
+        if let (Err(_), Some(s)) = (&recorded, settling) {
+            s.abandon();
+        }
+        recorded
     }
 }
 

@@ -1,9 +1,13 @@
 //! Team budgets: a budgeted request's worst case held in the team's PostgreSQL, so that
 //! a project's budget holds across every daemon of the team; the reservation is settled
 //! when its line is shipped (in the shipper's transaction), released if the request dies,
-//! and expires if its daemon dies.
+//! renewed while its daemon lives, and expires if its daemon dies.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::MutexGuard;
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use time::OffsetDateTime;
 
@@ -53,13 +57,33 @@ pub struct TeamHold {
 }
 
 impl TeamHold {
-    /// The request's line, `line_id`, is recorded: the reservation stays counted until
-    /// the shipper inserts that line, and deletes it in the same transaction.
-    pub fn settle(mut self, line_id: &str) {
+    /// The request's line, `line_id`, is being recorded: the reservation stays counted
+    /// (and renewed) until the shipper inserts that line, and deletes it in the same
+    /// transaction.
+    pub fn settle(mut self, line_id: &str) -> Settling {
         self.team
             .settling()
             .insert(line_id.to_string(), self.id.clone());
+        self.team.live().remove(&self.id);
         self.settled = true;
+        Settling {
+            team: self.team.clone(),
+            line_id: line_id.to_string(),
+        }
+    }
+}
+
+/// A reservation waiting for its line to be shipped.
+pub struct Settling {
+    team: Team,
+    line_id: String,
+}
+
+impl Settling {
+    /// The line could not be recorded: it may never ship, so the reservation is no
+    /// longer renewed, and expires.
+    pub fn abandon(self) {
+        self.team.settling().remove(&self.line_id);
     }
 }
 
@@ -68,6 +92,7 @@ impl Drop for TeamHold {
         if self.settled {
             return;
         }
+        self.team.live().remove(&self.id);
         let (team, ids) = (self.team.clone(), vec![std::mem::take(&mut self.id)]);
         // Without a runtime (shutting down) the reservation simply expires.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -95,12 +120,45 @@ impl Team {
         self.inner.budgets.when_down
     }
 
-    fn settling(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, String>> {
-        // A plain map, consistent after a panic elsewhere: poison is ignored.
+    fn settling(&self) -> MutexGuard<'_, HashMap<String, String>> {
+        // Plain collections, consistent after a panic elsewhere: poison is ignored.
         self.inner
             .settling
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn live(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.inner.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Until `stop`, pushes back the expiry of this daemon's reservations (requests in
+    /// flight, and lines not yet shipped) every third of `budget_ttl`: only a daemon that
+    /// is gone, or cut off from PostgreSQL, lets its reservations expire.
+    pub(super) async fn renew_reservations(self, stop: CancellationToken) {
+        let s = &self.inner.budgets;
+        // Never a zero period (which `interval` refuses), whatever the configured TTL.
+        let mut tick = tokio::time::interval((s.ttl / 3).max(Duration::from_millis(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let mut ids: Vec<String> = self.live().iter().cloned().collect();
+            ids.extend(self.settling().values().cloned());
+            if ids.is_empty() {
+                continue;
+            }
+            let renew = tokio::time::timeout(s.ttl / 3, self.inner.db.renew(&ids, s.ttl));
+            match renew.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "team reservations not renewed this time")
+                }
+                Err(_) => tracing::debug!("team reservations not renewed in time"),
+            }
+        }
     }
 
     /// The reservations that the lines `ids` replace.
@@ -161,6 +219,7 @@ impl Team {
                 worst_case,
             });
         }
+        self.live().insert(id.clone());
         Ok(TeamHold {
             team: self.clone(),
             id,

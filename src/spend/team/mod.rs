@@ -12,9 +12,9 @@ mod postgres;
 #[cfg(test)]
 mod tests;
 
-pub use budget::{TeamHold, TeamRefusal};
+pub use budget::{Settling, TeamHold, TeamRefusal};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -111,6 +111,8 @@ struct Inner {
     budgets: budget::Settings,
     /// Local line id → the team reservation its line replaces, until the line is shipped.
     settling: Mutex<HashMap<String, String>>,
+    /// Team reservations of requests in flight.
+    live: Mutex<HashSet<String>>,
 }
 
 #[derive(Default)]
@@ -156,6 +158,7 @@ impl Team {
                 state: Mutex::new(State::default()),
                 budgets: budget::Settings::from(config),
                 settling: Mutex::new(HashMap::new()),
+                live: Mutex::new(HashSet::new()),
             }),
         }))
     }
@@ -194,8 +197,10 @@ impl Team {
 
     /// Starts the shipper: every tick it ships what is pending; a failed pass is tried
     /// again after a growing wait (backon), for as long as it takes. Stops on `stop`; a
-    /// batch cut off then is simply sent again next time.
+    /// batch cut off then is simply sent again next time. Beside it, the renewal of this
+    /// daemon's team budget reservations, which stops on `stop` too.
     pub fn spawn_shipper(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.clone().renew_reservations(stop.clone()));
         let team = self.clone();
         self.inner.running.store(true, Ordering::SeqCst);
         tokio::spawn(async move {

@@ -1,6 +1,6 @@
 //! Team budget reservations in PostgreSQL: the one statement that holds a request's worst
 //! case if it fits (under a per-project advisory lock, so daemons admitting at once are
-//! serialised), and the deletes that release or settle a reservation.
+//! serialised), their renewal, and the deletes that release or settle a reservation.
 
 use std::time::Duration;
 
@@ -96,6 +96,21 @@ impl Db {
             reserved: row.get(1),
             admitted: row.get(2),
         })
+    }
+
+    /// Pushes the expiry of reservations `ids` to `ttl` from now.
+    pub async fn renew(&self, ids: &[String], ttl: Duration) -> Result<(), DbError> {
+        let client = self.pool.get().await?;
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        client
+            .execute(
+                "UPDATE chatcache_reservations
+                    SET expires_at = now() + $2::int8 * interval '1 millisecond'
+                    WHERE id = ANY($1::text[])",
+                &[&ids, &ttl_ms],
+            )
+            .await?;
+        Ok(())
     }
 
     /// Releases reservations whose requests died before costing anything.
