@@ -48,6 +48,8 @@ pub enum ApiError {
     LedgerUnavailable,
     #[error("the team ledger cannot be read now: {0}")]
     TeamLedgerUnavailable(String),
+    #[error("project {project:?} has a team budget and the team's database cannot be reached to hold this request's cost; try again later")]
+    TeamBudgetUnavailable { project: String },
     #[error("the spend ledger has no room and too many answers already wait to be recorded; cached answers are served again once space returns")]
     LedgerBacklog,
     #[error("internal error")]
@@ -71,7 +73,8 @@ impl ApiError {
             ApiError::UpstreamTimeout(_) | ApiError::CacheMiss => StatusCode::GATEWAY_TIMEOUT,
             ApiError::LedgerUnavailable
             | ApiError::LedgerBacklog
-            | ApiError::TeamLedgerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::TeamLedgerUnavailable(_)
+            | ApiError::TeamBudgetUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -91,6 +94,7 @@ impl ApiError {
             ApiError::CacheMiss => "cache_miss",
             ApiError::LedgerUnavailable | ApiError::LedgerBacklog => "ledger_unavailable",
             ApiError::TeamLedgerUnavailable(_) => "team_ledger_unavailable",
+            ApiError::TeamBudgetUnavailable { .. } => "team_budget_unavailable",
             ApiError::Internal(_) => "internal_error",
         }
     }

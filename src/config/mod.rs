@@ -14,7 +14,7 @@ pub use alerts::AlertsConfig;
 pub use cache::{CacheConfig, ReplayPace, Scope, PENDING_LIMIT};
 pub use projects::{check_project_name, BudgetPeriod, ProjectConfig, DEFAULT_MAX_REQUEST_COST};
 pub use spend::SpendConfig;
-pub use team::{DatabaseUrl, TeamConfig, POSTGRES_ENV};
+pub use team::{BudgetWhenDown, DatabaseUrl, TeamConfig, POSTGRES_ENV};
 pub use team_cache::{RedisServers, RedisUrl, TeamCacheConfig, REDIS_ENV};
 pub use upstream::UpstreamConfig;
 

@@ -1,8 +1,9 @@
 //! `[team]`: what a daemon shares with its team. Here the team ledger on PostgreSQL
-//! (`postgres`) and the name this daemon goes by in team reports (`name`); the shared
-//! answer cache's keys are read by `team_cache`.
+//! (`postgres`), the team budgets kept there (`budget_*`) and the name this daemon goes
+//! by in team reports (`name`); the shared answer cache's keys are read by `team_cache`.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -14,11 +15,34 @@ pub const POSTGRES_ENV: &str = "CHATCACHE_POSTGRES_URL";
 /// The longest `team.name` accepted: it is a label in reports, not a document.
 const MAX_NAME: usize = 64;
 
+/// How long a request waits for PostgreSQL to hold its worst case before
+/// `budget_when_down` applies.
+pub const DEFAULT_BUDGET_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a team reservation counts when its daemon never settles it (a daemon that
+/// died): longer than a request normally runs, plus the shipping of its line.
+pub const DEFAULT_BUDGET_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// What a budgeted request does when the team's PostgreSQL cannot hold its reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetWhenDown {
+    /// Only this daemon's own budget applies (its spend and its requests in flight).
+    #[default]
+    Local,
+    /// The request is refused with 503.
+    Refuse,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTeam {
     postgres: Option<String>,
     name: Option<String>,
+    budget_when_down: Option<BudgetWhenDown>,
+    #[serde(default, with = "humantime_serde")]
+    budget_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    budget_ttl: Option<Duration>,
 }
 
 /// Splits the `[team]` table between the ledger's keys (here) and the shared cache's
@@ -45,6 +69,9 @@ pub struct TeamConfig {
     pub postgres: Option<DatabaseUrl>,
     /// This daemon's name in team reports (default: the host's name).
     pub name: String,
+    pub budget_when_down: BudgetWhenDown,
+    pub budget_timeout: Duration,
+    pub budget_ttl: Duration,
 }
 
 /// A database URL, which may carry a password: shown (Debug, Display) with the password
@@ -129,7 +156,18 @@ pub(super) fn validate(
             "team.name: {name:?} must be 1 to {MAX_NAME} characters, none of them control characters"
         )));
     }
-    Ok(TeamConfig { postgres, name })
+    let positive = |key: &str, v: Option<Duration>, default: Duration| match v {
+        Some(d) if d.is_zero() => Err(err(format!("team.{key} must be more than 0"))),
+        Some(d) => Ok(d),
+        None => Ok(default),
+    };
+    Ok(TeamConfig {
+        postgres,
+        name,
+        budget_when_down: t.budget_when_down.unwrap_or_default(),
+        budget_timeout: positive("budget_timeout", t.budget_timeout, DEFAULT_BUDGET_TIMEOUT)?,
+        budget_ttl: positive("budget_ttl", t.budget_ttl, DEFAULT_BUDGET_TTL)?,
+    })
 }
 
 fn check_postgres_url(url: String) -> Result<DatabaseUrl, ConfigError> {
@@ -180,6 +218,9 @@ mod tests {
         let t = parse("", &[]).unwrap();
         assert!(t.postgres.is_none());
         assert_eq!(t.name, "box-1");
+        assert_eq!(t.budget_when_down, BudgetWhenDown::Local);
+        assert_eq!(t.budget_timeout, DEFAULT_BUDGET_TIMEOUT);
+        assert_eq!(t.budget_ttl, DEFAULT_BUDGET_TTL);
         assert!(!hostname().is_empty());
     }
 
@@ -195,6 +236,22 @@ mod tests {
             "postgres://chatcache@db/chatcache"
         );
         assert_eq!(t.name, "laptop-7");
+    }
+
+    #[test]
+    fn team_budget_settings_are_read_and_checked() {
+        let t = parse(
+            "[team]\nbudget_when_down = \"refuse\"\nbudget_timeout = \"200ms\"\nbudget_ttl = \"2m\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(t.budget_when_down, BudgetWhenDown::Refuse);
+        assert_eq!(t.budget_timeout, Duration::from_millis(200));
+        assert_eq!(t.budget_ttl, Duration::from_secs(120));
+        let e = parse("[team]\nbudget_when_down = \"maybe\"\n", &[]).unwrap_err();
+        assert!(e.0.contains("maybe"), "{e}");
+        let e = parse("[team]\nbudget_timeout = \"0s\"\n", &[]).unwrap_err();
+        assert!(e.0.contains("team.budget_timeout"), "{e}");
     }
 
     #[test]

@@ -11,11 +11,13 @@ use crate::app::App;
 use crate::body::{full, Body};
 use crate::cache::flight::{End, Flight, Head, Leader, Reader, Role, Whole};
 use crate::cache::key::CacheKey;
+use crate::config::BudgetWhenDown;
 use crate::error::ApiError;
 use crate::policy::Endpoint;
 use crate::proxy::drive::{self, First};
 use crate::proxy::exchange::{Accounting, Exchange};
 use crate::proxy::respond;
+use crate::spend::team::TeamRefusal;
 use crate::spend::{line_room, BudgetState, Outcome, Reservation, Room};
 
 /// Answers `ex` from upstream, or from an identical request's answer in flight.
@@ -62,8 +64,9 @@ async fn admit(app: &Arc<App>, ex: &Exchange) -> Result<Option<Room>, ApiError> 
 }
 
 /// Holds the request's worst-case cost against its project's budget (only a request that
-/// leads an upstream call: followers and hits cost nothing).
-fn reserve(app: &App, ex: &Exchange) -> Result<Option<Reservation>, ApiError> {
+/// leads an upstream call: followers and hits cost nothing): on this daemon, and with a
+/// team ledger across the team.
+async fn reserve(app: &App, ex: &Exchange) -> Result<Option<Reservation>, ApiError> {
     let project = &ex.attr.project;
     if !ex.endpoint.billable() {
         return Ok(None);
@@ -79,13 +82,46 @@ fn reserve(app: &App, ex: &Exchange) -> Result<Option<Reservation>, ApiError> {
         json.and_then(|j| j.max_tokens),
     )
     .unwrap_or(settings.max_request_cost);
-    app.spend
+    let too_small = |budget: f64, spent: f64, reserved: f64| ApiError::BudgetTooSmall {
+        project: project.to_string(),
+        remaining: (budget - spent - reserved).max(0.0),
+        worst_case: worst,
+    };
+    let local = app
+        .spend
         .reserve(project, worst)
-        .map_err(|r| ApiError::BudgetTooSmall {
-            project: project.to_string(),
-            remaining: (r.budget - r.spent - r.reserved).max(0.0),
-            worst_case: r.worst_case,
-        })
+        .map_err(|r| too_small(r.budget, r.spent, r.reserved))?;
+    let Some(local) = local else {
+        return Ok(None);
+    };
+    let (Some(team), Some(budget)) = (&app.team, settings.budget) else {
+        return Ok(Some(local));
+    };
+    match team
+        .reserve(project, budget, settings.budget_period, worst)
+        .await
+    {
+        Ok(hold) => Ok(Some(local.with_team(hold))),
+        Err(TeamRefusal::Refused {
+            budget,
+            spent,
+            reserved,
+            ..
+        }) => Err(too_small(budget, spent, reserved)),
+        Err(TeamRefusal::Down(why)) => match team.budget_when_down() {
+            BudgetWhenDown::Local => {
+                // Per request at debug: the shipper warns once that PostgreSQL is away.
+                tracing::debug!(error = %why, project = %project, "team budget unreachable; this daemon's own budget applies");
+                Ok(Some(local))
+            }
+            BudgetWhenDown::Refuse => {
+                tracing::debug!(error = %why, project = %project, "team budget unreachable; the request is refused");
+                Err(ApiError::TeamBudgetUnavailable {
+                    project: project.to_string(),
+                })
+            }
+        },
+    }
 }
 
 /// Joins an identical request in flight, or leads one.
@@ -182,7 +218,7 @@ async fn lead(
     leader: Leader,
     room: Option<Room>,
 ) -> Result<(Response<Body>, Outcome), ApiError> {
-    let reservation = reserve(app, ex)?;
+    let reservation = reserve(app, ex).await?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     // At debug level, like the request's span: an info span would be made and entered
     // on every exchange. The exchange's own warnings make their context when they are

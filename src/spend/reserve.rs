@@ -1,13 +1,15 @@
 //! Reservations: before a request of a budgeted project goes upstream, its worst-case cost
 //! is held against the budget, so that requests in flight count before their cost is
 //! known; the reservation gives way to the real cost when the request's line is recorded,
-//! and is released if the request dies first.
+//! and is released if the request dies first. With a team budget, the same worst case is
+//! also held in the team's database (`team::TeamHold`), settled the same way.
 
 use std::sync::Arc;
 
 use time::OffsetDateTime;
 
 use super::budget::Refusal;
+use super::team::TeamHold;
 use super::{LedgerLine, Room, Spend, SpendError};
 
 /// What a request holds against its project's budget. Dropped, it is released.
@@ -15,6 +17,16 @@ pub struct Reservation {
     spend: Spend,
     project: Arc<str>,
     amount: f64,
+    /// The same worst case held across the team.
+    team: Option<TeamHold>,
+}
+
+impl Reservation {
+    /// Adds the hold of the same worst case in the team's database.
+    pub fn with_team(mut self, hold: TeamHold) -> Reservation {
+        self.team = Some(hold);
+        self
+    }
 }
 
 impl Spend {
@@ -32,6 +44,7 @@ impl Spend {
             spend: self.clone(),
             project: project.clone(),
             amount: worst_case,
+            team: None,
         }))
     }
 
@@ -45,15 +58,25 @@ impl Spend {
     ) -> Result<(), SpendError> {
         let line = line.into();
         let room = room.map_or(0, Room::take);
+        let mut settling = None;
         let done = {
             let mut budgets = self.budgets();
             budgets.add_line(&line);
             if let Some(mut r) = reservation {
                 budgets.release(&r.project, std::mem::take(&mut r.amount));
+                if let Some(hold) = r.team.take() {
+                    // Before the line is handed over, so the shipper never ships it
+                    // without knowing the reservation it replaces.
+                    settling = Some(hold.settle(&line.id));
+                }
             }
             self.hand_over(line, room)
         };
-        super::durable(done).await
+        let recorded = super::durable(done).await;
+        if let (Err(_), Some(s)) = (&recorded, settling) {
+            s.abandon();
+        }
+        recorded
     }
 }
 

@@ -7,11 +7,14 @@
 //! is one row keyed by the blake3 of its bytes (`line_id`). So a crash, a lost store or
 //! PostgreSQL away for hours costs time, never a line lost or counted twice.
 
+mod budget;
 mod postgres;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+pub use budget::{Settling, TeamHold, TeamRefusal};
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -104,6 +107,12 @@ struct Inner {
     /// A shipper has been started.
     running: AtomicBool,
     state: Mutex<State>,
+    /// `[team] budget_*`.
+    budgets: budget::Settings,
+    /// Local line id → the team reservation its line replaces, until the line is shipped.
+    settling: Mutex<HashMap<String, String>>,
+    /// Team reservations of requests in flight.
+    live: Mutex<HashSet<String>>,
 }
 
 #[derive(Default)]
@@ -147,6 +156,9 @@ impl Team {
                 migrated: AtomicBool::new(false),
                 running: AtomicBool::new(false),
                 state: Mutex::new(State::default()),
+                budgets: budget::Settings::from(config),
+                settling: Mutex::new(HashMap::new()),
+                live: Mutex::new(HashSet::new()),
             }),
         }))
     }
@@ -185,8 +197,10 @@ impl Team {
 
     /// Starts the shipper: every tick it ships what is pending; a failed pass is tried
     /// again after a growing wait (backon), for as long as it takes. Stops on `stop`; a
-    /// batch cut off then is simply sent again next time.
+    /// batch cut off then is simply sent again next time. Beside it, the renewal of this
+    /// daemon's team budget reservations, which stops on `stop` too.
     pub fn spawn_shipper(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.clone().renew_reservations(stop.clone()));
         let team = self.clone();
         self.inner.running.store(true, Ordering::SeqCst);
         tokio::spawn(async move {
@@ -235,14 +249,20 @@ impl Team {
 
     /// One pass: counts what is new, then ships every pending line in batches.
     async fn pass(&self) -> Result<(), TeamError> {
-        let inner = self.inner.clone();
         let files = self.blocking(move |t| t.survey()).await?;
+        self.migrated().await?;
+        for name in files {
+            self.ship_file(&name).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies the migrations once per run, before the first use of the tables.
+    async fn migrated(&self) -> Result<(), TeamError> {
+        let inner = &self.inner;
         if !inner.migrated.load(Ordering::SeqCst) {
             inner.db.migrate().await?;
             inner.migrated.store(true, Ordering::SeqCst);
-        }
-        for name in files {
-            self.ship_file(&name).await?;
         }
         Ok(())
     }
@@ -276,12 +296,13 @@ impl Team {
                 .iter()
                 .map(|(bytes, line)| (line_id(bytes), line))
                 .collect();
+            let settled = self.settled_by(lines.iter().map(|(_, l)| l.id.as_str()));
             let inserted = if lines.is_empty() {
                 0
             } else {
                 tokio::time::timeout(
                     ATTEMPT_TIMEOUT,
-                    self.inner.db.insert(&self.inner.name, &lines),
+                    self.inner.db.insert(&self.inner.name, &lines, &settled),
                 )
                 .await
                 .map_err(|_| TeamError("PostgreSQL did not commit a batch in time".into()))??
@@ -295,6 +316,7 @@ impl Team {
                 Ok(())
             })
             .await?;
+            self.forget_settled(lines.iter().map(|(_, l)| l.id.as_str()));
             let sent = lines.len() as u64;
             self.update(name, |f| {
                 f.shipped = end;

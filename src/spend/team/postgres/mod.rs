@@ -1,6 +1,11 @@
-//! The team ledger's PostgreSQL side, the only file that names it: the pool (deadpool)
+//! The team ledger's PostgreSQL side, the only module that names it: the pool (deadpool)
 //! and its TLS (rustls, the system roots), the schema migrations in `migrations/`, the
-//! idempotent insert of a batch of lines, and the team report's query.
+//! idempotent insert of a batch of lines, and the team report's query; team budgets'
+//! reservations are in `budget`.
+
+mod budget;
+
+pub use budget::Ask;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,18 +21,25 @@ use crate::spend::{Counters, Dim, LedgerLine, Report, ReportQuery};
 
 /// The schema, in order: (version, name, SQL). A version once released never changes;
 /// a change to the schema is a new file.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "ledger",
-    include_str!("../../../migrations/0001_ledger.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "ledger",
+        include_str!("../../../../migrations/0001_ledger.sql"),
+    ),
+    (
+        2,
+        "budget_reservations",
+        include_str!("../../../../migrations/0002_budget_reservations.sql"),
+    ),
+];
 
 /// The advisory lock that serialises migrations across daemons starting at once
 /// ("chatcach" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6368_6174_6361_6368;
 
-/// Connections kept: the shipper's and a report's.
-const POOL_SIZE: usize = 4;
+/// Connections kept: the shipper's, a report's and the budget reservations'.
+const POOL_SIZE: usize = 8;
 
 /// A connection that cannot be made in this long counts as a failed attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -155,21 +167,26 @@ impl Db {
         Ok(())
     }
 
-    /// Inserts the lines (each with its id, see `team::line_id`) in one statement, so one
-    /// transaction; a line already there is left alone. Returns how many were new.
+    /// Inserts the lines (each with its id, see `team::line_id`) in one statement; a line
+    /// already there is left alone. In the same transaction, deletes the budget
+    /// reservations `settled` that these lines replace, so that a request's cost is
+    /// counted, as its reservation or as its line, at every moment. Returns how many lines
+    /// were new.
     pub async fn insert(
         &self,
         daemon: &str,
         lines: &[([u8; 32], &LedgerLine)],
+        settled: &[String],
     ) -> Result<u64, DbError> {
-        let client = self.pool.get().await?;
-        let stmt = client.prepare_cached(INSERT).await?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let stmt = tx.prepare_cached(INSERT).await?;
         let mut c = Columns::default();
         for (hash, l) in lines {
             c.push(hash, l);
         }
         let daemon = text(daemon);
-        let inserted = client
+        let inserted = tx
             .execute(
                 &stmt,
                 &[
@@ -197,6 +214,10 @@ impl Db {
                 ],
             )
             .await?;
+        if !settled.is_empty() {
+            tx.execute(budget::SETTLE, &[&settled]).await?;
+        }
+        tx.commit().await?;
         Ok(inserted)
     }
 }
