@@ -47,7 +47,10 @@ async fn cache_with(admin: &Admin, cmd: CacheCommand) -> anyhow::Result<()> {
                 "KEY", "STREAM", "PATH", "MODEL", "BYTES"
             );
             for r in rows {
-                let created = r["created_ms"].as_u64().map(format_ms).unwrap_or_default();
+                let created = r["created_ms"]
+                    .as_i64()
+                    .map(crate::spend::rfc3339)
+                    .unwrap_or_default();
                 println!(
                     "{:<64}  {:<6} {:<18} {:<22} {:>9}  {}",
                     r["key"].as_str().unwrap_or(""),
@@ -263,14 +266,4 @@ fn progress(counts: Progress, what: &'static str) -> indicatif::ProgressBar {
     }
     bar.set_message(what);
     bar
-}
-
-fn format_ms(ms: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }

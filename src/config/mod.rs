@@ -5,6 +5,7 @@
 mod alerts;
 mod cache;
 mod projects;
+mod secret_url;
 mod spend;
 mod team;
 mod team_cache;
@@ -13,6 +14,7 @@ mod upstream;
 pub use alerts::AlertsConfig;
 pub use cache::{CacheConfig, ReplayPace, Scope, PENDING_LIMIT};
 pub use projects::{check_project_name, BudgetPeriod, ProjectConfig, DEFAULT_MAX_REQUEST_COST};
+pub use secret_url::SecretUrl;
 pub use spend::SpendConfig;
 pub use team::{BudgetWhenDown, DatabaseUrl, TeamConfig, POSTGRES_ENV};
 pub use team_cache::{RedisServers, RedisUrl, TeamCacheConfig, REDIS_ENV};

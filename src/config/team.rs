@@ -2,7 +2,6 @@
 //! (`postgres`), the team budgets kept there (`budget_*`) and the name this daemon goes
 //! by in team reports (`name`); the shared answer cache's keys are read by `team_cache`.
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -74,64 +73,8 @@ pub struct TeamConfig {
     pub budget_ttl: Duration,
 }
 
-/// A database URL, which may carry a password: shown (Debug, Display) with the password
-/// masked, so a config printed or logged never holds it. `expose` gives the whole URL to
-/// the one place that connects with it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseUrl(String);
-
-impl DatabaseUrl {
-    /// The URL as written, password included: only for connecting.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// The URL with any password (in the user part or a `password=` parameter) as `***`.
-    pub fn redacted(&self) -> String {
-        let url = &self.0;
-        let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-        // The user part ends at the last '@' before the path or query.
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let mut out = format!("{scheme}://");
-        let mut tail = rest;
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            let userinfo = &rest[..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => out.push_str(&format!("{user}:***@")),
-                None => out.push_str(&format!("{userinfo}@")),
-            }
-            tail = &rest[at + 1..];
-        }
-        match tail.split_once('?') {
-            None => out.push_str(tail),
-            Some((path, query)) => {
-                out.push_str(path);
-                out.push('?');
-                let params: Vec<String> = query
-                    .split('&')
-                    .map(|p| match p.split_once('=') {
-                        Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                        _ => p.to_string(),
-                    })
-                    .collect();
-                out.push_str(&params.join("&"));
-            }
-        }
-        out
-    }
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DatabaseUrl({})", self.redacted())
-    }
-}
-
-impl fmt::Display for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
+/// The team ledger's database URL (its password masked wherever it is shown).
+pub type DatabaseUrl = super::SecretUrl;
 
 /// Validates `[team]`; `get_env` gives `CHATCACHE_POSTGRES_URL`, which wins over the file,
 /// and `hostname` the default name.
@@ -171,7 +114,7 @@ pub(super) fn validate(
 }
 
 fn check_postgres_url(url: String) -> Result<DatabaseUrl, ConfigError> {
-    let url = DatabaseUrl(url);
+    let url = DatabaseUrl::new(url);
     let text = url.expose();
     if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
         // The redacted form: a URL in an error message may end up in a log.
@@ -296,7 +239,7 @@ mod tests {
                 "postgresql://u:***@db/x",
             ),
         ] {
-            let u = DatabaseUrl(url.to_string());
+            let u = DatabaseUrl::new(url.to_string());
             assert_eq!(u.to_string(), shown);
             assert!(!format!("{u:?}").contains("hunter2"));
         }

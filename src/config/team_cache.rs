@@ -4,7 +4,6 @@
 //! for Redis (`timeout`), the prefix of the keys it writes (`redis_prefix`) and the CA that
 //! vouches for a `rediss://` server (`redis_ca_file`; else the system's roots).
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -62,7 +61,7 @@ pub struct RedisServers {
 impl RedisServers {
     /// Whether the connections are TLS (`rediss://`).
     pub fn tls(&self) -> bool {
-        self.urls.iter().all(RedisUrl::tls)
+        self.urls.iter().all(is_tls)
     }
 
     /// The URLs with their passwords masked, for logs.
@@ -102,49 +101,12 @@ impl Default for TeamCacheConfig {
     }
 }
 
-/// A Redis URL, which may carry a password: shown (Debug, Display) with the password
-/// masked, so that a config printed or logged never holds it. `expose` gives the whole URL
-/// to the one place that connects with it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RedisUrl(String);
+/// A Redis URL (its password masked wherever it is shown).
+pub type RedisUrl = super::SecretUrl;
 
-impl RedisUrl {
-    /// The URL as written, password included: only for connecting.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether the connection is TLS (`rediss://`).
-    pub fn tls(&self) -> bool {
-        self.0.starts_with("rediss://")
-    }
-
-    /// The URL with the password of its user part as `***`.
-    pub fn redacted(&self) -> String {
-        let (scheme, rest) = self.0.split_once("://").unwrap_or(("", &self.0));
-        // The user part ends at the last '@' (a password may hold '@' or '/'; the rest of a
-        // Redis URL holds neither).
-        match rest.rfind('@') {
-            Some(at) => {
-                let user = rest[..at].split_once(':').map_or(&rest[..at], |(u, _)| u);
-                let masked = if rest[..at].contains(':') { ":***" } else { "" };
-                format!("{scheme}://{user}{masked}@{}", &rest[at + 1..])
-            }
-            None => self.0.clone(),
-        }
-    }
-}
-
-impl fmt::Debug for RedisUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RedisUrl({})", self.redacted())
-    }
-}
-
-impl fmt::Display for RedisUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
+/// Whether a Redis URL connects with TLS (`rediss://`).
+fn is_tls(url: &RedisUrl) -> bool {
+    url.scheme() == "rediss"
 }
 
 /// Validates the shared cache's keys of `[team]`; `get_env` gives `CHATCACHE_REDIS_URL`,
@@ -175,7 +137,7 @@ pub(super) fn validate(
             if urls.is_empty() {
                 return Err(err("team.redis: a cluster needs at least one node"));
             }
-            if urls.iter().any(RedisUrl::tls) != urls.iter().all(RedisUrl::tls) {
+            if urls.iter().any(is_tls) != urls.iter().all(is_tls) {
                 return Err(err(
                     "team.redis: a cluster's nodes are all redis:// or all rediss://",
                 ));
@@ -229,7 +191,7 @@ pub(super) fn validate(
 }
 
 fn check_redis_url(url: String) -> Result<RedisUrl, ConfigError> {
-    let url = RedisUrl(url);
+    let url = RedisUrl::new(url);
     let text = url.expose();
     let rest = text
         .strip_prefix("redis://")
@@ -379,7 +341,7 @@ mod tests {
             ("redis://u:p@ss:hunter2@cache/0", "redis://u:***@cache/0"),
             ("redis://:hunt/er2@cache/0", "redis://:***@cache/0"),
         ] {
-            let u = RedisUrl(url.to_string());
+            let u = RedisUrl::new(url.to_string());
             assert_eq!(u.to_string(), shown);
             assert!(!format!("{u:?}").contains("hunter2"));
         }

@@ -35,7 +35,7 @@ use tokio::sync::oneshot;
 pub use budget::{BudgetState, Budgets, PeriodUse, Refusal};
 pub use ledger::{read_all, ReadStats};
 pub use line::{new_id, LedgerLine, Outcome};
-pub use reconcile::{Observation, Reconciliation};
+pub use reconcile::{rfc3339, Observation, Reconciliation};
 pub use report::{printable, render_csv, render_json, render_table, Dim, Report, ReportQuery, Row};
 pub use reserve::Reservation;
 pub use rollup::Counters;

@@ -80,7 +80,8 @@ fn round9(v: f64) -> f64 {
     (v * 1e9).round() / 1e9
 }
 
-fn rfc3339(ms: i64) -> String {
+/// A time in Unix milliseconds as RFC 3339 (UTC); empty if out of range.
+pub fn rfc3339(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| {
