@@ -2,7 +2,8 @@
 //! Cluster (`redis`, or env `CHATCACHE_REDIS_URL`), the team secret that keys credential fingerprints
 //! (`secret_file`), the size cap per shared entry (`max_entry`), how long a request may wait
 //! for Redis (`timeout`), the prefix of the keys it writes (`redis_prefix`) and the CA that
-//! vouches for a `rediss://` server (`redis_ca_file`; else the system's roots).
+//! vouches for a `rediss://` server (`redis_ca_file`; else the system's roots), and how long
+//! a daemon's lease on fetching an answer for the team lasts unrenewed (`lease`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -19,6 +20,9 @@ pub const REDIS_ENV: &str = "CHATCACHE_REDIS_URL";
 pub const DEFAULT_TEAM_MAX_ENTRY: u64 = 1 << 20;
 /// `team.timeout` unless set: a lookup in Redis on the local network takes well under this.
 pub const DEFAULT_TEAM_TIMEOUT: Duration = Duration::from_millis(50);
+/// `team.lease` unless set: how long a daemon's claim to fetch an answer for the team
+/// outlives the daemon if it dies (a live one renews it).
+pub const DEFAULT_TEAM_LEASE: Duration = Duration::from_secs(10);
 pub const DEFAULT_REDIS_PREFIX: &str = "chatcache:";
 const MAX_PREFIX: usize = 64;
 
@@ -30,6 +34,7 @@ pub(super) const KEYS: &[&str] = &[
     "timeout",
     "redis_prefix",
     "redis_ca_file",
+    "lease",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -42,6 +47,8 @@ pub(super) struct RawTeamCache {
     pub(super) timeout: Option<Duration>,
     pub(super) redis_prefix: Option<String>,
     pub(super) redis_ca_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) lease: Option<Duration>,
 }
 
 /// `team.redis`: one server's URL, or a list of a cluster's nodes.
@@ -87,6 +94,8 @@ pub struct TeamCacheConfig {
     pub redis_prefix: String,
     /// PEM certificates of the CAs trusted for `rediss://` instead of the system's roots.
     pub redis_ca_file: Option<PathBuf>,
+    /// How long the lease of a daemon fetching an answer for the team lasts unrenewed.
+    pub lease: Duration,
 }
 
 impl Default for TeamCacheConfig {
@@ -98,6 +107,7 @@ impl Default for TeamCacheConfig {
             timeout: DEFAULT_TEAM_TIMEOUT,
             redis_prefix: DEFAULT_REDIS_PREFIX.to_string(),
             redis_ca_file: None,
+            lease: DEFAULT_TEAM_LEASE,
         }
     }
 }
@@ -194,6 +204,10 @@ pub(super) fn validate(
     if timeout.is_zero() {
         return Err(err("team.timeout must be longer than 0s"));
     }
+    let lease = t.lease.unwrap_or(DEFAULT_TEAM_LEASE);
+    if lease < Duration::from_millis(3) {
+        return Err(err("team.lease must be at least 3ms"));
+    }
     let redis_prefix = t
         .redis_prefix
         .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_string());
@@ -225,6 +239,7 @@ pub(super) fn validate(
         timeout,
         redis_prefix,
         redis_ca_file: t.redis_ca_file,
+        lease,
     })
 }
 
@@ -270,6 +285,7 @@ mod tests {
         assert!(t.secret_file.is_none());
         assert_eq!(t.max_entry, 1 << 20);
         assert_eq!(t.timeout, Duration::from_millis(50));
+        assert_eq!(t.lease, Duration::from_secs(10));
         assert_eq!(t.redis_prefix, "chatcache:");
     }
 
