@@ -142,7 +142,6 @@ async fn coalesce(
                     Claim::Found(entry) => {
                         // Kept here first: this daemon's followers, released without an
                         // answer when `leader` goes, find it in memory.
-                        let entry = Arc::new(entry);
                         if let Some(parts) = ex.key_parts(app.config.cache.scope) {
                             app.cache.store(key, parts, entry.clone());
                         }

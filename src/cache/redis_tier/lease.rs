@@ -26,7 +26,7 @@ pub enum Claim {
     /// It holds the lease: fetch, and hand the lease to `offer` with the entry.
     Lead(Lease),
     /// Another daemon fetched it meanwhile.
-    Found(Entry),
+    Found(Arc<Entry>),
     /// Fetch without the team: Redis is away, or the holder went without an entry.
     Alone,
 }
@@ -64,7 +64,7 @@ impl TeamTier {
             let lease = Lease::start(i.clone(), name, done);
             // The holder before may have finished between this daemon's lookup and now.
             return match self.get(key, max_age).await {
-                Some(entry) => Claim::Found(entry),
+                Some(entry) => Claim::Found(Arc::new(entry)),
                 None => Claim::Lead(lease),
             };
         }
@@ -73,7 +73,7 @@ impl TeamTier {
         let deadline = Instant::now() + bound;
         loop {
             if let Some(entry) = self.get(key, max_age).await {
-                return Claim::Found(entry);
+                return Claim::Found(Arc::new(entry));
             }
             let exists = redis::cmd("EXISTS").arg(&name).clone();
             if i.ask::<bool>(&exists).await != Some(true) {
@@ -81,7 +81,7 @@ impl TeamTier {
                 return self
                     .get(key, max_age)
                     .await
-                    .map_or(Claim::Alone, Claim::Found);
+                    .map_or(Claim::Alone, |e| Claim::Found(Arc::new(e)));
             }
             let now = Instant::now();
             if now >= deadline {
