@@ -292,7 +292,7 @@ mod tests {
     #[test]
     fn the_file_sets_every_key() {
         let t = parse(
-            "[team]\nredis = \"rediss://cache.lan:6380/2\"\nsecret_file = \"/etc/chatcache/team.key\"\nmax_entry = \"256 KiB\"\ntimeout = \"20ms\"\nredis_prefix = \"ci:\"\n",
+            "[team]\nredis = \"rediss://cache.lan:6380/2\"\nsecret_file = \"/etc/chatcache/team.key\"\nmax_entry = \"256 KiB\"\ntimeout = \"20ms\"\nredis_prefix = \"ci:\"\nlease = \"3s\"\n",
             &[],
         )
         .unwrap();
@@ -307,6 +307,7 @@ mod tests {
         assert_eq!(t.max_entry, 256 * 1024);
         assert_eq!(t.timeout, Duration::from_millis(20));
         assert_eq!(t.redis_prefix, "ci:");
+        assert_eq!(t.lease, Duration::from_secs(3));
         let t = parse(
             "[team]\nredis = \"rediss://cache.lan/0\"\nredis_ca_file = \"/etc/ca.pem\"\n",
             &[],
@@ -370,6 +371,7 @@ mod tests {
         for bad in [
             "max_entry = 0",
             "timeout = \"0s\"",
+            "lease = \"1ms\"",
             "redis_prefix = \"\"",
             "redis_prefix = \"a b\"",
             "redis_prefix = \"a*\"",
