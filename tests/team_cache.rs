@@ -97,7 +97,7 @@ async fn an_answer_recorded_on_one_daemon_is_a_team_hit_on_another() {
     let first_plain = ask(&a, &plain, KEY).await;
     assert_eq!(first_plain.header("x-chatcache"), Some("miss"));
     team_reaches(&a, "both answers written", |s| s.written >= 2).await;
-    assert_eq!(prefix.keys().len(), 2, "one Redis key per answer");
+    assert_eq!(prefix.entries().len(), 2, "one Redis key per answer");
 
     let team_hit = ask(&b, &streamed, KEY).await;
     assert_eq!(team_hit.status, StatusCode::OK);
@@ -115,7 +115,7 @@ async fn an_answer_recorded_on_one_daemon_is_a_team_hit_on_another() {
     );
 
     // Copied into B's own store: next time it is B's own hit, even with Redis emptied.
-    let _: () = prefix.conn().del(prefix.keys()).unwrap();
+    let _: () = prefix.conn().del(prefix.entries()).unwrap();
     let local = ask(&b, &streamed, KEY).await;
     assert_eq!(local.header("x-chatcache"), Some("hit"));
     assert_eq!(local.header("x-chatcache-tier"), None);
@@ -149,12 +149,12 @@ async fn answers_over_team_max_entry_stay_local() {
         s.written == 1 && s.skipped == 1
     })
     .await;
-    assert_eq!(prefix.keys().len(), 1);
+    assert_eq!(prefix.entries().len(), 1);
     let mut conn = prefix.conn();
-    let stored: Vec<u8> = conn.get(&prefix.keys()[0]).unwrap();
+    let stored: Vec<u8> = conn.get(&prefix.entries()[0]).unwrap();
     assert!(stored.len() < 4096);
     // Its time to live is cache.max_age (1 h here).
-    let ttl: i64 = conn.pttl(&prefix.keys()[0]).unwrap();
+    let ttl: i64 = conn.pttl(&prefix.entries()[0]).unwrap();
     assert!(ttl > 3_500_000 && ttl <= 3_600_000, "ttl {ttl} ms");
     // The large one is still this daemon's own hit.
     let again = post_with(
@@ -216,7 +216,7 @@ async fn a_damaged_entry_in_redis_is_ignored_and_deleted() {
     let body = chat("to be damaged");
     ask(&a, &body, KEY).await;
     team_reaches(&a, "the answer written", |s| s.written >= 1).await;
-    let keys = prefix.keys();
+    let keys = prefix.entries();
     assert_eq!(keys.len(), 1);
     let mut conn = prefix.conn();
     let mut value: Vec<u8> = conn.get(&keys[0]).unwrap();
@@ -227,7 +227,7 @@ async fn a_damaged_entry_in_redis_is_ignored_and_deleted() {
     let r = ask(&b, &body, KEY).await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.text());
     team_reaches(&b, "the damaged entry deleted", |s| s.deleted >= 1).await;
-    assert!(prefix.keys().is_empty(), "the damaged entry is gone");
+    assert!(prefix.entries().is_empty(), "the damaged entry is gone");
     assert_eq!(
         metric(&b, "chatcache_team_cache_dropped_damaged_total").await,
         1.0
@@ -237,7 +237,7 @@ async fn a_damaged_entry_in_redis_is_ignored_and_deleted() {
     let r = ask(&b, &body, KEY).await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.text());
     team_reaches(&b, "the foreign entry deleted", |s| s.deleted >= 2).await;
-    assert!(prefix.keys().is_empty(), "the foreign entry is gone");
+    assert!(prefix.entries().is_empty(), "the foreign entry is gone");
     assert!(
         watch_team(&b).borrow().up,
         "a foreign entry is not Redis being down"
@@ -306,7 +306,7 @@ async fn a_silent_redis_costs_a_request_at_most_the_timeout_and_is_used_again_on
     assert_eq!(health(&d).await["team_cache"], "up");
     ask(&d, &chat("asked once Redis is back"), KEY).await;
     team_reaches(&d, "the answer written", |s| s.written >= 1).await;
-    assert_eq!(prefix.keys().len(), 1);
+    assert_eq!(prefix.entries().len(), 1);
     d.stop().await;
 }
 
@@ -322,7 +322,7 @@ async fn rediss_is_verified_against_the_configured_ca() {
     team_reaches(&d, "up over TLS", |s| s.up).await;
     ask(&d, &chat("sent over TLS"), KEY).await;
     team_reaches(&d, "the answer written", |s| s.written >= 1).await;
-    assert_eq!(prefix.keys().len(), 1);
+    assert_eq!(prefix.entries().len(), 1);
     d.stop().await;
 
     // The system's roots do not know the test CA: no connection, so no team cache.

@@ -8,7 +8,8 @@
 //! under a key derived from the team secret, of the cache key and the record. A record
 //! that fails its checksum or its seal (damaged, written under another key, or by someone
 //! without the team's secret) is ignored and deleted. Other names under the prefix are
-//! left free for what daemons of a team may come to share (leases, live answers).
+//! left free for what daemons of a team may come to share; `lease:` and `done:` names
+//! serve single-flight across daemons (see `lease`).
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
@@ -22,8 +23,10 @@ use crate::cache::key::CacheKey;
 use crate::cache::now_ms;
 use crate::config::{RedisServers, TeamCacheConfig};
 use conn::{Client, Conn};
+pub use lease::{Claim, Lease};
 
 mod conn;
+mod lease;
 
 /// How often the tier checks that Redis answers.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -76,6 +79,9 @@ struct Inner {
     max_entry: u64,
     max_age: Duration,
     seal: [u8; 32],
+    /// This daemon's name on the leases it takes (random, per start).
+    id: String,
+    lease: Duration,
     /// Where it is, without any password, for logs.
     location: String,
     /// `UNKNOWN` until the first exchange with Redis, then `UP` or `DOWN`.
@@ -100,6 +106,8 @@ impl TeamTier {
         seal: [u8; 32],
     ) -> anyhow::Result<TeamTier> {
         let client = Client::new(servers, cfg, SLOW)?;
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("no randomness for an id: {e}"))?;
         let inner = Arc::new(Inner {
             conn: std::sync::RwLock::new(None),
             client,
@@ -108,6 +116,8 @@ impl TeamTier {
             max_entry: cfg.max_entry,
             max_age,
             seal,
+            id: id.iter().map(|b| format!("{b:02x}")).collect(),
+            lease: cfg.lease,
             location: servers.redacted(),
             reach: AtomicU8::new(UNKNOWN),
             state: watch::Sender::new(TeamState::default()),
@@ -190,7 +200,9 @@ impl TeamTier {
 
     /// Shares `entry` with the team under `key`, in the background, unless Redis is down,
     /// the entry is larger than `team.max_entry`, or too many writes are already waiting.
-    pub fn offer(&self, key: CacheKey, entry: Arc<Entry>) {
+    /// `lease`, the one this daemon fetched the entry under, is let go once it is written
+    /// (or not).
+    pub fn offer(&self, key: CacheKey, entry: Arc<Entry>, lease: Option<Lease>) {
         let i = self.inner.clone();
         if !self.is_up() {
             return;
@@ -201,7 +213,7 @@ impl TeamTier {
         };
         let name = self.entry_name(&key);
         i.tasks.clone().spawn(async move {
-            let _permit = permit;
+            let _held = (permit, lease);
             let left = i
                 .max_age
                 .saturating_sub(Duration::from_millis(

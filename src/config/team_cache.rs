@@ -2,7 +2,8 @@
 //! Cluster (`redis`, or env `CHATCACHE_REDIS_URL`), the team secret that keys credential fingerprints
 //! (`secret_file`), the size cap per shared entry (`max_entry`), how long a request may wait
 //! for Redis (`timeout`), the prefix of the keys it writes (`redis_prefix`) and the CA that
-//! vouches for a `rediss://` server (`redis_ca_file`; else the system's roots).
+//! vouches for a `rediss://` server (`redis_ca_file`; else the system's roots), and how long
+//! a daemon's lease on fetching an answer for the team lasts unrenewed (`lease`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,6 +19,9 @@ pub const REDIS_ENV: &str = "CHATCACHE_REDIS_URL";
 pub const DEFAULT_TEAM_MAX_ENTRY: u64 = 1 << 20;
 /// `team.timeout` unless set: a lookup in Redis on the local network takes well under this.
 pub const DEFAULT_TEAM_TIMEOUT: Duration = Duration::from_millis(50);
+/// `team.lease` unless set: how long a daemon's claim to fetch an answer for the team
+/// outlives the daemon if it dies (a live one renews it).
+pub const DEFAULT_TEAM_LEASE: Duration = Duration::from_secs(10);
 pub const DEFAULT_REDIS_PREFIX: &str = "chatcache:";
 const MAX_PREFIX: usize = 64;
 
@@ -29,6 +33,7 @@ pub(super) const KEYS: &[&str] = &[
     "timeout",
     "redis_prefix",
     "redis_ca_file",
+    "lease",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -41,6 +46,8 @@ pub(super) struct RawTeamCache {
     pub(super) timeout: Option<Duration>,
     pub(super) redis_prefix: Option<String>,
     pub(super) redis_ca_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) lease: Option<Duration>,
 }
 
 /// `team.redis`: one server's URL, or a list of a cluster's nodes.
@@ -86,6 +93,8 @@ pub struct TeamCacheConfig {
     pub redis_prefix: String,
     /// PEM certificates of the CAs trusted for `rediss://` instead of the system's roots.
     pub redis_ca_file: Option<PathBuf>,
+    /// How long the lease of a daemon fetching an answer for the team lasts unrenewed.
+    pub lease: Duration,
 }
 
 impl Default for TeamCacheConfig {
@@ -97,6 +106,7 @@ impl Default for TeamCacheConfig {
             timeout: DEFAULT_TEAM_TIMEOUT,
             redis_prefix: DEFAULT_REDIS_PREFIX.to_string(),
             redis_ca_file: None,
+            lease: DEFAULT_TEAM_LEASE,
         }
     }
 }
@@ -156,6 +166,10 @@ pub(super) fn validate(
     if timeout.is_zero() {
         return Err(err("team.timeout must be longer than 0s"));
     }
+    let lease = t.lease.unwrap_or(DEFAULT_TEAM_LEASE);
+    if lease < Duration::from_millis(3) {
+        return Err(err("team.lease must be at least 3ms"));
+    }
     let redis_prefix = t
         .redis_prefix
         .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_string());
@@ -187,6 +201,7 @@ pub(super) fn validate(
         timeout,
         redis_prefix,
         redis_ca_file: t.redis_ca_file,
+        lease,
     })
 }
 
@@ -232,13 +247,14 @@ mod tests {
         assert!(t.secret_file.is_none());
         assert_eq!(t.max_entry, 1 << 20);
         assert_eq!(t.timeout, Duration::from_millis(50));
+        assert_eq!(t.lease, Duration::from_secs(10));
         assert_eq!(t.redis_prefix, "chatcache:");
     }
 
     #[test]
     fn the_file_sets_every_key() {
         let t = parse(
-            "[team]\nredis = \"rediss://cache.lan:6380/2\"\nsecret_file = \"/etc/chatcache/team.key\"\nmax_entry = \"256 KiB\"\ntimeout = \"20ms\"\nredis_prefix = \"ci:\"\n",
+            "[team]\nredis = \"rediss://cache.lan:6380/2\"\nsecret_file = \"/etc/chatcache/team.key\"\nmax_entry = \"256 KiB\"\ntimeout = \"20ms\"\nredis_prefix = \"ci:\"\nlease = \"3s\"\n",
             &[],
         )
         .unwrap();
@@ -253,6 +269,7 @@ mod tests {
         assert_eq!(t.max_entry, 256 * 1024);
         assert_eq!(t.timeout, Duration::from_millis(20));
         assert_eq!(t.redis_prefix, "ci:");
+        assert_eq!(t.lease, Duration::from_secs(3));
         let t = parse(
             "[team]\nredis = \"rediss://cache.lan/0\"\nredis_ca_file = \"/etc/ca.pem\"\n",
             &[],
@@ -316,6 +333,7 @@ mod tests {
         for bad in [
             "max_entry = 0",
             "timeout = \"0s\"",
+            "lease = \"1ms\"",
             "redis_prefix = \"\"",
             "redis_prefix = \"a b\"",
             "redis_prefix = \"a*\"",

@@ -16,6 +16,7 @@ use crate::body::Body;
 use crate::cache::entry::{Entry, EntryMeta};
 use crate::cache::flight::{End, Head, Leader, Reader};
 use crate::cache::now_ms;
+use crate::cache::redis_tier::Lease;
 use crate::cost::{estimate, CostSource, Prices, Usage};
 use crate::error::ApiError;
 use crate::policy::Endpoint;
@@ -47,17 +48,18 @@ pub async fn pass(app: &Arc<App>, ex: &Exchange) -> Result<Response<Body>, ApiEr
 /// Runs one exchange to its end. `first` hears how it started; the leader's flight hears
 /// everything else. Dropping `leader` unfinished (any early return) releases followers.
 ///
-/// `held` is what the request holds of its project's budget, and the room claimed for its
-/// ledger line: they give way to the real cost and the line when it is recorded, and are
-/// released on any other way out.
+/// `held` is what the request holds of its project's budget, the room claimed for its
+/// ledger line, and the team's lease on fetching its key: they give way to the real cost,
+/// the line and the shared entry when recorded, and are released on any other way out.
 pub async fn drive(
     app: Arc<App>,
     ex: Arc<Exchange>,
     leader: Leader,
-    held: (Option<Reservation>, Option<Room>),
+    held: (Option<Reservation>, Option<Room>, Option<Lease>),
     first: oneshot::Sender<First>,
 ) {
-    let (reservation, room) = held;
+    // The team's lease, if any, is let go with the entry's write, or when this ends.
+    let (reservation, room, mut lease) = held;
     let req = match ex.upstream_request(&app) {
         Ok(r) => r,
         Err(e) => {
@@ -189,7 +191,7 @@ pub async fn drive(
             app.cache.store(key, parts, entry.clone());
             // Shared with the team in the background: nobody waits for Redis.
             if let Some(team) = &app.team_cache {
-                team.offer(key, entry);
+                team.offer(key, entry, lease.take());
             }
         }
         (Some(key), _, _) if !clean && ex.policy.store => app.cache.not_cacheable(key),

@@ -75,7 +75,7 @@ async fn stored(app: &Arc<App>, key: CacheKey, max_age: Option<Duration>) -> Opt
 }
 
 /// Under `cache.scope = "shared"`, only credentials upstream has accepted before get hits.
-async fn may_hit(app: &Arc<App>, attr: &Attribution) -> bool {
+pub(super) async fn may_hit(app: &Arc<App>, attr: &Attribution) -> bool {
     if app.config.cache.scope != crate::config::Scope::Shared {
         return true;
     }
@@ -98,13 +98,26 @@ pub async fn serve(
     entry: Arc<Entry>,
     tier: Tier,
 ) -> Result<(Response<Body>, Outcome), ApiError> {
+    if ex.endpoint.billable() && !app.spend.takes_hits() {
+        return Err(ApiError::LedgerBacklog);
+    }
+    serve_as(app, ex, entry, tier, Outcome::Hit, None).await
+}
+
+/// The recorded answer as `outcome` (a hit, or the answer of an identical request that
+/// another daemon of the team fetched meanwhile: coalesced), its line written in `room`.
+pub(super) async fn serve_as(
+    app: &Arc<App>,
+    ex: &Exchange,
+    entry: Arc<Entry>,
+    tier: Tier,
+    outcome: Outcome,
+    room: Option<crate::spend::Room>,
+) -> Result<(Response<Body>, Outcome), ApiError> {
     if ex.endpoint.billable() {
-        if !app.spend.takes_hits() {
-            return Err(ApiError::LedgerBacklog);
-        }
         let acc = Accounting::saved_from_entry(&entry.meta);
-        let line = ex.ledger_line(Outcome::Hit, entry.meta.status, acc);
-        app.account(line, ex.prompt(), None).await;
+        let line = ex.ledger_line(outcome, entry.meta.status, acc);
+        app.account(line, ex.prompt(), room).await;
     }
     let age = now_ms().saturating_sub(entry.meta.created_ms) / 1000;
     let body = if entry.meta.stream {
@@ -129,5 +142,5 @@ pub async fn serve(
         resp.headers_mut()
             .insert(TIER_HEADER, HeaderValue::from_static("team"));
     }
-    Ok((resp, Outcome::Hit))
+    Ok((resp, outcome))
 }

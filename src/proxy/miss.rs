@@ -1,6 +1,6 @@
 //! A request the cache did not answer: admission (budget, ledger), then single-flight —
-//! join an identical request in flight, or lead one — and the answer read from the
-//! flight's recording.
+//! join an identical request in flight, or lead one (after the team's lease on it: see
+//! `team_flight`) — and the answer read from the flight's recording.
 
 use std::sync::Arc;
 
@@ -11,12 +11,13 @@ use crate::app::App;
 use crate::body::{full, Body};
 use crate::cache::flight::{End, Flight, Head, Leader, Reader, Role, Whole};
 use crate::cache::key::CacheKey;
+use crate::cache::redis_tier::{Claim, Lease};
 use crate::config::BudgetWhenDown;
 use crate::error::ApiError;
 use crate::policy::Endpoint;
 use crate::proxy::drive::{self, First};
 use crate::proxy::exchange::{Accounting, Exchange};
-use crate::proxy::respond;
+use crate::proxy::{respond, team_flight};
 use crate::spend::team::TeamRefusal;
 use crate::spend::{line_room, BudgetState, Outcome, Reservation, Room};
 
@@ -27,9 +28,9 @@ pub async fn fetch(app: &Arc<App>, ex: Exchange) -> Result<(Response<Body>, Outc
     let (endpoint, policy) = (ex.endpoint, ex.policy);
     match ex.key {
         Some(key) if policy.lookup => coalesce(app, &ex, key, room).await,
-        Some(_) if policy.store => lead(app, &ex, app.flights.solo(), room).await,
+        Some(_) if policy.store => lead(app, &ex, app.flights.solo(), room, None).await,
         _ if endpoint.billable() || endpoint == Endpoint::Models => {
-            lead(app, &ex, app.flights.solo(), room).await
+            lead(app, &ex, app.flights.solo(), room, None).await
         }
         _ if endpoint == Endpoint::Credits => Ok((
             super::credits::pass_observed(app, &ex).await?,
@@ -136,7 +137,21 @@ async fn coalesce(
     // outgrown the recording bound takes no followers: they fetch for themselves.
     for _ in 0..3 {
         match app.flights.join(key) {
-            Role::Leader(leader) => return lead(app, ex, leader, room).await,
+            Role::Leader(leader) => {
+                return match team_flight::claim(app, ex, key).await {
+                    Claim::Found(entry) => {
+                        // Kept here first: this daemon's followers, released without an
+                        // answer when `leader` goes, find it in memory.
+                        if let Some(parts) = ex.key_parts(app.config.cache.scope) {
+                            app.cache.store(key, parts, entry.clone());
+                        }
+                        drop(leader);
+                        team_flight::serve(app, ex, entry, room).await
+                    }
+                    Claim::Lead(lease) => lead(app, ex, leader, room, Some(lease)).await,
+                    Claim::Alone => lead(app, ex, leader, room, None).await,
+                };
+            }
             Role::Follower(flight) => {
                 let Some(reader) = flight.reader() else {
                     break;
@@ -144,10 +159,14 @@ async fn coalesce(
                 if let Some(resp) = follow(app, ex, reader, &mut room).await {
                     return Ok((resp, Outcome::Coalesced));
                 }
+                // A leader that went without an answer may have found the team's.
+                if let Some(entry) = team_flight::found(app, ex).await {
+                    return team_flight::serve(app, ex, entry, room).await;
+                }
             }
         }
     }
-    lead(app, ex, app.flights.solo(), room).await
+    lead(app, ex, app.flights.solo(), room, None).await
 }
 
 /// Reads somebody else's answer; None if that answer was given up before it started (the
@@ -217,6 +236,7 @@ async fn lead(
     ex: &Arc<Exchange>,
     leader: Leader,
     room: Option<Room>,
+    lease: Option<Lease>,
 ) -> Result<(Response<Body>, Outcome), ApiError> {
     let reservation = reserve(app, ex).await?;
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -225,7 +245,14 @@ async fn lead(
     // written.
     let span = tracing::debug_span!("exchange", method = %ex.method, path = %ex.path_q);
     app.exchanges.spawn(
-        drive::drive(app.clone(), ex.clone(), leader, (reservation, room), tx).instrument(span),
+        drive::drive(
+            app.clone(),
+            ex.clone(),
+            leader,
+            (reservation, room, lease),
+            tx,
+        )
+        .instrument(span),
     );
     let outcome = ex.policy.upstream_outcome();
     match rx.await {

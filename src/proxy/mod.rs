@@ -9,6 +9,7 @@ pub mod exchange;
 pub mod headers;
 pub mod hit;
 pub mod miss;
+mod team_flight;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -50,6 +50,18 @@ impl Prefix {
     }
 }
 
+impl Prefix {
+    /// The shared entries under the prefix (not the leases of fetches in flight).
+    pub fn entries(&self) -> Vec<String> {
+        let mut conn = self.conn();
+        let found: Result<Vec<String>, _> = conn
+            .scan_match(format!("{}e:*", self.name))
+            .unwrap()
+            .collect();
+        found.unwrap()
+    }
+}
+
 impl Drop for Prefix {
     fn drop(&mut self) {
         let keys = self.keys();

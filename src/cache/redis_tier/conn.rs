@@ -85,6 +85,26 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Messages on `channel`, on a connection of their own; None for a cluster (whose
+    /// waiters check the lease instead) or if Redis did not take the subscription in `within`.
+    pub(super) async fn subscribe(
+        &self,
+        channel: &str,
+        within: Duration,
+    ) -> Option<redis::aio::PubSubStream> {
+        let Client::One(client, _) = self else {
+            return None;
+        };
+        let sub = async {
+            let mut ps = client.get_async_pubsub().await?;
+            ps.subscribe(channel).await?;
+            Ok::<_, redis::RedisError>(ps.into_on_message())
+        };
+        tokio::time::timeout(within, sub).await.ok()?.ok()
+    }
+}
+
 impl Conn {
     pub(super) async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<T> {
         match self {

@@ -44,7 +44,7 @@ async fn a_tier_not_yet_reached_is_skipped_without_waiting() {
     let got = futures_util::FutureExt::now_or_never(t.get(&CacheKey([5; 32]), None));
     assert!(matches!(got, Some(None)));
     assert_eq!(t.stats().misses, 0);
-    t.offer(CacheKey([5; 32]), Arc::new(sample(false)));
+    t.offer(CacheKey([5; 32]), Arc::new(sample(false)), None);
     t.close().await;
     assert_eq!(t.stats().written, 0);
     assert_eq!(
