@@ -2,6 +2,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod api;
+pub mod browser;
 pub mod client;
 pub mod credits;
 pub mod daemon;
