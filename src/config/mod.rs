@@ -363,3 +363,16 @@ fn positive(
 
 #[cfg(test)]
 mod tests;
+
+/// A config file's text with these environment variables (and a `HOME`), for the
+/// sections' tests.
+#[cfg(test)]
+fn parse_for_test(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let mut env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.push(("HOME".into(), "/home/test".into()));
+    let get = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    Config::from_parts(None, Some(text), Overrides::default(), get)
+}

@@ -142,25 +142,14 @@ mod tests {
     use super::*;
 
     fn parse(text: &str, env: &[(&str, &str)]) -> Result<TeamConfig, ConfigError> {
-        #[derive(Deserialize)]
-        struct File {
-            #[serde(default)]
-            team: RawTeam,
-        }
-        let file: File = toml::from_str(text).map_err(|e| err(e.to_string()))?;
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let get = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        validate(file.team, &get, || "box-1".to_string())
+        super::super::parse_for_test(text, env).map(|c| c.team)
     }
 
     #[test]
     fn no_team_section_means_no_team_ledger_and_the_host_name() {
         let t = parse("", &[]).unwrap();
         assert!(t.postgres.is_none());
-        assert_eq!(t.name, "box-1");
+        assert_eq!(t.name, hostname());
         assert_eq!(t.budget_when_down, BudgetWhenDown::Local);
         assert_eq!(t.budget_timeout, DEFAULT_BUDGET_TIMEOUT);
         assert_eq!(t.budget_ttl, DEFAULT_BUDGET_TTL);

@@ -226,18 +226,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str, env: &[(&str, &str)]) -> Result<TeamCacheConfig, ConfigError> {
-        #[derive(Deserialize)]
-        struct File {
-            #[serde(default)]
-            team: RawTeamCache,
-        }
-        let file: File = toml::from_str(text).map_err(|e| err(e.to_string()))?;
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let get = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        validate(file.team, &get)
+        super::super::parse_for_test(text, env).map(|c| c.team_cache)
     }
 
     #[test]
