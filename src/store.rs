@@ -205,6 +205,23 @@ fn visit_all(
     Ok(())
 }
 
+/// Opens the store in `dir` for a test that reopens it in the same process: the store's own
+/// I/O threads may hold its lock a moment after the last handle went, and nothing says when
+/// they let go, so a locked store is retried until a deadline.
+#[cfg(test)]
+pub(crate) fn open_when_free(dir: &Path, cache_capacity: u64) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Store::open(dir, cache_capacity) {
+            Ok(s) => return s,
+            Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("cannot open the store in {}: {e}", dir.display()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,7 +288,7 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let store = open_when_free(dir.path(), 1 << 20);
         assert!(!store
             .db
             .tree_names()

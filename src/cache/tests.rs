@@ -7,7 +7,6 @@ use super::*;
 use crate::cache::entry::tests::sample;
 use crate::cache::key::{cache_key, KeyParts};
 use crate::cache::sled_store::SledStore;
-use crate::store::Store;
 
 pub(crate) struct TestCache {
     pub cache: Cache,
@@ -21,7 +20,7 @@ pub(crate) fn open(max_bytes: u64) -> TestCache {
 }
 
 pub(crate) fn reopen(dir: tempfile::TempDir, max_bytes: u64) -> TestCache {
-    let store = Store::open(&dir.path().join("store"), 1 << 20).unwrap();
+    let store = crate::store::open_when_free(&dir.path().join("store"), 1 << 20);
     let limits = Limits {
         max_bytes,
         max_age: Duration::from_secs(3600),

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use super::*;
 use crate::config::{BudgetPeriod, ProjectConfig};
 use crate::cost::{raw_number, CostSource};
-use crate::store::{Space, Store, StoreError};
+use crate::store::{Space, Store};
 
 struct Env {
     dir: TempDir,

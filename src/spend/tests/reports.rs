@@ -215,19 +215,9 @@ async fn a_closed_ledger_has_let_go_of_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let ts = datetime!(2026-11-25 04:00 UTC);
     for round in 0..20 {
-        // The store's own I/O threads may hold its lock a moment after the last handle
-        // goes; anything of ours still holding the store would hold it for good.
-        let path = dir.path().join("db");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let store = loop {
-            match Store::open(&path, 1 << 20) {
-                Ok(s) => break s,
-                Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(e) => panic!("round {round}: {e}"),
-            }
-        };
+        // Anything of ours still holding the store would hold its lock for good, and the
+        // open below would give up at its deadline.
+        let store = crate::store::open_when_free(&dir.path().join("db"), 1 << 20);
         let spend = Spend::open(dir.path(), store, BTreeMap::new()).unwrap();
         let l = line(ts, "a", None, None, Outcome::Miss, Some("0.001"), None);
         spend.record(l).await.unwrap();
