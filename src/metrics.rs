@@ -53,187 +53,169 @@ impl Drop for InFlight {
     }
 }
 
-/// Cache figures read from the cache at scrape time.
-struct CacheCollector(Cache);
+/// One figure read at scrape time.
+enum Figure {
+    Gauge(&'static str, &'static str, i64),
+    FloatGauge(&'static str, &'static str, f64),
+    Counter(&'static str, &'static str, u64),
+}
 
-impl fmt::Debug for CacheCollector {
+/// Figures read from a part of the daemon (the cache, the ledger's room, the team tier)
+/// when the metrics are scraped, so they are never stale and cost nothing in between.
+struct Scraped<F> {
+    what: &'static str,
+    read: F,
+}
+
+impl<F> fmt::Debug for Scraped<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("CacheCollector")
+        write!(f, "Scraped({})", self.what)
     }
 }
 
-impl Collector for CacheCollector {
+impl<F: Fn() -> Vec<Figure> + Send + Sync + 'static> Collector for Scraped<F> {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let s = self.0.stats();
-        let entries = ConstGauge::new(s.entries as i64);
-        entries.encode(encoder.encode_descriptor(
+        for figure in (self.read)() {
+            match figure {
+                Figure::Gauge(name, help, value) => {
+                    let g = ConstGauge::new(value);
+                    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+                }
+                Figure::FloatGauge(name, help, value) => {
+                    let g = ConstGauge::new(value);
+                    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+                }
+                Figure::Counter(name, help, value) => {
+                    let c = ConstCounter::new(value);
+                    c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn scraped<F>(what: &'static str, read: F) -> Box<Scraped<F>>
+where
+    F: Fn() -> Vec<Figure> + Send + Sync + 'static,
+{
+    Box::new(Scraped { what, read })
+}
+
+fn cache_figures(cache: &Cache) -> Vec<Figure> {
+    let s = cache.stats();
+    vec![
+        Figure::Gauge(
             "chatcache_cache_entries",
             "Answers stored in the cache",
-            None,
-            entries.metric_type(),
-        )?)?;
-        let bytes = ConstGauge::new(s.bytes as i64);
-        bytes.encode(encoder.encode_descriptor(
+            s.entries as i64,
+        ),
+        Figure::Gauge(
             "chatcache_cache_bytes",
             "Bytes of stored answers",
-            None,
-            bytes.metric_type(),
-        )?)?;
-        let evictions = ConstCounter::new(s.evictions);
-        evictions.encode(encoder.encode_descriptor(
+            s.bytes as i64,
+        ),
+        Figure::Counter(
             "chatcache_cache_evictions",
             "Entries evicted for size or age",
-            None,
-            evictions.metric_type(),
-        )?)?;
-        let corrupt = ConstCounter::new(s.dropped_corrupt);
-        corrupt.encode(encoder.encode_descriptor(
+            s.evictions,
+        ),
+        Figure::Counter(
             "chatcache_cache_dropped_corrupt",
             "Entries dropped for failing their checksum",
-            None,
-            corrupt.metric_type(),
-        )?)?;
-        Ok(())
-    }
+            s.dropped_corrupt,
+        ),
+    ]
 }
 
-/// Team cache figures read from the tier at scrape time.
-struct TeamCacheCollector(TeamTier);
-
-impl fmt::Debug for TeamCacheCollector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TeamCacheCollector")
-    }
+/// The ledger's room: a full disk shows here before requests fail.
+fn ledger_figures(spend: &Spend) -> Vec<Figure> {
+    let r = spend.room();
+    vec![
+        Figure::Gauge(
+            "chatcache_ledger_waiting_lines",
+            "Ledger lines of answers already served that wait for room on disk",
+            r.waiting_lines as i64,
+        ),
+        Figure::Gauge(
+            "chatcache_ledger_room_short",
+            "1 when no more room for ledger lines can be preallocated (disk full)",
+            i64::from(r.short),
+        ),
+        Figure::Gauge(
+            "chatcache_ledger_room_bytes",
+            "Bytes preallocated for ledger lines not yet written",
+            r.held_bytes as i64,
+        ),
+    ]
 }
 
-impl Collector for TeamCacheCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let s = self.0.stats();
-        let up = ConstGauge::new(i64::from(s.up));
-        up.encode(encoder.encode_descriptor(
+fn team_cache_figures(tier: &TeamTier) -> Vec<Figure> {
+    let s = tier.stats();
+    vec![
+        Figure::Gauge(
             "chatcache_team_cache_up",
             "1 while the team cache (Redis) answers, 0 while requests go on without it",
-            None,
-            up.metric_type(),
-        )?)?;
-        for (name, help, value) in [
-            (
-                "chatcache_team_cache_hits",
-                "Local misses answered from the team cache",
-                s.hits,
-            ),
-            (
-                "chatcache_team_cache_misses",
-                "Local misses the team cache had no fresh answer for",
-                s.misses,
-            ),
-            (
-                "chatcache_team_cache_errors",
-                "Failed or timed-out exchanges with the team cache",
-                s.errors,
-            ),
-            (
-                "chatcache_team_cache_dropped_damaged",
-                "Team cache entries dropped for failing their checksum or seal",
-                s.dropped_damaged,
-            ),
-            (
-                "chatcache_team_cache_written",
-                "Answers shared with the team cache",
-                s.written,
-            ),
-            (
-                "chatcache_team_cache_skipped",
-                "Answers not shared: larger than team.max_entry, or Redis behind",
-                s.skipped,
-            ),
-        ] {
-            let c = ConstCounter::new(value);
-            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
-        }
-        Ok(())
-    }
+            i64::from(s.up),
+        ),
+        Figure::Counter(
+            "chatcache_team_cache_hits",
+            "Local misses answered from the team cache",
+            s.hits,
+        ),
+        Figure::Counter(
+            "chatcache_team_cache_misses",
+            "Local misses the team cache had no fresh answer for",
+            s.misses,
+        ),
+        Figure::Counter(
+            "chatcache_team_cache_errors",
+            "Failed or timed-out exchanges with the team cache",
+            s.errors,
+        ),
+        Figure::Counter(
+            "chatcache_team_cache_dropped_damaged",
+            "Team cache entries dropped for failing their checksum or seal",
+            s.dropped_damaged,
+        ),
+        Figure::Counter(
+            "chatcache_team_cache_written",
+            "Answers shared with the team cache",
+            s.written,
+        ),
+        Figure::Counter(
+            "chatcache_team_cache_skipped",
+            "Answers not shared: larger than team.max_entry, or Redis behind",
+            s.skipped,
+        ),
+    ]
 }
 
-/// The team ledger's shipping lag, read from the shipper at scrape time.
-struct TeamLedgerCollector(Team);
-
-impl fmt::Debug for TeamLedgerCollector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TeamLedgerCollector")
-    }
-}
-
-impl Collector for TeamLedgerCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let s = self.0.stats();
-        let pending = ConstGauge::new(s.pending_lines as i64);
-        pending.encode(encoder.encode_descriptor(
+/// The team ledger's shipping lag.
+fn team_ledger_figures(team: &Team) -> Vec<Figure> {
+    let s = team.stats();
+    vec![
+        Figure::Gauge(
             "chatcache_team_ledger_pending_lines",
             "Local ledger lines not yet in the team ledger",
-            None,
-            pending.metric_type(),
-        )?)?;
-        let oldest = ConstGauge::new(s.oldest_pending_seconds);
-        oldest.encode(encoder.encode_descriptor(
+            s.pending_lines as i64,
+        ),
+        Figure::FloatGauge(
             "chatcache_team_ledger_oldest_pending_seconds",
             "Age of the oldest line not yet in the team ledger (0 when none)",
-            None,
-            oldest.metric_type(),
-        )?)?;
-        let sent = ConstCounter::new(s.sent_lines);
-        sent.encode(encoder.encode_descriptor(
+            s.oldest_pending_seconds,
+        ),
+        Figure::Counter(
             "chatcache_team_ledger_sent_lines",
             "Lines sent to the team ledger and committed (a line sent again counts again)",
-            None,
-            sent.metric_type(),
-        )?)?;
-        let up = ConstGauge::new(i64::from(s.state == "up"));
-        up.encode(encoder.encode_descriptor(
+            s.sent_lines,
+        ),
+        Figure::Gauge(
             "chatcache_team_ledger_up",
             "1 when the last attempt to reach the team ledger succeeded",
-            None,
-            up.metric_type(),
-        )?)?;
-        Ok(())
-    }
-}
-
-/// The ledger's room read at scrape time: a full disk shows here before requests fail.
-struct LedgerCollector(Spend);
-
-impl fmt::Debug for LedgerCollector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("LedgerCollector")
-    }
-}
-
-impl Collector for LedgerCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let r = self.0.room();
-        let gauges = [
-            (
-                "chatcache_ledger_waiting_lines",
-                "Ledger lines of answers already served that wait for room on disk",
-                r.waiting_lines as i64,
-            ),
-            (
-                "chatcache_ledger_room_short",
-                "1 when no more room for ledger lines can be preallocated (disk full)",
-                i64::from(r.short),
-            ),
-            (
-                "chatcache_ledger_room_bytes",
-                "Bytes preallocated for ledger lines not yet written",
-                r.held_bytes as i64,
-            ),
-        ];
-        for (name, help, value) in gauges {
-            let g = ConstGauge::new(value);
-            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
-        }
-        Ok(())
-    }
+            i64::from(s.state == "up"),
+        ),
+    ]
 }
 
 impl Metrics {
@@ -286,14 +268,14 @@ impl Metrics {
             "Streamed answers being sent",
             streams.clone(),
         );
-        registry.register_collector(Box::new(CacheCollector(cache)));
+        registry.register_collector(scraped("cache", move || cache_figures(&cache)));
+        registry.register_collector(scraped("ledger", move || ledger_figures(&spend)));
         if let Some(team) = team {
-            registry.register_collector(Box::new(TeamLedgerCollector(team)));
+            registry.register_collector(scraped("team ledger", move || team_ledger_figures(&team)));
         }
         if let Some(tier) = team_cache {
-            registry.register_collector(Box::new(TeamCacheCollector(tier)));
+            registry.register_collector(scraped("team cache", move || team_cache_figures(&tier)));
         }
-        registry.register_collector(Box::new(LedgerCollector(spend)));
         Metrics {
             registry,
             requests,
