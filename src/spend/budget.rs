@@ -143,14 +143,11 @@ impl Budgets {
         amount: f64,
         now: OffsetDateTime,
     ) -> Result<bool, Refusal> {
-        let state = self.state_at(project, now);
-        let Some(t) = self.projects.get_mut(project) else {
+        let Some(PeriodUse { spent, .. }) = self.period_use(project, now) else {
             return Ok(false);
         };
-        let spent = match state {
-            BudgetState::Remaining(r) => t.budget - r,
-            BudgetState::Exhausted { spent, .. } => spent,
-            BudgetState::Unlimited => return Ok(false),
+        let Some(t) = self.projects.get_mut(project) else {
+            return Ok(false);
         };
         if spent + t.reserved + amount > t.budget {
             return Err(Refusal {
@@ -191,23 +188,13 @@ impl Budgets {
 
     /// The state of `project` at `now` (UTC).
     pub fn state_at(&self, project: &str, now: OffsetDateTime) -> BudgetState {
-        let Some(t) = self.projects.get(project) else {
+        let Some(PeriodUse { budget, spent, .. }) = self.period_use(project, now) else {
             return BudgetState::Unlimited;
         };
-        let today = day_string(now.to_offset(time::UtcOffset::UTC).date());
-        let window = window_of(t.period, &today);
-        let spent = if window > t.window.as_str() {
-            0.0
+        if spent >= budget {
+            BudgetState::Exhausted { budget, spent }
         } else {
-            t.spent
-        };
-        if spent >= t.budget {
-            BudgetState::Exhausted {
-                budget: t.budget,
-                spent,
-            }
-        } else {
-            BudgetState::Remaining(t.budget - spent)
+            BudgetState::Remaining(budget - spent)
         }
     }
 }
