@@ -22,6 +22,49 @@ pub fn empty() -> Body {
     full(Bytes::new())
 }
 
+/// A body sent as the pieces it is held in, none of them copied.
+pub fn pieces(pieces: Vec<Bytes>) -> Body {
+    if pieces.len() <= 1 {
+        return full(pieces.into_iter().next().unwrap_or_default());
+    }
+    let frames = futures_util::stream::iter(
+        pieces
+            .into_iter()
+            .map(|p| Ok::<_, BoxError>(Frame::data(p))),
+    );
+    StreamBody::new(frames).boxed()
+}
+
+/// Bytes held as pieces, read in order as one stream (for parsers that take a reader),
+/// so that nothing is joined into one buffer to be read.
+pub struct PiecesReader<'a> {
+    pieces: &'a [Bytes],
+    at: usize,
+}
+
+impl<'a> PiecesReader<'a> {
+    pub fn new(pieces: &'a [Bytes]) -> PiecesReader<'a> {
+        PiecesReader { pieces, at: 0 }
+    }
+}
+
+impl io::Read for PiecesReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while let Some((first, rest)) = self.pieces.split_first() {
+            let left = &first[self.at.min(first.len())..];
+            if left.is_empty() {
+                (self.pieces, self.at) = (rest, 0);
+                continue;
+            }
+            let n = left.len().min(out.len());
+            out[..n].copy_from_slice(&left[..n]);
+            self.at += n;
+            return Ok(n);
+        }
+        Ok(0)
+    }
+}
+
 /// Bytes a `written` body sends at a time.
 const CHUNK: usize = 64 * 1024;
 /// Chunks of a `written` body that may wait for the client (what it holds in memory).
@@ -89,5 +132,41 @@ impl Write for ChunkWriter {
         self.tx
             .blocking_send(Ok(chunk))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    #[test]
+    fn pieces_read_as_one_stream_across_their_seams() {
+        let pieces = [
+            Bytes::from_static(b"ab"),
+            Bytes::new(),
+            Bytes::from_static(b"cde"),
+            Bytes::from_static(b"f"),
+        ];
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2];
+        let mut r = PiecesReader::new(&pieces);
+        loop {
+            let n = r.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(out, b"abcdef");
+        let v: serde_json::Value =
+            serde_json::from_reader(PiecesReader::new(&[
+                Bytes::from_static(b"{\"a\""),
+                Bytes::from_static(b":[1,"),
+                Bytes::from_static(b"2]}"),
+            ]))
+            .unwrap();
+        assert_eq!(v["a"][1], 2);
     }
 }

@@ -100,11 +100,30 @@ impl Usage {
     /// that is not a number counts as absent. Token counts must be non-negative integers
     /// (`12` or `12.0`).
     pub fn from_upstream_json(text: &str) -> Option<Usage> {
-        if !text.trim_start().starts_with('{') {
-            // serde would also read a struct from a JSON array, positionally.
-            return None;
+        Usage::from_upstream_reader(text.as_bytes())
+    }
+
+    /// `from_upstream_json` of JSON read as it comes: nothing of it is kept but the fields.
+    pub fn from_upstream_reader(mut json: impl std::io::BufRead) -> Option<Usage> {
+        // serde would also read a struct from a JSON array, positionally: an object only.
+        loop {
+            let buf = json.fill_buf().ok()?;
+            if buf.is_empty() {
+                return None;
+            }
+            match buf.iter().position(|b| !b.is_ascii_whitespace()) {
+                Some(at) if buf[at] == b'{' => {
+                    json.consume(at);
+                    break;
+                }
+                Some(_) => return None,
+                None => {
+                    let n = buf.len();
+                    json.consume(n);
+                }
+            }
         }
-        let f: UpstreamFields = serde_json::from_str(text).ok()?;
+        let f: UpstreamFields = serde_json::from_reader(json).ok()?;
         let usage = Usage {
             input_tokens: f.input_tokens.as_deref().and_then(token_count),
             output_tokens: f.output_tokens.as_deref().and_then(token_count),

@@ -124,6 +124,11 @@ impl Store {
         Ok(self.tree(space).get(key)?.map(Bytes::from_owner))
     }
 
+    /// A number never handed out before in this database, across restarts.
+    pub fn unique_id(&self) -> StoreResult<u64> {
+        Ok(self.db.generate_id()?)
+    }
+
     pub fn put(&self, space: Space, key: &[u8], value: &[u8]) -> StoreResult<()> {
         self.tree(space).insert(key, value)?;
         Ok(())

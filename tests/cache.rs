@@ -288,7 +288,7 @@ async fn a_damaged_entry_is_dropped_and_fetched_again() {
     // Damaged behind the cache's back, as a bad disk would.
     let storage = chatcache::cache::sled_store::SledStore::new(d.app.store.clone());
     let summary = entry.summary(raw.len(), 0, Default::default());
-    chatcache::cache::storage::Storage::put(&storage, &key, &raw, &summary).unwrap();
+    chatcache::cache::storage::Storage::put(&storage, &key, &raw, &[], &summary).unwrap();
     let r = post(&d.url("/chat/completions"), &body).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(

@@ -242,7 +242,7 @@ async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<B
             json(&serde_json::json!({
                 "key": key.to_hex(),
                 "meta": e.meta,
-                "body": String::from_utf8_lossy(&e.body),
+                "body": String::from_utf8_lossy(&e.body_bytes()),
             }))
         }
         (&Method::POST, "/cache/purge") => {

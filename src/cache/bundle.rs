@@ -37,7 +37,7 @@ pub fn export(
         if failure.is_some() {
             return;
         }
-        let Ok(body) = String::from_utf8(entry.body.to_vec()) else {
+        let Ok(body) = String::from_utf8(entry.body_bytes().to_vec()) else {
             count.skipped += 1;
             return;
         };
@@ -93,7 +93,7 @@ pub fn import(
         let parts = key_parts(method, path, partition, &canonical);
         let mut meta = parsed.meta;
         meta.request = serde_json::value::RawValue::from_string(String::from_utf8(canonical)?)?;
-        cache.put(key, parts, Entry::new(meta, parsed.body.into()))?;
+        cache.put(key, parts, Entry::new(meta, vec![parsed.body.into()]))?;
         count.entries += 1;
         progress(count.entries);
     }
@@ -145,7 +145,7 @@ mod tests {
         let new_key = cache_key("POST", "/chat/completions", "bob-fp", br#"{"model":"m"}"#);
         let (l, got) = to.get(new_key, None).unwrap();
         assert_eq!(l, Lookup::Fresh);
-        assert_eq!(got.unwrap().body, e.body);
+        assert_eq!(got.unwrap().body_bytes(), e.body_bytes());
         assert_eq!(to.get(old_key, None).unwrap().0, Lookup::Missing);
     }
 

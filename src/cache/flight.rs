@@ -98,7 +98,8 @@ pub struct Flight {
 
 /// What waiting for a whole answer found.
 pub enum Whole {
-    Complete(Bytes),
+    /// The answer, as the pieces it arrived in.
+    Complete(Vec<Bytes>),
     /// It outgrew the bound: read it piece by piece instead.
     Outgrown,
     Ended(End),
@@ -164,10 +165,10 @@ impl Flight {
         self.lock().cost.clone()
     }
 
-    /// The whole answer as one buffer, unless it outgrew the bound.
-    pub fn recording(&self) -> Option<Bytes> {
+    /// The whole answer as the pieces it arrived in, unless it outgrew the bound.
+    pub fn recording(&self) -> Option<Vec<Bytes>> {
         let s = self.lock();
-        (!s.outgrown).then(|| concat(s.chunks.iter()))
+        (!s.outgrown).then(|| s.chunks.iter().cloned().collect())
     }
 
     /// Whether the answer outgrew the bound (it is then not stored).
@@ -258,7 +259,9 @@ impl Reader {
                     return Whole::Outgrown;
                 }
                 match &s.end {
-                    Some(End::Complete) => return Whole::Complete(concat(s.chunks.iter())),
+                    Some(End::Complete) => {
+                        return Whole::Complete(s.chunks.iter().cloned().collect())
+                    }
                     Some(other) => return Whole::Ended(other.clone()),
                     None => {}
                 }

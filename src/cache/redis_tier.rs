@@ -291,7 +291,7 @@ impl Inner {
         if self.seal_of(key, &value[..at]) != blake3::Hash::from_bytes(seal) {
             return None;
         }
-        Entry::decode(value.slice(..at)).ok()
+        Entry::decode(vec![value.slice(..at)]).ok()
     }
 
     /// Runs a write within `SLOW`; false (and Redis counted down) if it failed.

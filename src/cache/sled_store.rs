@@ -4,6 +4,12 @@
 //! size (entries in order of use, for eviction without reading them), `r‖request‖key` →
 //! nothing (entries by their request whatever the partition, for `cache explain`), and
 //! `x‖key` → why an entry is gone and when.
+//!
+//! A record up to `PIECE` bytes is one value. A larger one keeps only its head under
+//! `e‖key`, its body in `PIECE`-sized values `c‖key‖generation‖index`, written one at a
+//! time before the batch that makes the entry visible: no write or read of an answer ever
+//! holds it twice in memory. `p‖key‖generation` marks pieces written for an entry not yet
+//! visible, so that those a crash left behind are removed at the next start.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -18,6 +24,61 @@ const SUMMARY: u8 = b'm';
 const USE: u8 = b'u';
 const REQUEST: u8 = b'r';
 const GONE: u8 = b'x';
+const PIECES: u8 = b'c';
+const PENDING: u8 = b'p';
+
+/// The largest value written for an entry, and the size of a large body's pieces: small
+/// enough that sled keeps them in its log segments and that writing one copies little.
+const PIECE: usize = 64 * 1024;
+
+/// The first byte of an `e‖key` value: what follows is the whole record, or the head of a
+/// record whose body is in pieces (`PIECED | generation (BE) | count (LE u32) | head`).
+/// Values written before the byte existed begin with the record's own magic: whole.
+const WHOLE: u8 = 0;
+const PIECED: u8 = 1;
+
+/// Where an entry's body is, as its `e‖key` value says.
+enum Layout {
+    Whole(Bytes),
+    Pieced {
+        generation: u64,
+        count: u32,
+        head: Bytes,
+    },
+}
+
+fn layout_of(value: Bytes) -> Option<Layout> {
+    match value.first() {
+        Some(&WHOLE) => Some(Layout::Whole(value.slice(1..))),
+        Some(&PIECED) => {
+            let generation = u64::from_be_bytes(value.get(1..9)?.try_into().ok()?);
+            let count = u32::from_le_bytes(value.get(9..13)?.try_into().ok()?);
+            Some(Layout::Pieced {
+                generation,
+                count,
+                head: value.slice(13..),
+            })
+        }
+        _ => Some(Layout::Whole(value)),
+    }
+}
+
+fn piece_key(key: &CacheKey, generation: u64, index: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(45);
+    k.push(PIECES);
+    k.extend_from_slice(&key.0);
+    k.extend_from_slice(&generation.to_be_bytes());
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn pending_key(key: &CacheKey, generation: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(41);
+    k.push(PENDING);
+    k.extend_from_slice(&key.0);
+    k.extend_from_slice(&generation.to_be_bytes());
+    k
+}
 
 pub struct SledStore {
     store: Store,
@@ -54,22 +115,126 @@ fn key_of(bytes: &[u8]) -> Option<CacheKey> {
 }
 
 impl SledStore {
+    /// The store over `store`'s answers, after removing the pieces of entries a crash
+    /// left unfinished.
     pub fn new(store: Store) -> SledStore {
-        SledStore {
+        let s = SledStore {
             store,
             writes: Mutex::new(()),
+        };
+        if let Err(e) = s.remove_unfinished() {
+            tracing::warn!(error = %e, "could not remove the pieces of unfinished cache entries");
         }
+        s
     }
 
     fn writing(&self) -> MutexGuard<'_, ()> {
         // The guard protects no data, only the order of changes.
         self.writes.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn remove_unfinished(&self) -> StorageResult<()> {
+        let mut unfinished = Vec::new();
+        self.store.scan_prefix(Space::Answers, &[PENDING], |k, v| {
+            let key = k.get(1..33).and_then(key_of);
+            let generation = k.get(33..41).and_then(|g| g.try_into().ok());
+            let count = v.try_into().ok().map(u32::from_le_bytes);
+            if let (Some(key), Some(g), Some(count)) = (key, generation, count) {
+                unfinished.push((key, u64::from_be_bytes(g), count));
+            }
+            true
+        })?;
+        for (key, generation, count) in unfinished {
+            self.discard_pieces(&key, generation, count)?;
+        }
+        Ok(())
+    }
+
+    /// Removes pieces of generation `generation` and their mark.
+    fn discard_pieces(&self, key: &CacheKey, generation: u64, count: u32) -> StorageResult<()> {
+        let mut ops: Vec<Op> = (0..count)
+            .map(|i| Op::Remove(piece_key(key, generation, i)))
+            .collect();
+        ops.push(Op::Remove(pending_key(key, generation)));
+        self.store.apply(Space::Answers, ops)
+    }
+
+    /// Writes `body` as `count` pieces of generation `generation`, marked unfinished.
+    fn write_pieces(
+        &self,
+        key: &CacheKey,
+        generation: u64,
+        body: &[Bytes],
+        count: u32,
+    ) -> StorageResult<()> {
+        self.store.put(
+            Space::Answers,
+            &pending_key(key, generation),
+            &count.to_le_bytes(),
+        )?;
+        let mut buf = Vec::with_capacity(PIECE);
+        let mut index = 0u32;
+        for part in body {
+            let mut part = &part[..];
+            while !part.is_empty() {
+                let take = (PIECE - buf.len()).min(part.len());
+                buf.extend_from_slice(&part[..take]);
+                part = &part[take..];
+                if buf.len() == PIECE {
+                    self.store
+                        .put(Space::Answers, &piece_key(key, generation, index), &buf)?;
+                    buf.clear();
+                    index += 1;
+                }
+            }
+        }
+        if !buf.is_empty() {
+            self.store
+                .put(Space::Answers, &piece_key(key, generation, index), &buf)?;
+        }
+        Ok(())
+    }
+
+    fn layout(&self, key: &CacheKey) -> StorageResult<Option<Layout>> {
+        Ok(self
+            .store
+            .get(Space::Answers, &record_key(ENTRY, key))?
+            .and_then(layout_of))
+    }
+
+    /// The ops that remove the pieces of the entry now under `key`, if it has any.
+    fn remove_pieces(&self, key: &CacheKey, ops: &mut Vec<Op>) -> StorageResult<()> {
+        if let Some(Layout::Pieced {
+            generation, count, ..
+        }) = self.layout(key)?
+        {
+            ops.extend((0..count).map(|i| Op::Remove(piece_key(key, generation, i))));
+        }
+        Ok(())
+    }
 }
 
 impl Storage for SledStore {
-    fn lookup(&self, key: &CacheKey) -> StorageResult<Option<Bytes>> {
-        self.store.get(Space::Answers, &record_key(ENTRY, key))
+    fn lookup(&self, key: &CacheKey) -> StorageResult<Option<Vec<Bytes>>> {
+        let (generation, count, head) = match self.layout(key)? {
+            None => return Ok(None),
+            Some(Layout::Whole(record)) => return Ok(Some(vec![record])),
+            Some(Layout::Pieced {
+                generation,
+                count,
+                head,
+            }) => (generation, count, head),
+        };
+        let mut record = Vec::with_capacity(count as usize + 1);
+        record.push(head);
+        for i in 0..count {
+            match self.store.get(Space::Answers, &piece_key(key, generation, i))? {
+                Some(piece) => record.push(piece),
+                // Replaced or removed while being read: as if it had gone a moment sooner.
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(record))
     }
 
     fn summary(&self, key: &CacheKey) -> StorageResult<Option<Summary>> {
@@ -82,22 +247,49 @@ impl Storage for SledStore {
     fn put(
         &self,
         key: &CacheKey,
-        record: &[u8],
+        head: &[u8],
+        body: &[Bytes],
         summary: &Summary,
     ) -> StorageResult<Option<Summary>> {
+        let total: usize = body.iter().map(Bytes::len).sum();
         let _w = self.writing();
+        let (value, generation) = if head.len() + total <= PIECE {
+            let mut value = Vec::with_capacity(1 + head.len() + total);
+            value.push(WHOLE);
+            value.extend_from_slice(head);
+            body.iter().for_each(|p| value.extend_from_slice(p));
+            (value, None)
+        } else {
+            let generation = self.store.unique_id()?;
+            let count = total.div_ceil(PIECE) as u32;
+            if let Err(e) = self.write_pieces(key, generation, body, count) {
+                // What was written goes now if it can, or at the next start.
+                let _ = self.discard_pieces(key, generation, count);
+                return Err(e);
+            }
+            let mut value = Vec::with_capacity(13 + head.len());
+            value.push(PIECED);
+            value.extend_from_slice(&generation.to_be_bytes());
+            value.extend_from_slice(&count.to_le_bytes());
+            value.extend_from_slice(head);
+            (value, Some(generation))
+        };
         let old = self.summary(key)?;
-        let mut ops = Vec::with_capacity(7);
+        let mut ops = Vec::with_capacity(8);
+        self.remove_pieces(key, &mut ops)?;
         if let Some(o) = &old {
             ops.push(Op::Remove(use_key(o.last_used, key)));
             ops.push(Op::Remove(request_key(&o.parts.request, key)));
+        }
+        if let Some(g) = generation {
+            ops.push(Op::Remove(pending_key(key, g)));
         }
         ops.push(Op::Remove(record_key(GONE, key)));
         ops.push(Op::Put(
             request_key(&summary.parts.request, key),
             Vec::new(),
         ));
-        ops.push(Op::Put(record_key(ENTRY, key), record.to_vec()));
+        ops.push(Op::Put(record_key(ENTRY, key), value));
         ops.push(Op::Put(record_key(SUMMARY, key), summary.encode()));
         ops.push(Op::Put(
             use_key(summary.last_used, key),
@@ -114,6 +306,7 @@ impl Storage for SledStore {
             Op::Remove(record_key(ENTRY, key)),
             Op::Remove(record_key(SUMMARY, key)),
         ];
+        self.remove_pieces(key, &mut ops)?;
         if let Some(o) = &old {
             ops.push(Op::Remove(use_key(o.last_used, key)));
             ops.push(Op::Remove(request_key(&o.parts.request, key)));
@@ -239,3 +432,6 @@ impl Storage for SledStore {
         format!("{} (sled)", self.store.dir().display())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -157,18 +157,21 @@ impl<'a> Reader<'a> {
 
 /// A place that keeps answers. Every call blocks; callers run them on threads that may.
 pub trait Storage: Send + Sync {
-    /// The record stored under `key`, as `put` was given it.
-    fn lookup(&self, key: &CacheKey) -> StorageResult<Option<Bytes>>;
+    /// The record stored under `key`, as pieces: the first holds at least the head `put`
+    /// was given, the rest follow in order.
+    fn lookup(&self, key: &CacheKey) -> StorageResult<Option<Vec<Bytes>>>;
 
     /// The summary of the entry under `key`.
     fn summary(&self, key: &CacheKey) -> StorageResult<Option<Summary>>;
 
-    /// Stores `record` under `key` with its summary, replacing any entry there; returns
-    /// the summary of the one it replaced.
+    /// Stores the record `head` followed by `body` under `key` with its summary,
+    /// replacing any entry there; returns the summary of the one it replaced. A large body
+    /// is written a piece at a time, never joined into one buffer.
     fn put(
         &self,
         key: &CacheKey,
-        record: &[u8],
+        head: &[u8],
+        body: &[Bytes],
         summary: &Summary,
     ) -> StorageResult<Option<Summary>>;
 

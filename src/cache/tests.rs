@@ -74,7 +74,7 @@ fn put_get_and_counts() {
     c.put(key(1), KeyParts::default(), e.clone()).unwrap();
     let (l, got) = c.get(key(1), None).unwrap();
     assert_eq!(l, Lookup::Fresh);
-    assert_eq!(got.unwrap().body, e.body);
+    assert_eq!(got.unwrap().body_bytes(), e.body_bytes());
     assert_eq!(lookup(c, key(2)), Lookup::Missing);
     assert_eq!(c.stats().entries, 1);
     c.put(key(1), KeyParts::default(), e.clone()).unwrap();
@@ -140,6 +140,7 @@ fn damaged_entry_is_dropped_not_served() {
         .put(
             &key(1),
             &raw,
+            &[],
             &e.summary(raw.len(), now_ms(), KeyParts::default()),
         )
         .unwrap();

@@ -116,9 +116,9 @@ impl Writer {
 
     fn put(&self, key: CacheKey, parts: KeyParts, entry: &Arc<Entry>) -> StorageResult<()> {
         let s = &self.shared;
-        let record = entry.encode();
-        let summary = entry.summary(record.len(), s.stamps.next(), parts);
-        let stored = s.storage.put(&key, &record, &summary);
+        let head = entry.encode_head();
+        let summary = entry.summary(head.len() + entry.body_len(), s.stamps.next(), parts);
+        let stored = s.storage.put(&key, &head, entry.body_pieces(), &summary);
         // Stored or not, it no longer waits: on failure the answer goes unstored.
         {
             let mut p = lock(&s.pending);

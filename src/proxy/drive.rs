@@ -3,16 +3,19 @@
 //! offered to the team's, followers released) — in that order, before any client sees
 //! the end.
 
+use std::io::BufReader;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Response};
 use serde_json::value::RawValue;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::app::App;
-use crate::body::Body;
+use crate::body::{Body, PiecesReader};
 use crate::cache::entry::{Entry, EntryMeta};
 use crate::cache::flight::{End, Head, Leader, Reader};
 use crate::cache::now_ms;
@@ -133,14 +136,14 @@ pub async fn drive(
     )
     .await;
     // The whole answer, unless it outgrew `cache.max_entry` (it is then not stored).
-    let body: Option<Bytes> = leader.flight.recording();
+    let body: Option<Vec<Bytes>> = leader.flight.recording();
     let mut end = t.end.clone();
     // Checked without building a tree: the cost fields are read on their own, and the
     // answer's text is looked into only when the cost has to be estimated.
     let is_json = sse
         || body
             .as_ref()
-            .is_none_or(|b| serde_json::from_slice::<serde::de::IgnoredAny>(b).is_ok());
+            .is_none_or(|b| serde_json::from_reader::<_, IgnoredAny>(PiecesReader::new(b)).is_ok());
     if !sse
         && matches!(end, TeeEnd::Clean)
         && (ex.endpoint.cacheable() || ex.endpoint.billable())
@@ -198,7 +201,7 @@ pub async fn drive(
         _ => {}
     }
     if ex.endpoint == Endpoint::Models && clean {
-        if let Some(p) = body.as_deref().and_then(Prices::from_models_json) {
+        if let Some(p) = body.as_deref().and_then(|b| Prices::from_models_json(&b.concat())) {
             app.set_prices(p);
         }
     }
@@ -232,15 +235,13 @@ fn account(
     prices: Option<&Prices>,
     t: &Tee,
     sse: bool,
-    body: Option<&[u8]>,
+    body: Option<&[Bytes]>,
 ) -> (Usage, CostSource) {
     let reported = if sse {
         t.cost_frame.as_deref().and_then(Usage::from_upstream_json)
     } else {
         match body {
-            Some(b) => std::str::from_utf8(b)
-                .ok()
-                .and_then(Usage::from_upstream_json),
+            Some(b) => Usage::from_upstream_reader(BufReader::new(PiecesReader::new(b))),
             // Too large to have been kept: the fields read as it passed.
             None => t.plain_usage.clone(),
         }
@@ -255,27 +256,48 @@ fn account(
             // The text of an answer that was not kept cannot be counted.
             return (Usage::default(), CostSource::Unknown);
         };
-        serde_json::from_slice::<Value>(body)
-            .ok()
-            .as_ref()
-            .and_then(|v| v.get("choices"))
-            .and_then(Value::as_array)
-            .map_or(0, |cs| {
-                cs.iter()
-                    .filter_map(|c| c.pointer("/message/content").and_then(Value::as_str))
-                    .map(|s| s.chars().count())
-                    .sum()
-            })
+        output_chars(body)
     };
     let input_chars = ex.json.as_ref().map_or(0, |j| j.input_chars);
     estimate(prices, ex.model().unwrap_or(""), input_chars, output_chars)
+}
+
+/// The characters of an answer's texts (`choices[].message.content`), read as it comes:
+/// one text at a time is held, never a tree of the whole answer.
+fn output_chars(body: &[Bytes]) -> usize {
+    #[derive(Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        choices: Vec<Choice>,
+    }
+    #[derive(Deserialize)]
+    struct Choice {
+        #[serde(default)]
+        message: Option<Message>,
+    }
+    #[derive(Deserialize)]
+    struct Message {
+        // Any JSON: a content that is not a text counts 0.
+        #[serde(default)]
+        content: Option<Value>,
+    }
+    let Ok(answer) = serde_json::from_reader::<_, Answer>(BufReader::new(PiecesReader::new(body)))
+    else {
+        return 0;
+    };
+    answer
+        .choices
+        .iter()
+        .filter_map(|c| c.message.as_ref()?.content.as_ref()?.as_str())
+        .map(|s| s.chars().count())
+        .sum()
 }
 
 fn entry_of(
     ex: &Exchange,
     head: &Head,
     chunk_times: &[(u32, u32)],
-    body: Bytes,
+    body: Vec<Bytes>,
     usage: &Usage,
     source: CostSource,
 ) -> Entry {

@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Response};
 
 use crate::app::App;
 use crate::attribution::{self, Attribution};
-use crate::body::{full, Body};
+use crate::body::{pieces, Body};
 use crate::cache::entry::Entry;
 use crate::cache::key::CacheKey;
 use crate::cache::{now_ms, Lookup};
@@ -21,6 +22,17 @@ use crate::stream::replay::replay_body;
 
 /// A plain answer larger than this is sent in pieces of this size.
 const PIECE: usize = 64 * 1024;
+
+/// Views of `body`'s pieces, none larger than `PIECE`; nothing is copied.
+fn sliced(body: &[Bytes]) -> Vec<Bytes> {
+    body.iter()
+        .flat_map(|p| {
+            (0..p.len())
+                .step_by(PIECE)
+                .map(|at| p.slice(at..(at + PIECE).min(p.len())))
+        })
+        .collect()
+}
 
 /// Names the tier a hit came from when it is not this daemon's own.
 const TIER_HEADER: HeaderName = HeaderName::from_static("x-chatcache-tier");
@@ -122,15 +134,8 @@ pub(super) async fn serve_as(
     let age = now_ms().saturating_sub(entry.meta.created_ms) / 1000;
     let body = if entry.meta.stream {
         replay_body(entry.chunks(), app.config.cache.replay_pace)
-    } else if entry.body.len() <= PIECE {
-        full(entry.body.clone())
     } else {
-        // Pieces of the stored buffer, not copies of it.
-        let pieces = (0..entry.body.len())
-            .step_by(PIECE)
-            .map(|at| (entry.body.slice(at..(at + PIECE).min(entry.body.len())), 0))
-            .collect();
-        replay_body(pieces, crate::config::ReplayPace::Instant)
+        pieces(sliced(entry.body_pieces()))
     };
     let status = http::StatusCode::from_u16(entry.meta.status).unwrap_or(http::StatusCode::OK);
     let mut resp = respond(status, entry.replay_headers(), body);

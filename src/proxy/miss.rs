@@ -8,7 +8,7 @@ use http::Response;
 use tracing::Instrument;
 
 use crate::app::App;
-use crate::body::{full, Body};
+use crate::body::{pieces, Body};
 use crate::cache::flight::{End, Flight, Head, Leader, Reader, Role, Whole};
 use crate::cache::key::CacheKey;
 use crate::cache::redis_tier::{Claim, Lease};
@@ -185,9 +185,9 @@ async fn follow(
         reader.into_body(true)
     } else {
         match reader.whole().await {
-            Whole::Complete(bytes) => {
+            Whole::Complete(whole) => {
                 account_coalesced(app, ex, &flight, status, room.take()).await;
-                full(bytes)
+                pieces(whole)
             }
             Whole::Outgrown => {
                 account_when_complete(app, ex, flight, status, room.take());
@@ -273,7 +273,7 @@ async fn answer_from(mut reader: Reader, head: Head) -> Result<Response<Body>, A
         reader.into_body(true)
     } else {
         match reader.whole().await {
-            Whole::Complete(bytes) => full(bytes),
+            Whole::Complete(whole) => pieces(whole),
             Whole::Outgrown => reader.into_body(false),
             Whole::Ended(End::Failed(e)) => return Err(e),
             Whole::Ended(_) => {
