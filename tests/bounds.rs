@@ -1,5 +1,6 @@
 //! Answers larger than `cache.max_entry`: passed through whole, never stored, still
-//! accounted from their cost fields, and read by coalesced followers to the last byte.
+//! accounted from their cost fields, and read by coalesced followers to the last byte; and
+//! answers stored in many pieces, replayed from them byte for byte.
 
 mod support;
 
@@ -103,5 +104,38 @@ async fn followers_of_an_answer_that_outgrows_the_bound_get_every_byte() {
         assert_eq!(outcomes, ["coalesced", "coalesced", "coalesced", "miss"]);
         assert_eq!(fake.count("/chat/completions"), 1, "one upstream call");
     }
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_stored_in_pieces_are_hits_byte_for_byte_after_a_restart() {
+    let fake = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bodies = [chat_stream("a stored poem"), chat("a stored essay")];
+    let mut wants = Vec::new();
+    let d = Daemon::start_in(dir.path(), &fake.url(), "").await;
+    for body in &bodies {
+        let want = direct(&fake, body).await;
+        // More than one of the store's 64 KiB pieces.
+        assert!(want.body.len() > 64 * 1024, "{} bytes", want.body.len());
+        let r = through(&d, body, "gap=0").await;
+        assert_eq!(r.header("x-chatcache"), Some("miss"));
+        assert!(r.body == want.body, "the answer changed on its way");
+        wants.push(want);
+    }
+    d.app.cache.settle().unwrap();
+    assert_eq!(d.app.cache.stats().entries, 2);
+    d.stop().await;
+
+    // A new process's memory holds nothing: the hits are read from the store.
+    let d = Daemon::start_in(dir.path(), &fake.url(), "").await;
+    fake.clear_requests();
+    for (body, want) in bodies.iter().zip(&wants) {
+        let r = through(&d, body, "gap=0").await;
+        assert_eq!(r.header("x-chatcache"), Some("hit"));
+        assert_eq!(r.body.len(), want.body.len());
+        assert!(r.body == want.body, "the stored answer changed");
+    }
+    assert_eq!(fake.count("/chat/completions"), 0);
     d.stop().await;
 }
