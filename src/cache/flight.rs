@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use foldhash::HashMap;
 use http::{HeaderMap, StatusCode};
 use tokio::sync::watch;
@@ -274,14 +274,14 @@ impl Reader {
 
     /// The pieces this reader has not had yet, and the end once reached; waits while
     /// there is neither.
-    pub async fn next(&mut self) -> (Bytes, Option<End>) {
+    pub async fn next(&mut self) -> (Vec<Bytes>, Option<End>) {
         loop {
             {
                 let mut s = self.flight.lock();
                 let at = s.cursors.get(&self.id).copied().unwrap_or(s.len());
                 if at < s.len() || s.end.is_some() {
                     let from = at.saturating_sub(s.base);
-                    let out = concat(s.chunks.iter().skip(from));
+                    let out = s.chunks.iter().skip(from).cloned().collect();
                     let len = s.len();
                     s.cursors.insert(self.id, len);
                     s.trim();
@@ -293,7 +293,7 @@ impl Reader {
                 }
             }
             if self.rx.changed().await.is_err() {
-                return (Bytes::new(), Some(End::Released));
+                return (Vec::new(), Some(End::Released));
             }
         }
     }
@@ -308,27 +308,31 @@ impl Reader {
     /// never a short answer that looks whole).
     pub fn into_body(self, sse: bool) -> Body {
         use http_body_util::{BodyExt, StreamBody};
-        let frames = futures_util::stream::unfold(Some(self), move |reader| async move {
-            let mut r = reader?;
+        // The reader, the pieces it has been given and not yet sent, and the end once known.
+        type State = (Reader, VecDeque<Bytes>, Option<End>);
+        let start: State = (self, VecDeque::new(), None);
+        let frames = futures_util::stream::unfold(Some(start), move |state| async move {
+            let (mut r, mut queue, mut end) = state?;
             loop {
-                let (data, end) = r.next().await;
-                let failure = match end {
-                    None if data.is_empty() => continue,
-                    None => return Some((Ok(Frame::data(data)), Some(r))),
-                    Some(End::Complete) if data.is_empty() => return None,
-                    Some(End::Complete) => return Some((Ok(Frame::data(data)), None)),
+                if let Some(piece) = queue.pop_front() {
+                    return Some((Ok(Frame::data(piece)), Some((r, queue, end))));
+                }
+                let failure = match end.take() {
+                    None => {
+                        let (pieces, e) = r.next().await;
+                        queue.extend(pieces);
+                        end = e;
+                        continue;
+                    }
+                    Some(End::Complete) => return None,
                     Some(End::Failed(e)) => e,
                     Some(End::Released) => {
                         ApiError::UpstreamBroken("the answer was abandoned".into())
                     }
                 };
+                // What arrived has gone out; the body ends with the failure.
                 let item: Result<Frame<Bytes>, BoxError> = if sse {
-                    let mut b = BytesMut::from(&data[..]);
-                    b.extend_from_slice(&failure.sse_frame());
-                    Ok(Frame::data(b.freeze()))
-                } else if !data.is_empty() {
-                    // What arrived goes out first; the next poll ends the body broken.
-                    return Some((Ok(Frame::data(data)), Some(r)));
+                    Ok(Frame::data(failure.sse_frame()))
                 } else {
                     Err(failure.to_string().into())
                 };
@@ -347,20 +351,6 @@ impl Drop for Reader {
             s.trim();
         }
         self.flight.bump();
-    }
-}
-
-fn concat<'a>(mut chunks: impl ExactSizeIterator<Item = &'a Bytes> + Clone) -> Bytes {
-    match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.next().cloned().unwrap_or_default(),
-        _ => {
-            let mut b = BytesMut::with_capacity(chunks.clone().map(Bytes::len).sum());
-            for c in chunks {
-                b.extend_from_slice(c);
-            }
-            b.freeze()
-        }
     }
 }
 

@@ -19,74 +19,15 @@ use crate::cache::key::CacheKey;
 use crate::cache::storage::{Gone, Storage, StorageResult, Summary};
 use crate::store::{Op, Space, Store};
 
+mod layout;
+
+use layout::{layout_of, pending_key, piece_key, Layout, PENDING, PIECE, PIECED, PIECES, WHOLE};
+
 const ENTRY: u8 = b'e';
 const SUMMARY: u8 = b'm';
 const USE: u8 = b'u';
 const REQUEST: u8 = b'r';
 const GONE: u8 = b'x';
-const PIECES: u8 = b'c';
-const PENDING: u8 = b'p';
-
-/// The largest value written for an entry, and the size of a large body's pieces: small
-/// enough that sled keeps them in its log segments and that writing one copies little.
-const PIECE: usize = 64 * 1024;
-
-/// The first byte of an `e‖key` value: what follows is the whole record, or the head of a
-/// record whose body is in pieces (`PIECED | generation (BE) | count (LE u32) | head`).
-/// Values written before the byte existed begin with the record's own magic: whole.
-const WHOLE: u8 = 0;
-const PIECED: u8 = 1;
-
-/// Where an entry's body is, as its `e‖key` value says.
-enum Layout {
-    Whole(Bytes),
-    Pieced {
-        generation: u64,
-        count: u32,
-        head: Bytes,
-    },
-}
-
-fn layout_of(value: Bytes) -> Option<Layout> {
-    match value.first() {
-        Some(&WHOLE) => Some(Layout::Whole(value.slice(1..))),
-        Some(&PIECED) => {
-            let generation = u64::from_be_bytes(value.get(1..9)?.try_into().ok()?);
-            let count = u32::from_le_bytes(value.get(9..13)?.try_into().ok()?);
-            Some(Layout::Pieced {
-                generation,
-                count,
-                head: value.slice(13..),
-            })
-        }
-        _ => Some(Layout::Whole(value)),
-    }
-}
-
-fn piece_key(key: &CacheKey, generation: u64, index: u32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(45);
-    k.push(PIECES);
-    k.extend_from_slice(&key.0);
-    k.extend_from_slice(&generation.to_be_bytes());
-    k.extend_from_slice(&index.to_be_bytes());
-    k
-}
-
-fn pending_key(key: &CacheKey, generation: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(41);
-    k.push(PENDING);
-    k.extend_from_slice(&key.0);
-    k.extend_from_slice(&generation.to_be_bytes());
-    k
-}
-
-pub struct SledStore {
-    store: Store,
-    /// Changes read a summary and then write a batch that depends on it: one at a time.
-    /// Lookups never take it.
-    writes: Mutex<()>,
-}
-
 fn record_key(kind: u8, key: &CacheKey) -> Vec<u8> {
     let mut k = Vec::with_capacity(33);
     k.push(kind);
