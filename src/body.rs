@@ -160,13 +160,12 @@ mod tests {
             out.extend_from_slice(&buf[..n]);
         }
         assert_eq!(out, b"abcdef");
-        let v: serde_json::Value =
-            serde_json::from_reader(PiecesReader::new(&[
-                Bytes::from_static(b"{\"a\""),
-                Bytes::from_static(b":[1,"),
-                Bytes::from_static(b"2]}"),
-            ]))
-            .unwrap();
+        let v: serde_json::Value = serde_json::from_reader(PiecesReader::new(&[
+            Bytes::from_static(b"{\"a\""),
+            Bytes::from_static(b":[1,"),
+            Bytes::from_static(b"2]}"),
+        ]))
+        .unwrap();
         assert_eq!(v["a"][1], 2);
     }
 }

@@ -316,7 +316,11 @@ pub(crate) mod tests {
         record.extend(cut.body_pieces().iter().cloned());
         let d = Entry::decode(record.clone()).unwrap();
         assert_eq!(d.body_bytes(), e.body_bytes());
-        assert_eq!(d.encode(), e.encode(), "pieces or one buffer: the same record");
+        assert_eq!(
+            d.encode(),
+            e.encode(),
+            "pieces or one buffer: the same record"
+        );
         let chunks: Vec<_> = d.chunks().into_iter().collect();
         let texts: Vec<_> = chunks.iter().map(|(b, ms)| (b.to_vec(), *ms)).collect();
         assert_eq!(

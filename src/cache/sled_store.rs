@@ -21,13 +21,20 @@ use crate::store::{Op, Space, Store};
 
 mod layout;
 
-use layout::{layout_of, pending_key, piece_key, Layout, PENDING, PIECE, PIECED, PIECES, WHOLE};
+use layout::{layout_of, pending_key, piece_key, Layout, PENDING, PIECE, PIECED, WHOLE};
 
 const ENTRY: u8 = b'e';
 const SUMMARY: u8 = b'm';
 const USE: u8 = b'u';
 const REQUEST: u8 = b'r';
 const GONE: u8 = b'x';
+pub struct SledStore {
+    store: Store,
+    /// Changes read a summary and then write a batch that depends on it: one at a time.
+    /// Lookups never take it.
+    writes: Mutex<()>,
+}
+
 fn record_key(kind: u8, key: &CacheKey) -> Vec<u8> {
     let mut k = Vec::with_capacity(33);
     k.push(kind);
@@ -169,7 +176,10 @@ impl Storage for SledStore {
         let mut record = Vec::with_capacity(count as usize + 1);
         record.push(head);
         for i in 0..count {
-            match self.store.get(Space::Answers, &piece_key(key, generation, i))? {
+            match self
+                .store
+                .get(Space::Answers, &piece_key(key, generation, i))?
+            {
                 Some(piece) => record.push(piece),
                 // Replaced or removed while being read: as if it had gone a moment sooner.
                 None => return Ok(None),

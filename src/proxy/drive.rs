@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Response};
-use serde_json::value::RawValue;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -201,7 +201,10 @@ pub async fn drive(
         _ => {}
     }
     if ex.endpoint == Endpoint::Models && clean {
-        if let Some(p) = body.as_deref().and_then(|b| Prices::from_models_json(&b.concat())) {
+        if let Some(p) = body
+            .as_deref()
+            .and_then(|b| Prices::from_models_json(&b.concat()))
+        {
             app.set_prices(p);
         }
     }

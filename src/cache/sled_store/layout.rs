@@ -61,10 +61,3 @@ pub(super) fn pending_key(key: &CacheKey, generation: u64) -> Vec<u8> {
     k.extend_from_slice(&generation.to_be_bytes());
     k
 }
-
-pub struct SledStore {
-    store: Store,
-    /// Changes read a summary and then write a batch that depends on it: one at a time.
-    /// Lookups never take it.
-    writes: Mutex<()>,
-}

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use super::layout::PIECES;
 use super::*;
 use crate::cache::key::KeyParts;
 
@@ -80,7 +81,10 @@ fn a_record_missing_a_piece_is_not_found_rather_than_served_short() {
         panic!("a large record is kept in pieces");
     };
     s.store
-        .apply(Space::Answers, vec![Op::Remove(piece_key(&key, generation, 1))])
+        .apply(
+            Space::Answers,
+            vec![Op::Remove(piece_key(&key, generation, 1))],
+        )
         .unwrap();
     assert_eq!(s.lookup(&key).unwrap(), None);
 }
@@ -100,7 +104,11 @@ fn pieces_a_crash_left_unfinished_are_removed_at_the_next_start() {
         s.flush().unwrap();
     }
     let s = open(dir.path());
-    assert_eq!(pieces_stored(&s), 2, "only the finished entry's pieces remain");
+    assert_eq!(
+        pieces_stored(&s),
+        2,
+        "only the finished entry's pieces remain"
+    );
     let got = s.lookup(&key).unwrap().unwrap();
     assert_eq!(got[1..].concat(), body(2 * PIECE).concat());
 }
