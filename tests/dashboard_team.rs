@@ -209,6 +209,15 @@ async fn the_team_panel_shows_every_daemons_spend_by_project_and_by_daemon() {
         "this daemon's own projects"
     );
 
+    // For a look by eye (target/test-artifacts).
+    browser
+        .screenshot(
+            "/_chatcache/",
+            &artifact_dir().join("dashboard-team.png"),
+            "1280,1800",
+        )
+        .await;
+
     // The project filter applies to the team's figures too.
     let page = browser.dom("/_chatcache/?project=web").await;
     assert_eq!(names(&page, "data-team-project"), ["web"]);
@@ -286,15 +295,21 @@ async fn postgres_unreachable_is_said_by_health_the_metrics_and_the_team_panel()
         assert_no_secret(&get(&d.url(path)).await.body, &needles, path);
     }
 
-    let page = Browser::new(format!("http://{}", d.addr))
-        .dom("/_chatcache/")
-        .await;
+    let browser = Browser::new(format!("http://{}", d.addr));
+    let page = browser.dom("/_chatcache/").await;
     assert_eq!(
         page.body().attr("data-team"),
         Some("unreachable"),
         "{}",
         page.html
     );
+    browser
+        .screenshot(
+            "/_chatcache/",
+            &artifact_dir().join("dashboard-team-down.png"),
+            "1280,900",
+        )
+        .await;
     let team = page.within("team");
     let text = text_until(
         &page.html,

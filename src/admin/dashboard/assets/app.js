@@ -664,8 +664,8 @@
   function shipping(ship) {
     var pending = Number(ship.pending_lines) || 0;
     var lag = pending === 0 ? 'every ledger line shipped' :
-      count(pending) + (pending === 1 ? ' line' : ' lines') + ' waiting to ship, oldest ' +
-      ago(ship.oldest_pending_seconds) + ' old';
+      count(pending) + (pending === 1 ? ' line' : ' lines') + ' waiting to ship, the oldest ' +
+      'from ' + ago(ship.oldest_pending_seconds) + ' ago';
     var pg = ship.postgres === 'up' ? 'PostgreSQL reachable' :
       ship.postgres === 'down' ? 'PostgreSQL unreachable: lines wait in the local ledger, ' +
         (ship.budgets === 'refuse' ? 'budgeted requests are refused' :
