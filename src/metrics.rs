@@ -1,6 +1,6 @@
 //! Prometheus metrics: request outcomes, upstream latency, cache size, the team cache's
-//! state, the team ledger's lag, spend by project, the ledger's room on disk, requests and
-//! streams in flight; rendered in the text
+//! state, the team ledger's lag and its PostgreSQL's reachability, spend by project, the
+//! ledger's room on disk, requests and streams in flight; rendered in the text
 //! exposition format.
 
 use std::fmt;
@@ -191,10 +191,16 @@ fn team_cache_figures(tier: &TeamTier) -> Vec<Figure> {
     ]
 }
 
-/// The team ledger's shipping lag.
+/// The team ledger's shipping lag, and whether team budgets can be checked.
 fn team_ledger_figures(team: &Team) -> Vec<Figure> {
     let s = team.stats();
     vec![
+        Figure::Gauge(
+            "chatcache_team_postgres_up",
+            "1 while the team's PostgreSQL answers (team budgets are checked across the team), \
+             0 while it does not (team.budget_when_down applies)",
+            i64::from(team.reachability().is_up()),
+        ),
         Figure::Gauge(
             "chatcache_team_ledger_pending_lines",
             "Local ledger lines not yet in the team ledger",

@@ -6,6 +6,7 @@
 
 pub mod dashboard;
 mod explain;
+mod health;
 mod reconcile;
 
 use std::collections::HashMap;
@@ -140,23 +141,7 @@ async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<B
         }
     }
     match (req.method(), path.as_str()) {
-        (&Method::GET, "/health") => {
-            let room = app.spend.room();
-            let writable = app.spend.healthy();
-            let degraded = room.short || room.waiting_lines > 0 || !writable;
-            let mut health = serde_json::json!({
-                "status": if degraded { "degraded" } else { "ok" },
-                "version": env!("CARGO_PKG_VERSION"),
-                "mode": app.config.mode.as_str(),
-                "ledger": {"writable": writable, "room": room},
-                "team_ledger": app.team.as_ref().map(|t| t.stats()),
-            });
-            // Absent when no team cache is configured; its state when one is.
-            if let Some(tier) = &app.team_cache {
-                health["team_cache"] = (if tier.is_up() { "up" } else { "down" }).into();
-            }
-            json(&health)
-        }
+        (&Method::GET, "/health") => json(&health::health(&app)),
         (&Method::GET, "/budgets") => json(&dashboard::budget_rows(
             &app.config.projects,
             |p| app.spend.budget(p),

@@ -126,6 +126,18 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Drops the database now, closing the connections daemons hold to it: PostgreSQL
+    /// gone from under them, as far as they can tell.
+    pub async fn drop_now(&self) {
+        let admin = connect(&self.server, "postgres").await;
+        admin
+            .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .await
+            .unwrap();
+    }
+}
+
 async fn connect(server: &tokio_postgres::Config, db: &str) -> tokio_postgres::Client {
     let mut config = server.clone();
     config.dbname(db);

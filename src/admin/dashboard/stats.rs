@@ -26,6 +26,12 @@ pub struct TeamLine {
     pub state: String,
     pub pending_lines: u64,
     pub oldest_pending_seconds: f64,
+    /// The team's PostgreSQL: "up", "down" or "unknown" (absent from older daemons).
+    #[serde(default)]
+    pub postgres: String,
+    /// How budgets are checked now: "team", "local" or "refuse".
+    #[serde(default)]
+    pub budgets: String,
 }
 
 /// Everything one screen shows.
@@ -141,6 +147,16 @@ pub fn render(s: &Snapshot) -> String {
             let _ = write!(out, ", oldest {:.0}s ago", t.oldest_pending_seconds);
         }
         let _ = writeln!(out);
+        if t.postgres == "down" {
+            let then = match t.budgets.as_str() {
+                "refuse" => "budgeted requests are refused",
+                _ => "budgets are checked against this daemon's ledger only",
+            };
+            let _ = writeln!(
+                out,
+                "           PostgreSQL unreachable: team budgets not checked, {then}"
+            );
+        }
     }
 
     let _ = writeln!(out, "\ntop projects, {month_name}");
@@ -271,6 +287,8 @@ mod tests {
                 state: "down".into(),
                 pending_lines: 42,
                 oldest_pending_seconds: 75.4,
+                postgres: "down".into(),
+                budgets: "local".into(),
             }),
         };
         let text = render(&s);
@@ -282,6 +300,10 @@ mod tests {
         assert!(text.contains("cache      3 entries"), "{text}");
         assert!(
             text.contains("team       ledger down, 42 lines to ship, oldest 75s ago"),
+            "{text}"
+        );
+        assert!(
+            text.contains("PostgreSQL unreachable: team budgets not checked, budgets are checked against this daemon's ledger only"),
             "{text}"
         );
         for shown in ["p0", "p1", "p4"] {

@@ -24,6 +24,12 @@ pub(super) struct Settings {
     ttl: Duration,
 }
 
+impl Settings {
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
 impl From<&TeamConfig> for Settings {
     fn from(c: &TeamConfig) -> Settings {
         Settings {
@@ -152,11 +158,15 @@ impl Team {
             }
             let renew = tokio::time::timeout(s.ttl / 3, self.inner.db.renew(&ids, s.ttl));
             match renew.await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => self.reached(true),
                 Ok(Err(e)) => {
+                    self.reached(false);
                     tracing::debug!(error = %e, "team reservations not renewed this time")
                 }
-                Err(_) => tracing::debug!("team reservations not renewed in time"),
+                Err(_) => {
+                    self.reached(false);
+                    tracing::debug!("team reservations not renewed in time")
+                }
             }
         }
     }
@@ -201,7 +211,9 @@ impl Team {
         };
         // Cut off after its commit, a reservation is held by nobody: it counts until it
         // expires, which errs on the side of the budget.
-        let held = match tokio::time::timeout(s.timeout, attempt).await {
+        let outcome = tokio::time::timeout(s.timeout, attempt).await;
+        self.reached(matches!(outcome, Ok(Ok(_))));
+        let held = match outcome {
             Ok(Ok(held)) => held,
             Ok(Err(e)) => return Err(TeamRefusal::Down(e.to_string())),
             Err(_) => {

@@ -9,10 +9,12 @@
 
 mod budget;
 mod postgres;
+mod reach;
 #[cfg(test)]
 mod tests;
 
 pub use budget::{Settling, TeamHold, TeamRefusal};
+pub use reach::Reachability;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -113,6 +115,8 @@ struct Inner {
     settling: Mutex<HashMap<String, String>>,
     /// Team reservations of requests in flight.
     live: Mutex<HashSet<String>>,
+    /// Whether PostgreSQL answered the latest exchange (for team budgets).
+    reach: reach::Reach,
 }
 
 #[derive(Default)]
@@ -159,6 +163,7 @@ impl Team {
                 budgets: budget::Settings::from(config),
                 settling: Mutex::new(HashMap::new()),
                 live: Mutex::new(HashSet::new()),
+                reach: reach::Reach::default(),
             }),
         }))
     }
@@ -198,9 +203,11 @@ impl Team {
     /// Starts the shipper: every tick it ships what is pending; a failed pass is tried
     /// again after a growing wait (backon), for as long as it takes. Stops on `stop`; a
     /// batch cut off then is simply sent again next time. Beside it, the renewal of this
-    /// daemon's team budget reservations, which stops on `stop` too.
+    /// daemon's team budget reservations and the probe of whether team budgets can be
+    /// checked, which stop on `stop` too.
     pub fn spawn_shipper(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
         tokio::spawn(self.clone().renew_reservations(stop.clone()));
+        tokio::spawn(self.clone().probe(stop.clone()));
         let team = self.clone();
         self.inner.running.store(true, Ordering::SeqCst);
         tokio::spawn(async move {

@@ -113,6 +113,15 @@ impl Db {
         Ok(())
     }
 
+    /// Whether the budget table can be read now (nothing is read: its plan is enough).
+    pub async fn reachable(&self) -> Result<(), DbError> {
+        let client = self.pool.get().await?;
+        client
+            .execute("SELECT 1 FROM chatcache_reservations LIMIT 0", &[])
+            .await?;
+        Ok(())
+    }
+
     /// Releases reservations whose requests died before costing anything.
     pub async fn release(&self, ids: &[String]) -> Result<(), DbError> {
         let client = self.pool.get().await?;
