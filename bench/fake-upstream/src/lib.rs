@@ -43,3 +43,70 @@ pub async fn accept(listener: &tokio::net::TcpListener) -> tokio::net::TcpStream
         }
     }
 }
+
+/// A connection that sends plain requests with whole bodies.
+pub type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>;
+
+/// The value after `name` on the command line.
+pub fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// The number after `name`, or `default`.
+pub fn num(args: &[String], name: &str, default: u64) -> u64 {
+    arg(args, name).map_or(default, |s| s.parse().expect(name))
+}
+
+/// `http://host:port/path` as (host:port, path).
+pub fn split_url(url: &str) -> (String, String) {
+    let rest = url.strip_prefix("http://").expect("http:// URL");
+    match rest.find('/') {
+        Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
+        None => (rest.to_string(), "/".to_string()),
+    }
+}
+
+/// An HTTP/1 connection to `host`, Nagle off; retried for about a second while the
+/// server starts.
+pub async fn connect(host: &str) -> Sender {
+    let mut tries = 0;
+    let sock = loop {
+        match tokio::net::TcpStream::connect(host).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tries += 1;
+                if tries > 50 {
+                    panic!("connect {host}: {e}");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    sock.set_nodelay(true).unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(sock))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+/// A permutation of `0..n` for round `round`: Fisher-Yates driven by splitmix64.
+pub fn round_order(n: usize, round: u64) -> Vec<usize> {
+    let mut state = round.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, (next() % (i as u64 + 1)) as usize);
+    }
+    order
+}

@@ -19,60 +19,14 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
-use chatcache_bench_tools::{fill_body, mono_ns, percentile};
+use chatcache_bench_tools::{
+    arg, connect, fill_body, mono_ns, num, percentile, round_order, split_url, Sender,
+};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
 use hyper::Request;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-
-type Sender = SendRequest<Full<Bytes>>;
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
-fn num(args: &[String], name: &str, default: u64) -> u64 {
-    arg(args, name).map_or(default, |s| s.parse().expect(name))
-}
-
-/// `http://HOST:PORT/PATH` → (HOST:PORT, /PATH).
-fn split_url(url: &str) -> (String, String) {
-    let rest = url.strip_prefix("http://").expect("http:// URL");
-    match rest.find('/') {
-        Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
-        None => (rest.to_string(), "/".to_string()),
-    }
-}
-
-async fn connect(host: &str) -> Sender {
-    let mut tries = 0;
-    let sock = loop {
-        match TcpStream::connect(host).await {
-            Ok(s) => break s,
-            Err(e) => {
-                tries += 1;
-                if tries > 50 {
-                    panic!("connect {host}: {e}");
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
-    sock.set_nodelay(true).unwrap();
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(sock))
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    send
-}
 
 fn post(host: &str, path: &str, auth: &str, body: String) -> Request<Full<Bytes>> {
     Request::post(path)
@@ -223,23 +177,6 @@ async fn compare(args: &[String]) {
         );
     }
     println!("{}", serde_json::Value::Object(out));
-}
-
-/// A permutation of `0..n` for round `round`: Fisher-Yates driven by splitmix64.
-fn round_order(n: usize, round: u64) -> Vec<usize> {
-    let mut state = round.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    let mut next = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
-    let mut order: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        order.swap(i, (next() % (i as u64 + 1)) as usize);
-    }
-    order
 }
 
 async fn hammer(args: &[String]) {
