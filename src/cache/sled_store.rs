@@ -35,6 +35,9 @@ pub struct SledStore {
     writes: Mutex<()>,
 }
 
+/// Pieces written between flushes of a large answer (1 MiB).
+const FLUSH_PIECES: u32 = 16;
+
 fn record_key(kind: u8, key: &CacheKey) -> Vec<u8> {
     let mut k = Vec::with_capacity(33);
     k.push(kind);
@@ -133,6 +136,11 @@ impl SledStore {
                         .put(Space::Answers, &piece_key(key, generation, index), &buf)?;
                     buf.clear();
                     index += 1;
+                    if index % FLUSH_PIECES == 0 {
+                        // What sled has written but not yet flushed stays in its memory:
+                        // flushed as it goes, a large answer is never held twice.
+                        self.store.flush()?;
+                    }
                 }
             }
         }

@@ -141,9 +141,9 @@ pub async fn drive(
     // Checked without building a tree: the cost fields are read on their own, and the
     // answer's text is looked into only when the cost has to be estimated.
     let is_json = sse
-        || body
-            .as_ref()
-            .is_none_or(|b| serde_json::from_reader::<_, IgnoredAny>(PiecesReader::new(b)).is_ok());
+        || body.as_ref().is_none_or(|b| {
+            serde_json::from_reader::<_, IgnoredAny>(BufReader::new(PiecesReader::new(b))).is_ok()
+        });
     if !sse
         && matches!(end, TeeEnd::Clean)
         && (ex.endpoint.cacheable() || ex.endpoint.billable())
