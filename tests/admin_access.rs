@@ -121,6 +121,7 @@ async fn with_a_token_the_dashboard_page_is_open_and_nothing_else() {
         "/_chatcache",
         "/_chatcache/",
         "/_chatcache/dashboard/app.js",
+        "/_chatcache/dashboard/team.js",
         "/_chatcache/dashboard/style.css",
     ] {
         assert!(

@@ -200,6 +200,12 @@ async fn dashboard_in_headless_chromium_shows_the_ledger() {
     for path in [
         "/_chatcache/",
         "/_chatcache/dashboard/app.js",
+        "/_chatcache/dashboard/helpers.js",
+        "/_chatcache/dashboard/api.js",
+        "/_chatcache/dashboard/charts.js",
+        "/_chatcache/dashboard/spend.js",
+        "/_chatcache/dashboard/budgets.js",
+        "/_chatcache/dashboard/team.js",
         "/_chatcache/dashboard/style.css",
     ] {
         let r = get(&d.url(path)).await;
@@ -407,7 +413,11 @@ async fn with_an_admin_token_the_page_takes_it_from_its_address_fragment() {
     let d = Daemon::start_with(&fake.url(), &config).await;
 
     // The page and its files hold no data, so anyone may load them; the data needs the token.
-    for path in ["/_chatcache/", "/_chatcache/dashboard/app.js"] {
+    for path in [
+        "/_chatcache/",
+        "/_chatcache/dashboard/app.js",
+        "/_chatcache/dashboard/api.js",
+    ] {
         let r = send(Method::GET, &d.url(path), &[], Bytes::new()).await;
         assert_eq!(r.status, StatusCode::OK, "{path} without the token");
     }

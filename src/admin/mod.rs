@@ -4,6 +4,7 @@
 //! dashboard's page and files, which hold no data, are then served to anyone: the page
 //! sends the token with the calls it makes).
 
+mod cache;
 pub mod dashboard;
 mod explain;
 mod health;
@@ -20,10 +21,6 @@ use serde::Serialize;
 
 use crate::app::App;
 use crate::body::{full, Body};
-use crate::cache::bundle::{self, BundleCount};
-use crate::cache::key::{CacheKey, Partition};
-use crate::cache::Purge;
-
 use crate::error::ApiError;
 use crate::request::read::read_body;
 use crate::spend::{Dim, ReportQuery};
@@ -39,9 +36,6 @@ fn admin_path(path: &str) -> &str {
     path.strip_prefix(PREFIX).unwrap_or(path)
 }
 
-/// Import bundles may be larger than a chat request.
-const MAX_IMPORT: u64 = 4 << 30;
-
 /// Serves an admin request that arrived over the network.
 pub async fn route(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     if let Err(e) = check_access(&app, req.method(), req.uri().path(), req.headers(), peer) {
@@ -49,7 +43,7 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> R
     }
     let (parts, body) = req.into_parts();
     let limit = if parts.uri.path().ends_with("/cache/import") {
-        MAX_IMPORT
+        cache::MAX_IMPORT
     } else {
         app.config.limits.max_body
     };
@@ -182,10 +176,7 @@ async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<B
             .await?;
             json(&serde_json::json!({"rebuilt": true}))
         }
-        (&Method::GET, "/cache/stats") => {
-            let cache = app.cache.clone();
-            json(&blocking(move || cache.settle().map(|()| cache.stats()).map_err(internal)).await?)
-        }
+        (&Method::GET, "/cache/stats") => cache::stats(&app).await,
         (&Method::GET, "/metrics") => {
             // Rendering reads the store's size on disk: keep it off the async workers.
             let a = app.clone();
@@ -207,102 +198,16 @@ async fn dispatch_inner(app: Arc<App>, req: Request<Bytes>) -> Result<Response<B
                     .list(limit, query.get("project").map(String::as_str)),
             )
         }
-        (&Method::GET, "/cache/list") => {
-            let limit = query
-                .get("limit")
-                .and_then(|l| l.parse().ok())
-                .unwrap_or(50);
-            let cache = app.cache.clone();
-            let list = blocking(move || cache.list(limit).map_err(internal)).await?;
-            json(&list)
-        }
+        (&Method::GET, "/cache/list") => cache::list(&app, &query).await,
         (&Method::GET, p) if p.starts_with("/cache/entries/") => {
-            let key = CacheKey::from_hex(&p["/cache/entries/".len()..])
-                .ok_or_else(|| ApiError::BadRequest("not a cache key".into()))?;
-            let cache = app.cache.clone();
-            let entry = blocking(move || cache.show(key).map_err(internal)).await?;
-            let Some(e) = entry else {
-                return Err(ApiError::BadRequest(format!("no entry {key}")));
-            };
-            json(&serde_json::json!({
-                "key": key.to_hex(),
-                "meta": e.meta,
-                "body": String::from_utf8_lossy(&e.body_bytes()),
-            }))
+            cache::entry(&app, &p["/cache/entries/".len()..]).await
         }
-        (&Method::POST, "/cache/purge") => {
-            let purge = Purge {
-                older_than: match query.get("older_than") {
-                    Some(d) => Some(
-                        humantime::parse_duration(d)
-                            .map_err(|e| ApiError::BadRequest(format!("older_than: {e}")))?,
-                    ),
-                    None => None,
-                },
-                model: query.get("model").cloned(),
-                all: query.get("all").is_some_and(|v| v == "true"),
-            };
-            let cache = app.cache.clone();
-            let removed = blocking(move || cache.purge(&purge).map_err(internal)).await?;
-            json(&serde_json::json!({"removed": removed}))
-        }
-        (&Method::GET, "/cache/export") => {
-            let cache = app.cache.clone();
-            let body = crate::body::written(move |out| {
-                bundle::export(&cache, out, |_| {})?;
-                Ok(())
-            });
-            let mut resp = Response::new(body);
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/x-ndjson"),
-            );
-            Ok(resp)
-        }
+        (&Method::POST, "/cache/purge") => cache::purge(&app, &query).await,
+        (&Method::GET, "/cache/export") => cache::export(&app),
         (&Method::POST, "/cache/explain") => explain::explain(app, req, &query).await,
-        (&Method::POST, "/cache/import") => {
-            let (parts, body) = req.into_parts();
-            let attr = app.attribute("/", &import_headers(&parts.headers))?;
-            let partition = attr
-                .partition(app.config.cache.scope)
-                .ok_or_else(|| {
-                    ApiError::BadRequest("import needs the credential whose cache partition to fill (x-chatcache-credential)".into())
-                })?;
-            let partition = Partition {
-                base: partition.base.into_owned().into(),
-                namespace: None,
-            };
-            let namespace = attr.namespace.clone();
-            let cache = app.cache.clone();
-            let ignore = app.config.cache.ignore_fields.clone();
-            let count: BundleCount = blocking(move || {
-                let partition = Partition {
-                    namespace: namespace.as_deref(),
-                    ..partition
-                };
-                bundle::import(&cache, &body[..], &partition, &ignore, |_| {})
-                    .map_err(|e| ApiError::BadRequest(format!("bundle: {e}")))
-            })
-            .await?;
-            json(&count)
-        }
+        (&Method::POST, "/cache/import") => cache::import(&app, req).await,
         _ => Err(ApiError::NotFound),
     }
-}
-
-/// The credential of an import travels in `x-chatcache-credential` (the admin token may
-/// occupy Authorization); attribution reads it as the request's Authorization.
-fn import_headers(h: &http::HeaderMap) -> http::HeaderMap {
-    let mut out = http::HeaderMap::new();
-    for name in ["x-chatcache-project", "x-chatcache-namespace"] {
-        if let Some(v) = h.get(name) {
-            out.insert(name, v.clone());
-        }
-    }
-    if let Some(v) = h.get("x-chatcache-credential") {
-        out.insert(header::AUTHORIZATION, v.clone());
-    }
-    out
 }
 
 /// A spend report's query; `daemon` is a dimension of the team report only.

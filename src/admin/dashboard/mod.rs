@@ -19,8 +19,22 @@ pub struct Asset {
 }
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
-const APP_JS: &str = include_str!("assets/app.js");
-const STYLE_CSS: &str = include_str!("assets/style.css");
+
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+/// The page's scripts and styles by file name: content type, body. The scripts are ES
+/// modules; app.js imports the others.
+const FILES: &[(&str, &str, &str)] = &[
+    ("app.js", JS, include_str!("assets/app.js")),
+    ("helpers.js", JS, include_str!("assets/helpers.js")),
+    ("api.js", JS, include_str!("assets/api.js")),
+    ("charts.js", JS, include_str!("assets/charts.js")),
+    ("spend.js", JS, include_str!("assets/spend.js")),
+    ("budgets.js", JS, include_str!("assets/budgets.js")),
+    ("team.js", JS, include_str!("assets/team.js")),
+    ("style.css", CSS, include_str!("assets/style.css")),
+];
 
 /// Where the dashboard's scripts and styles are served, below the admin prefix.
 const ASSET_DIR: &str = "/dashboard/";
@@ -50,11 +64,8 @@ fn index() -> Asset {
 
 /// A script or stylesheet by its admin path (e.g. `/dashboard/app.js`).
 fn asset(path: &str) -> Option<Asset> {
-    let (content_type, body) = match path.strip_prefix(ASSET_DIR)? {
-        "app.js" => ("text/javascript; charset=utf-8", APP_JS),
-        "style.css" => ("text/css; charset=utf-8", STYLE_CSS),
-        _ => return None,
-    };
+    let name = path.strip_prefix(ASSET_DIR)?;
+    let (_, content_type, body) = FILES.iter().find(|(file, _, _)| *file == name)?;
     Some(Asset {
         content_type,
         body: body.as_bytes(),
@@ -93,24 +104,57 @@ mod tests {
     fn the_page_and_its_files_are_found_by_path_only() {
         assert_eq!(page("").map(|a| a.body), Some(INDEX_HTML.as_bytes()));
         assert_eq!(page("/").map(|a| a.body), Some(INDEX_HTML.as_bytes()));
+        for (name, content_type, body) in FILES {
+            let found = page(&format!("/dashboard/{name}"));
+            assert_eq!(found.map(|a| a.body), Some(body.as_bytes()), "{name}");
+            assert_eq!(found.map(|a| a.content_type), Some(*content_type), "{name}");
+        }
         assert_eq!(
-            page("/dashboard/app.js").map(|a| a.body),
-            Some(APP_JS.as_bytes())
+            asset("/dashboard/team.js").map(|a| a.content_type),
+            Some(JS)
+        );
+        assert_eq!(
+            asset("/dashboard/style.css").map(|a| a.content_type),
+            Some(CSS)
         );
         for other in ["/spend", "/index.html", "//", "/dashboard"] {
             assert!(page(other).is_none(), "{other}");
         }
-        assert!(asset("/dashboard/app.js").is_some());
-        assert!(asset("/dashboard/style.css").is_some());
         assert!(asset("/dashboard/").is_none());
         assert!(asset("/dashboard/../spend").is_none());
+        assert!(asset("/dashboard/nope.js").is_none());
         assert!(asset("/app.js").is_none());
     }
 
     #[test]
     fn the_page_loads_its_assets_from_the_admin_prefix() {
         let html = std::str::from_utf8(index().body).unwrap_or_default();
-        assert!(html.contains("src=\"/_chatcache/dashboard/app.js\""));
+        assert!(html.contains("<script type=\"module\" src=\"/_chatcache/dashboard/app.js\">"));
         assert!(html.contains("href=\"/_chatcache/dashboard/style.css\""));
+        for (name, _, _) in FILES.iter().filter(|(n, _, _)| *n != "app.js") {
+            let link = format!("href=\"/_chatcache/dashboard/{name}\"");
+            assert!(html.contains(&link), "the page names {name}");
+        }
+    }
+
+    /// A module a script imports but the daemon does not serve would stop the page.
+    #[test]
+    fn every_module_a_script_imports_is_served() {
+        let mut imported = 0;
+        for (name, _, body) in FILES.iter().filter(|(n, _, _)| n.ends_with(".js")) {
+            for line in body.lines().filter(|l| l.starts_with("import ")) {
+                let module = line
+                    .split("from './")
+                    .nth(1)
+                    .and_then(|rest| rest.split('\'').next())
+                    .unwrap_or_else(|| panic!("{name}: an import not from ./: {line}"));
+                assert!(
+                    asset(&format!("/dashboard/{module}")).is_some(),
+                    "{name} imports {module}, which is not served"
+                );
+                imported += 1;
+            }
+        }
+        assert!(imported >= 6, "app.js alone imports six modules");
     }
 }

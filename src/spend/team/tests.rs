@@ -6,7 +6,7 @@ use std::io::Write;
 
 use super::*;
 use crate::config::{Config, Overrides};
-use crate::spend::{LedgerLine, Outcome, Spend};
+use crate::spend::{ledger, LedgerLine, Outcome, Spend};
 
 fn line(project: &str) -> LedgerLine {
     LedgerLine::new(project, "/chat/completions", Outcome::Miss, 200)
