@@ -17,6 +17,7 @@ pub mod receiver;
 pub mod redis;
 pub mod respond;
 pub mod skip;
+pub mod streamed;
 pub mod team;
 pub mod tls;
 
