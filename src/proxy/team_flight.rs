@@ -116,7 +116,7 @@ pub(super) fn follow_live(
     app: &Arc<App>,
     ex: &Arc<Exchange>,
     leader: Leader,
-    live: LiveFollow,
+    live: Box<LiveFollow>,
     room: Option<Room>,
 ) -> Result<(Response<Body>, Outcome), ApiError> {
     let status = StatusCode::from_u16(live.head.status)
@@ -148,7 +148,7 @@ pub(super) fn follow_live(
 
 /// Copies the live stream into this daemon's flight until it ends; an end that is not
 /// complete ends every reader's stream with the SSE error frame.
-async fn feed(leader: Leader, mut live: LiveFollow) {
+async fn feed(leader: Leader, mut live: Box<LiveFollow>) {
     loop {
         match live.next().await {
             LiveNews::Data(data) => leader.flight.push(data).await,

@@ -31,7 +31,7 @@ pub enum Claim {
     /// Another daemon fetched it meanwhile.
     Found(Arc<Entry>),
     /// Another daemon is fetching this stream and sends it live: follow it.
-    Live(LiveFollow),
+    Live(Box<LiveFollow>),
     /// Fetch without the team: Redis is away, or the holder went without an entry.
     Alone,
 }

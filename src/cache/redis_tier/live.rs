@@ -74,7 +74,7 @@ enum Piece {
 pub(super) enum Join {
     /// Not started (or not readable now): keep waiting for the entry.
     NotYet,
-    Now(LiveFollow),
+    Now(Box<LiveFollow>),
     /// Its start has been trimmed away.
     TooLate,
 }
@@ -151,7 +151,7 @@ impl TeamTier {
         let Some(conn) = i.client.connect_own(i.timeout).await else {
             return Join::NotYet;
         };
-        Join::Now(LiveFollow {
+        Join::Now(Box::new(LiveFollow {
             inner: i.clone(),
             conn,
             name,
@@ -163,7 +163,7 @@ impl TeamTier {
             queue,
             block: (i.lease / 3).clamp(MIN_BLOCK, MAX_BLOCK),
             gone: false,
-        })
+        }))
     }
 }
 
