@@ -8,6 +8,7 @@ pub mod credits;
 pub mod daemon;
 pub mod fake_upstream;
 pub mod faults;
+pub mod flight_team;
 pub mod forward;
 pub mod h2;
 pub mod hold;
