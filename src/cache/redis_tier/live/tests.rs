@@ -1,7 +1,9 @@
 //! Tests of live streams that need no Redis: sealed entries, and the trim bound.
 
+use super::piece::after;
 use super::*;
 use crate::cache::redis_tier::tests::tier;
+use redis::streams::StreamId;
 
 /// The entry Redis would hand back for `fields`.
 fn as_read(fields: &[(&'static str, Vec<u8>)]) -> StreamId {
