@@ -1,9 +1,11 @@
 //! Single-flight across a team's daemons on a real Redis (`CHATCACHE_TEST_REDIS`, default
-//! redis://127.0.0.1:6379): identical requests spread over three daemons make one upstream
-//! call; a stream reaches the other daemons' clients live, while upstream still sends it,
-//! and a leader that dies mid-stream ends theirs with the SSE error frame; a lease that goes
-//! without an answer lets the waiting daemons fetch for themselves; without Redis each
-//! daemon answers on its own. Each test has its own key prefix.
+//! redis://127.0.0.1:6379, or a Redis Cluster a test starts): identical requests spread over
+//! three daemons make one upstream call; a stream reaches the other daemons' clients live,
+//! while upstream still sends it (also past `team.max_entry`, of which Redis keeps only the
+//! tail); a leader that dies mid-stream ends its followers' streams with the SSE error
+//! frame, one that dies before its first byte lets them fetch for themselves, as does a
+//! lease that goes without an answer; without Redis each daemon answers on its own. Each
+//! test has its own key prefix.
 
 mod support;
 
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use support::daemon::*;
 use support::flight_team::*;
-use support::redis::Prefix;
+use support::redis::{Cluster, Prefix};
 use support::FakeUpstream;
 
 async fn one_call_for_twelve(body: &str, gate_name: &str) {
@@ -99,21 +101,8 @@ async fn followers_on_other_daemons_get_a_stream_live_while_upstream_still_sends
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeUpstream::start().await;
     let daemons = team_of_three(&fake, &prefix, dir.path(), "10s").await;
-    let body = chat_stream("shared live, frame by frame");
-    // The fake sends the head and two frames, then holds the rest until released.
-    let gate = fake.hold("live");
-    let mut lead = stream_at(&daemons[0].url(""), &body, "hold=live@2").await;
-    gate.arrived().await;
-    lead.until("the leader's first frames", |b| events(b) >= 2)
-        .await;
+    let (mut lead, mut followers, gate) = followed_while_held(&daemons, &fake, "live").await;
     let first = lead.got.clone();
-    let mut followers = Vec::new();
-    for d in &daemons[1..] {
-        let mut f = stream_at(&d.url(""), &body, "hold=live@2").await;
-        f.until("a follower's first frames", |b| b.len() >= first.len())
-            .await;
-        followers.push(f);
-    }
     // Upstream still holds the rest, and was called once: what the followers have came
     // from the leader's call, through Redis, as it arrived.
     assert_eq!(fake.count("/chat/completions"), 1, "one call, still held");
@@ -130,23 +119,7 @@ async fn followers_on_other_daemons_get_a_stream_live_while_upstream_still_sends
         .collect();
     assert_eq!(live.len(), 1, "one Redis stream: {:?}", prefix.keys());
     gate.release();
-    let within = Duration::from_secs(20);
-    lead.rest(within).await.expect("the leader's stream ends");
-    let last = lead
-        .text()
-        .trim_end()
-        .rsplit("\n\n")
-        .next()
-        .unwrap_or("")
-        .to_string();
-    assert!(
-        last.contains("total_tokens_cost"),
-        "it ends with the cost frame: {last}"
-    );
-    for f in &mut followers {
-        f.rest(within).await.expect("a follower's stream ends");
-        assert_eq!(f.got, lead.got, "byte for byte, cost frame included");
-    }
+    read_to_the_end(&mut lead, &mut followers).await;
     assert_eq!(fake.count("/chat/completions"), 1);
     let dirs: Vec<&Path> = daemons.iter().map(|d| d.data_dir.as_path()).collect();
     one_paid_the_rest_saved(&ledger_of(&dirs, 3).await);
@@ -156,6 +129,25 @@ async fn followers_on_other_daemons_get_a_stream_live_while_upstream_still_sends
         .query(&mut prefix.conn())
         .unwrap();
     assert!((1..=20_000).contains(&ttl), "the stream expires: {ttl}");
+}
+
+#[tokio::test]
+async fn a_stream_is_shared_live_through_a_redis_cluster() {
+    let cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
+    let prefix = Prefix::new();
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeUpstream::start().await;
+    let nodes: Vec<String> = cluster.urls.iter().map(|u| format!("\"{u}\"")).collect();
+    let config = team_config("CLUSTER", &prefix, dir.path(), "10s").replace(
+        "redis = \"CLUSTER\"",
+        &format!("redis = [{}]", nodes.join(", ")),
+    );
+    let daemons = team_started(3, &fake, &config).await;
+    let (mut lead, mut followers, gate) = followed_while_held(&daemons, &fake, "cluster").await;
+    assert_eq!(fake.count("/chat/completions"), 1, "one call, still held");
+    gate.release();
+    read_to_the_end(&mut lead, &mut followers).await;
+    assert_eq!(fake.count("/chat/completions"), 1);
 }
 
 #[tokio::test]

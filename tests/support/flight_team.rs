@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::daemon::*;
+use super::hold::Gate;
 use super::redis::Prefix;
 use super::streamed::Streamed;
 use super::FakeUpstream;
@@ -66,9 +67,14 @@ pub async fn team_of_with(
     extra: &str,
 ) -> Vec<Arc<Daemon>> {
     let config = team_config_with(&super::redis_url(), prefix, dir, lease, extra);
+    team_started(n, fake, &config).await
+}
+
+/// `n` daemons started with `config`, each with its tier up.
+pub async fn team_started(n: usize, fake: &FakeUpstream, config: &str) -> Vec<Arc<Daemon>> {
     let mut out = Vec::new();
     for _ in 0..n {
-        let d = Daemon::start_with(&fake.url(), &config).await;
+        let d = Daemon::start_with(&fake.url(), config).await;
         let mut rx = d.app.team_cache.as_ref().expect("team tier on").watch();
         tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| s.up))
             .await
@@ -203,4 +209,47 @@ pub async fn team_process(fake: &FakeUpstream, prefix: &Prefix, dir: &Path, leas
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     proc
+}
+
+/// A stream asked of the first daemon, then of each other one while upstream holds it after
+/// its first two frames: the leader's client, the followers' (each has what the leader's
+/// client has, which it can only have had live), and the gate that holds the rest.
+pub async fn followed_while_held(
+    daemons: &[Arc<Daemon>],
+    fake: &FakeUpstream,
+    gate_name: &str,
+) -> (Streamed, Vec<Streamed>, Gate) {
+    let body = chat_stream(&format!("shared live, frame by frame ({gate_name})"));
+    let fault = format!("hold={gate_name}@2");
+    let gate = fake.hold(gate_name);
+    let mut lead = stream_at(&daemons[0].url(""), &body, &fault).await;
+    gate.arrived().await;
+    lead.until("the leader's first frames", |b| events(b) >= 2)
+        .await;
+    let mut followers = Vec::new();
+    for d in &daemons[1..] {
+        let mut f = stream_at(&d.url(""), &body, &fault).await;
+        f.until("a follower's first frames", |b| b.len() >= lead.got.len())
+            .await;
+        assert_eq!(f.got, lead.got, "the bytes the leader's client has");
+        followers.push(f);
+    }
+    (lead, followers, gate)
+}
+
+/// Reads every answer to its end: the followers', byte for byte the leader's, which ends
+/// with the cost frame.
+pub async fn read_to_the_end(lead: &mut Streamed, followers: &mut [Streamed]) {
+    let within = Duration::from_secs(20);
+    lead.rest(within).await.expect("the leader's stream ends");
+    let text = lead.text();
+    let last = text.trim_end().rsplit("\n\n").next().unwrap_or("");
+    assert!(
+        last.contains("total_tokens_cost"),
+        "it ends with the cost frame: {last}"
+    );
+    for f in followers {
+        f.rest(within).await.expect("a follower's stream ends");
+        assert!(f.got == lead.got, "byte for byte, cost frame included");
+    }
 }
