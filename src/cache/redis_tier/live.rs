@@ -284,7 +284,10 @@ impl LiveFollow {
             check.add_command(Cmd::pttl(&self.lease_name));
             match i.ask_pipe::<(Option<String>, i64)>(&check).await {
                 Some((Some(holder), left)) if holder == self.token => {
-                    let left = Duration::from_millis(u64::try_from(left).unwrap_or(0) + 1);
+                    // A lease without a time to live (not one a daemon sets) waits as usual.
+                    let left = u64::try_from(left).map_or(i.lease / 3, |ms| {
+                        Duration::from_millis(ms.saturating_add(1))
+                    });
                     self.block = left.min(i.lease / 3).clamp(MIN_BLOCK, MAX_BLOCK);
                 }
                 Some(_) => {
