@@ -9,7 +9,8 @@
 //! that fails its checksum or its seal (damaged, written under another key, or by someone
 //! without the team's secret) is ignored and deleted. Other names under the prefix are
 //! left free for what daemons of a team may come to share; `lease:` and `done:` names
-//! serve single-flight across daemons (see `lease`).
+//! serve single-flight across daemons (see `lease`), `live:` names streamed answers shared
+//! while they come in (see `live`).
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
@@ -24,9 +25,11 @@ use crate::cache::now_ms;
 use crate::config::{RedisServers, TeamCacheConfig};
 use conn::{Client, Conn};
 pub use lease::{Claim, Lease};
+pub use live::{LiveFollow, LiveHead, LiveNews, LivePublisher};
 
 mod conn;
 mod lease;
+mod live;
 
 /// How often the tier checks that Redis answers.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -81,6 +84,8 @@ struct Inner {
     seal: [u8; 32],
     /// This daemon's name on the leases it takes (random, per start).
     id: String,
+    /// Leases taken so far, which tells this daemon's leases apart.
+    leases: AtomicU64,
     lease: Duration,
     /// Where it is, without any password, for logs.
     location: String,
@@ -117,6 +122,7 @@ impl TeamTier {
             max_age,
             seal,
             id: id.iter().map(|b| format!("{b:02x}")).collect(),
+            leases: AtomicU64::new(0),
             lease: cfg.lease,
             location: servers.redacted(),
             reach: AtomicU8::new(UNKNOWN),

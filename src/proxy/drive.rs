@@ -124,6 +124,12 @@ pub async fn drive(
         return;
     };
     let _ = first.send(First::Answer(reader, head.clone()));
+    // A stream fetched under the team's lease goes out live to the daemons waiting on it.
+    if let (true, Some(lease)) = (sse, &lease) {
+        if let Some(reader) = leader.flight.reader() {
+            super::team_flight::publish(&app, lease, &head, reader);
+        }
+    }
 
     let max_event = usize::try_from(app.config.cache.max_entry).unwrap_or(usize::MAX);
     let t = tee(

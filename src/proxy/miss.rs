@@ -148,6 +148,7 @@ async fn coalesce(
                         drop(leader);
                         team_flight::serve(app, ex, entry, room).await
                     }
+                    Claim::Live(live) => team_flight::follow_live(app, ex, leader, live, room),
                     Claim::Lead(lease) => lead(app, ex, leader, room, Some(lease)).await,
                     Claim::Alone => lead(app, ex, leader, room, None).await,
                 };
@@ -200,7 +201,7 @@ async fn follow(
 }
 
 /// Writes a follower's ledger line once the answer it reads has ended cleanly.
-fn account_when_complete(
+pub(super) fn account_when_complete(
     app: &Arc<App>,
     ex: &Arc<Exchange>,
     flight: Arc<Flight>,

@@ -8,6 +8,7 @@ pub mod credits;
 pub mod daemon;
 pub mod fake_upstream;
 pub mod faults;
+pub mod flight_team;
 pub mod forward;
 pub mod h2;
 pub mod hold;
@@ -17,6 +18,7 @@ pub mod receiver;
 pub mod redis;
 pub mod respond;
 pub mod skip;
+pub mod streamed;
 pub mod team;
 pub mod tls;
 

@@ -1,14 +1,16 @@
 //! The connection to the team's Redis: to one server through a connection manager (which
 //! reconnects by itself after a reset), or to a Redis Cluster through a cluster connection
 //! (which follows the cluster's slots and nodes). The tier's probe makes it, and drops it
-//! when Redis stops answering on it.
+//! when Redis stops answering on it. A reader of a live stream gets a connection of its own
+//! (`connect_own`): a blocking XREAD holds its connection until it returns, and would stall
+//! every command queued behind it on the shared one.
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, FromRedisValue, RedisResult};
+use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, Pipeline, RedisResult};
 
 use crate::config::{RedisServers, TeamCacheConfig};
 
@@ -22,6 +24,8 @@ pub(super) enum Client {
 pub(super) enum Conn {
     One(ConnectionManager),
     Cluster(ClusterConnection),
+    /// To one server, not shared and not remade: a blocking reader's own.
+    Own(MultiplexedConnection),
 }
 
 impl Client {
@@ -105,11 +109,43 @@ impl Client {
     }
 }
 
+impl Client {
+    /// A connection for one blocking reader, made within `within`. Its commands have no
+    /// time limit of their own: the reader bounds each by how long it blocks. A cluster
+    /// connection keeps the client's limit (`slow`), which a reader's blocks stay under.
+    pub(super) async fn connect_own(&self, within: Duration) -> Option<Conn> {
+        let made = async {
+            match self {
+                Client::One(client, _) => {
+                    let config = AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(within))
+                        .set_response_timeout(None);
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .map(Conn::Own)
+                }
+                Client::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+            }
+        };
+        tokio::time::timeout(within, made).await.ok()?.ok()
+    }
+}
+
 impl Conn {
     pub(super) async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<T> {
         match self {
             Conn::One(c) => cmd.query_async(c).await,
             Conn::Cluster(c) => cmd.query_async(c).await,
+            Conn::Own(c) => cmd.query_async(c).await,
+        }
+    }
+
+    pub(super) async fn query_pipe<T: FromRedisValue>(&mut self, p: &Pipeline) -> RedisResult<T> {
+        match self {
+            Conn::One(c) => p.query_async(c).await,
+            Conn::Cluster(c) => p.query_async(c).await,
+            Conn::Own(c) => p.query_async(c).await,
         }
     }
 }

@@ -4,7 +4,7 @@ use super::*;
 use crate::cache::entry::tests::sample;
 
 /// A tier whose Redis is a closed port: nothing here talks to it.
-fn tier(seal: [u8; 32]) -> TeamTier {
+pub(super) fn tier(seal: [u8; 32]) -> TeamTier {
     let text = "[team]\nredis = \"redis://127.0.0.1:1/0\"\n";
     let ov = crate::config::Overrides {
         data_dir: Some("/nonexistent".into()),
