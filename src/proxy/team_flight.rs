@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
@@ -88,7 +90,12 @@ pub(super) fn publish(app: &Arc<App>, lease: &Lease, head: &Head, reader: Reader
 
 async fn share(mut publisher: LivePublisher, mut reader: Reader) {
     loop {
-        let (data, end) = reader.next().await;
+        let (pieces, end) = reader.next().await;
+        // What arrived since the last read goes to Redis as one stream entry.
+        let data: Bytes = match pieces.as_slice() {
+            [one] => one.clone(),
+            many => many.concat().into(),
+        };
         // Redis failed: nothing more goes there, and this reader no longer holds the
         // answer back; the followers end their streams when the lease goes.
         if !data.is_empty() && !publisher.data(data).await {
