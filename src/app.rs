@@ -68,8 +68,8 @@ impl App {
             hot_bytes,
             pending_bytes: crate::config::PENDING_LIMIT,
         };
-        let cache = Cache::open(Box::new(SledStore::new(store.clone())), limits)
-            .context("cannot read the cache")?;
+        let answers = SledStore::new(store.clone(), config.data_dir.join("bodies"));
+        let cache = Cache::open(Box::new(answers), limits).context("cannot read the cache")?;
         let spend = Spend::open(&config.data_dir, store.clone(), config.projects.clone())
             .map_err(|e| anyhow::anyhow!("cannot open the spend ledger: {e}"))?;
         let team = Team::open(&config.team, store.clone(), &spend)

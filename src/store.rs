@@ -48,6 +48,8 @@ pub enum StoreError {
     Locked(PathBuf),
     #[error("storage error: {0}")]
     Sled(String),
+    #[error("cache file error: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl From<sled::Error> for StoreError {

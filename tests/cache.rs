@@ -286,7 +286,10 @@ async fn a_damaged_entry_is_dropped_and_fetched_again() {
     let n = raw.len();
     raw[n - 3] ^= 0x20;
     // Damaged behind the cache's back, as a bad disk would.
-    let storage = chatcache::cache::sled_store::SledStore::new(d.app.store.clone());
+    let storage = chatcache::cache::sled_store::SledStore::new(
+        d.app.store.clone(),
+        d.data_dir.join("bodies"),
+    );
     let summary = entry.summary(raw.len(), 0, Default::default());
     chatcache::cache::storage::Storage::put(&storage, &key, &raw, &[], &summary).unwrap();
     let r = post(&d.url("/chat/completions"), &body).await;

@@ -5,12 +5,13 @@
 //! nothing (entries by their request whatever the partition, for `cache explain`), and
 //! `x‖key` → why an entry is gone and when.
 //!
-//! A record up to `PIECE` bytes is one value. A larger one keeps only its head under
-//! `e‖key`, its body in `PIECE`-sized values `c‖key‖generation‖index`, written one at a
-//! time before the batch that makes the entry visible: no write or read of an answer ever
-//! holds it twice in memory. `p‖key‖generation` marks pieces written for an entry not yet
-//! visible, so that those a crash left behind are removed at the next start.
+//! A record up to `INLINE_MAX` bytes is one value. A larger one keeps its head under
+//! `e‖key` and its body in a file of its own (`bodies`), written before the batch that
+//! makes the entry visible and deleted after the batch that drops it; files no entry
+//! names (a crash between the two) are deleted at the next start.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -19,9 +20,11 @@ use crate::cache::key::CacheKey;
 use crate::cache::storage::{Gone, Storage, StorageResult, Summary};
 use crate::store::{Op, Space, Store};
 
+mod bodies;
 mod layout;
 
-use layout::{layout_of, pending_key, piece_key, Layout, PENDING, PIECE, PIECED, WHOLE};
+use bodies::Bodies;
+use layout::{layout_of, Layout, INLINE_MAX};
 
 const ENTRY: u8 = b'e';
 const SUMMARY: u8 = b'm';
@@ -30,13 +33,11 @@ const REQUEST: u8 = b'r';
 const GONE: u8 = b'x';
 pub struct SledStore {
     store: Store,
+    bodies: Bodies,
     /// Changes read a summary and then write a batch that depends on it: one at a time.
     /// Lookups never take it.
     writes: Mutex<()>,
 }
-
-/// Pieces written between flushes of a large answer (1 MiB).
-const FLUSH_PIECES: u32 = 16;
 
 fn record_key(kind: u8, key: &CacheKey) -> Vec<u8> {
     let mut k = Vec::with_capacity(33);
@@ -66,15 +67,16 @@ fn key_of(bytes: &[u8]) -> Option<CacheKey> {
 }
 
 impl SledStore {
-    /// The store over `store`'s answers, after removing the pieces of entries a crash
-    /// left unfinished.
-    pub fn new(store: Store) -> SledStore {
+    /// The store over `store`'s answers, with large bodies in `bodies` (created when
+    /// needed), after deleting body files no entry names.
+    pub fn new(store: Store, bodies: PathBuf) -> SledStore {
         let s = SledStore {
             store,
+            bodies: Bodies::new(bodies),
             writes: Mutex::new(()),
         };
-        if let Err(e) = s.remove_unfinished() {
-            tracing::warn!(error = %e, "could not remove the pieces of unfinished cache entries");
+        if let Err(e) = s.remove_unnamed_bodies() {
+            tracing::warn!(error = %e, "could not remove the files of unfinished cache entries");
         }
         s
     }
@@ -84,69 +86,16 @@ impl SledStore {
         self.writes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn remove_unfinished(&self) -> StorageResult<()> {
-        let mut unfinished = Vec::new();
-        self.store.scan_prefix(Space::Answers, &[PENDING], |k, v| {
-            let key = k.get(1..33).and_then(key_of);
-            let generation = k.get(33..41).and_then(|g| g.try_into().ok());
-            let count = v.try_into().ok().map(u32::from_le_bytes);
-            if let (Some(key), Some(g), Some(count)) = (key, generation, count) {
-                unfinished.push((key, u64::from_be_bytes(g), count));
+    fn remove_unnamed_bodies(&self) -> StorageResult<()> {
+        let mut named = HashMap::new();
+        for (name, key, generation) in self.bodies.list()? {
+            let current = *named.entry(key).or_insert(match self.layout(&key)? {
+                Some(Layout::Filed { generation, .. }) => Some(generation),
+                _ => None,
+            });
+            if current != Some(generation) {
+                self.bodies.remove_file(&name)?;
             }
-            true
-        })?;
-        for (key, generation, count) in unfinished {
-            self.discard_pieces(&key, generation, count)?;
-        }
-        Ok(())
-    }
-
-    /// Removes pieces of generation `generation` and their mark.
-    fn discard_pieces(&self, key: &CacheKey, generation: u64, count: u32) -> StorageResult<()> {
-        let mut ops: Vec<Op> = (0..count)
-            .map(|i| Op::Remove(piece_key(key, generation, i)))
-            .collect();
-        ops.push(Op::Remove(pending_key(key, generation)));
-        self.store.apply(Space::Answers, ops)
-    }
-
-    /// Writes `body` as `count` pieces of generation `generation`, marked unfinished.
-    fn write_pieces(
-        &self,
-        key: &CacheKey,
-        generation: u64,
-        body: &[Bytes],
-        count: u32,
-    ) -> StorageResult<()> {
-        self.store.put(
-            Space::Answers,
-            &pending_key(key, generation),
-            &count.to_le_bytes(),
-        )?;
-        let mut buf = Vec::with_capacity(PIECE);
-        let mut index = 0u32;
-        for part in body {
-            let mut part = &part[..];
-            while !part.is_empty() {
-                let take = (PIECE - buf.len()).min(part.len());
-                buf.extend_from_slice(&part[..take]);
-                part = &part[take..];
-                if buf.len() == PIECE {
-                    self.store
-                        .put(Space::Answers, &piece_key(key, generation, index), &buf)?;
-                    buf.clear();
-                    index += 1;
-                    if index % FLUSH_PIECES == 0 {
-                        // What sled has written but not yet flushed stays in its memory:
-                        // flushed as it goes, a large answer is never held twice.
-                        self.store.flush()?;
-                    }
-                }
-            }
-        }
-        if !buf.is_empty() {
-            self.store
-                .put(Space::Answers, &piece_key(key, generation, index), &buf)?;
         }
         Ok(())
     }
@@ -158,13 +107,11 @@ impl SledStore {
             .and_then(layout_of))
     }
 
-    /// The ops that remove the pieces of the entry now under `key`, if it has any.
-    fn remove_pieces(&self, key: &CacheKey, ops: &mut Vec<Op>) -> StorageResult<()> {
-        if let Some(Layout::Pieced {
-            generation, count, ..
-        }) = self.layout(key)?
-        {
-            ops.extend((0..count).map(|i| Op::Remove(piece_key(key, generation, i))));
+    /// Deletes the body file of what was under `key` before a change, once the change is in.
+    fn drop_body(&self, key: &CacheKey, before: Option<Layout>) -> StorageResult<()> {
+        if let Some(Layout::Filed { generation, .. }) = before {
+            // Left behind if this fails: deleted at the next start.
+            self.bodies.remove(key, generation)?;
         }
         Ok(())
     }
@@ -172,26 +119,20 @@ impl SledStore {
 
 impl Storage for SledStore {
     fn lookup(&self, key: &CacheKey) -> StorageResult<Option<Vec<Bytes>>> {
-        let (generation, count, head) = match self.layout(key)? {
+        let (generation, head) = match self.layout(key)? {
             None => return Ok(None),
             Some(Layout::Whole(record)) => return Ok(Some(vec![record])),
-            Some(Layout::Pieced {
-                generation,
-                count,
-                head,
-            }) => (generation, count, head),
+            Some(Layout::Filed { generation, head }) => (generation, head),
         };
-        let mut record = Vec::with_capacity(count as usize + 1);
-        record.push(head);
-        for i in 0..count {
-            match self
-                .store
-                .get(Space::Answers, &piece_key(key, generation, i))?
-            {
-                Some(piece) => record.push(piece),
+        let mut record = vec![head];
+        match self.bodies.read(key, generation)? {
+            Some(body) => record.extend(body),
+            None => match self.layout(key)? {
+                // Still this entry: its body is lost, and the head alone fails its checksum.
+                Some(Layout::Filed { generation: g, .. }) if g == generation => {}
                 // Replaced or removed while being read: as if it had gone a moment sooner.
-                None => return Ok(None),
-            }
+                _ => return Ok(None),
+            },
         }
         Ok(Some(record))
     }
@@ -212,36 +153,23 @@ impl Storage for SledStore {
     ) -> StorageResult<Option<Summary>> {
         let total: usize = body.iter().map(Bytes::len).sum();
         let _w = self.writing();
-        let (value, generation) = if head.len() + total <= PIECE {
-            let mut value = Vec::with_capacity(1 + head.len() + total);
-            value.push(WHOLE);
-            value.extend_from_slice(head);
-            body.iter().for_each(|p| value.extend_from_slice(p));
-            (value, None)
+        let value = if head.len() + total <= INLINE_MAX {
+            layout::whole(head, body)
         } else {
             let generation = self.store.unique_id()?;
-            let count = total.div_ceil(PIECE) as u32;
-            if let Err(e) = self.write_pieces(key, generation, body, count) {
+            if let Err(e) = self.bodies.write(key, generation, body) {
                 // What was written goes now if it can, or at the next start.
-                let _ = self.discard_pieces(key, generation, count);
-                return Err(e);
+                let _ = self.bodies.remove(key, generation);
+                return Err(e.into());
             }
-            let mut value = Vec::with_capacity(13 + head.len());
-            value.push(PIECED);
-            value.extend_from_slice(&generation.to_be_bytes());
-            value.extend_from_slice(&count.to_le_bytes());
-            value.extend_from_slice(head);
-            (value, Some(generation))
+            layout::filed(generation, head)
         };
+        let before = self.layout(key)?;
         let old = self.summary(key)?;
         let mut ops = Vec::with_capacity(8);
-        self.remove_pieces(key, &mut ops)?;
         if let Some(o) = &old {
             ops.push(Op::Remove(use_key(o.last_used, key)));
             ops.push(Op::Remove(request_key(&o.parts.request, key)));
-        }
-        if let Some(g) = generation {
-            ops.push(Op::Remove(pending_key(key, g)));
         }
         ops.push(Op::Remove(record_key(GONE, key)));
         ops.push(Op::Put(
@@ -255,22 +183,24 @@ impl Storage for SledStore {
             summary.bytes.to_le_bytes().to_vec(),
         ));
         self.store.apply(Space::Answers, ops)?;
+        self.drop_body(key, before)?;
         Ok(old)
     }
 
     fn remove(&self, key: &CacheKey) -> StorageResult<Option<Summary>> {
         let _w = self.writing();
         let old = self.summary(key)?;
+        let before = self.layout(key)?;
         let mut ops = vec![
             Op::Remove(record_key(ENTRY, key)),
             Op::Remove(record_key(SUMMARY, key)),
         ];
-        self.remove_pieces(key, &mut ops)?;
         if let Some(o) = &old {
             ops.push(Op::Remove(use_key(o.last_used, key)));
             ops.push(Op::Remove(request_key(&o.parts.request, key)));
         }
         self.store.apply(Space::Answers, ops)?;
+        self.drop_body(key, before)?;
         Ok(old)
     }
 
@@ -384,11 +314,16 @@ impl Storage for SledStore {
     }
 
     fn size_on_disk(&self) -> u64 {
-        self.store.size_on_disk()
+        self.store.size_on_disk() + self.bodies.size()
     }
 
     fn location(&self) -> String {
-        format!("{} (sled)", self.store.dir().display())
+        format!(
+            "{} (sled; answers over {} KiB in {})",
+            self.store.dir().display(),
+            INLINE_MAX / 1024,
+            self.bodies.dir().display()
+        )
     }
 }
 

@@ -1,63 +1,50 @@
-//! How a large answer's record is laid out in the answers tree: the value under its
-//! entry key says whether the record is whole or pieced, and pieces and their
-//! unfinished-marks have keys of their own.
+//! What the value under an entry's key says about where its record is: all of it in the
+//! value, or its head there and its body in a file of its own.
 
 use bytes::Bytes;
 
-use crate::cache::key::CacheKey;
+/// The largest record kept whole in sled. sled holds what it was given in memory until its
+/// page cache lets go, which for a few large values may be never: bodies above this size
+/// go to files, so that storing an answer never leaves a copy of it in memory.
+pub(super) const INLINE_MAX: usize = 64 * 1024;
 
-pub(super) const PIECES: u8 = b'c';
-pub(super) const PENDING: u8 = b'p';
+/// The first byte of an entry's value: the whole record follows, or (`FILED | generation
+/// (BE) | head`) the head of one whose body is the file of that generation. Values written
+/// before the byte existed begin with the record's own magic: whole.
+const WHOLE: u8 = 0;
+const FILED: u8 = 1;
 
-/// The largest value written for an entry, and the size of a large body's pieces: small
-/// enough that sled keeps them in its log segments and that writing one copies little.
-pub(super) const PIECE: usize = 64 * 1024;
-
-/// The first byte of an `e‖key` value: what follows is the whole record, or the head of a
-/// record whose body is in pieces (`PIECED | generation (BE) | count (LE u32) | head`).
-/// Values written before the byte existed begin with the record's own magic: whole.
-pub(super) const WHOLE: u8 = 0;
-pub(super) const PIECED: u8 = 1;
-
-/// Where an entry's body is, as its `e‖key` value says.
 pub(super) enum Layout {
     Whole(Bytes),
-    Pieced {
-        generation: u64,
-        count: u32,
-        head: Bytes,
-    },
+    Filed { generation: u64, head: Bytes },
 }
 
 pub(super) fn layout_of(value: Bytes) -> Option<Layout> {
     match value.first() {
         Some(&WHOLE) => Some(Layout::Whole(value.slice(1..))),
-        Some(&PIECED) => {
+        Some(&FILED) => {
             let generation = u64::from_be_bytes(value.get(1..9)?.try_into().ok()?);
-            let count = u32::from_le_bytes(value.get(9..13)?.try_into().ok()?);
-            Some(Layout::Pieced {
+            Some(Layout::Filed {
                 generation,
-                count,
-                head: value.slice(13..),
+                head: value.slice(9..),
             })
         }
         _ => Some(Layout::Whole(value)),
     }
 }
 
-pub(super) fn piece_key(key: &CacheKey, generation: u64, index: u32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(45);
-    k.push(PIECES);
-    k.extend_from_slice(&key.0);
-    k.extend_from_slice(&generation.to_be_bytes());
-    k.extend_from_slice(&index.to_be_bytes());
-    k
+pub(super) fn whole(head: &[u8], body: &[Bytes]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(1 + head.len() + body.iter().map(Bytes::len).sum::<usize>());
+    value.push(WHOLE);
+    value.extend_from_slice(head);
+    body.iter().for_each(|p| value.extend_from_slice(p));
+    value
 }
 
-pub(super) fn pending_key(key: &CacheKey, generation: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(41);
-    k.push(PENDING);
-    k.extend_from_slice(&key.0);
-    k.extend_from_slice(&generation.to_be_bytes());
-    k
+pub(super) fn filed(generation: u64, head: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(9 + head.len());
+    value.push(FILED);
+    value.extend_from_slice(&generation.to_be_bytes());
+    value.extend_from_slice(head);
+    value
 }

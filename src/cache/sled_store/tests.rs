@@ -1,9 +1,8 @@
-//! The sled store's layout of large answers: pieces written, read back in order, replaced,
-//! removed, and cleaned up after a crash left them unfinished.
+//! The sled store's layout of large answers: bodies in files of their own, read back in
+//! pieces, replaced, removed, and deleted at start when no entry names them.
 
 use bytes::Bytes;
 
-use super::layout::PIECES;
 use super::*;
 use crate::cache::key::KeyParts;
 
@@ -27,88 +26,86 @@ fn body(n: usize) -> Vec<Bytes> {
     all.chunks(1000).map(Bytes::copy_from_slice).collect()
 }
 
-fn pieces_stored(s: &SledStore) -> usize {
-    let mut n = 0;
-    s.store
-        .scan_prefix(Space::Answers, &[PIECES], |_, _| {
-            n += 1;
-            true
-        })
-        .unwrap();
-    n
+fn files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("bodies")).map_or(0, |d| d.count())
 }
 
 fn open(dir: &std::path::Path) -> SledStore {
-    SledStore::new(crate::store::open_when_free(dir, 1 << 20))
+    let store = crate::store::open_when_free(&dir.join("store"), 1 << 20);
+    SledStore::new(store, dir.join("bodies"))
 }
 
 #[test]
-fn a_large_record_is_kept_in_pieces_and_read_back_whole() {
+fn a_large_body_is_kept_in_a_file_and_read_back_in_pieces() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
     let key = CacheKey([7; 32]);
     let head = b"head of the record".to_vec();
-    let b = body(3 * PIECE + 123);
-    s.put(&key, &head, &b, &summary(3 * PIECE)).unwrap();
-    assert_eq!(pieces_stored(&s), 4);
+    let b = body(3 * INLINE_MAX + 123);
+    s.put(&key, &head, &b, &summary(3 * INLINE_MAX)).unwrap();
+    assert_eq!(files(dir.path()), 1);
     let got = s.lookup(&key).unwrap().unwrap();
-    assert_eq!(got.len(), 5, "the head, then four pieces");
     assert_eq!(&got[0][..], &head[..]);
-    assert!(got[1..].iter().all(|p| p.len() <= PIECE));
+    assert!(got.len() > 2, "the body in pieces");
+    assert!(got[1..].iter().all(|p| p.len() <= 64 * 1024));
     assert_eq!(got[1..].concat(), b.concat());
+    assert!(s.size_on_disk() >= b.concat().len() as u64);
 
-    // Replaced by a small record: the old pieces go with it.
+    // Replaced by a small record: the old file goes with it.
     s.put(&key, &head, &body(10), &summary(10)).unwrap();
-    assert_eq!(pieces_stored(&s), 0);
+    assert_eq!(files(dir.path()), 0);
     let got = s.lookup(&key).unwrap().unwrap();
     assert_eq!(got.concat(), [&head[..], &body(10).concat()].concat());
 
-    s.put(&key, &head, &b, &summary(3 * PIECE)).unwrap();
-    assert_eq!(pieces_stored(&s), 4);
+    s.put(&key, &head, &b, &summary(3 * INLINE_MAX)).unwrap();
+    s.put(&key, &head, &b, &summary(3 * INLINE_MAX)).unwrap();
+    assert_eq!(files(dir.path()), 1, "a replaced body's file is deleted");
     assert!(s.remove(&key).unwrap().is_some());
-    assert_eq!(pieces_stored(&s), 0);
+    assert_eq!(files(dir.path()), 0);
     assert_eq!(s.lookup(&key).unwrap(), None);
 }
 
 #[test]
-fn a_record_missing_a_piece_is_not_found_rather_than_served_short() {
+fn an_entry_whose_body_file_is_lost_reads_as_its_head_alone() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
     let key = CacheKey([8; 32]);
-    s.put(&key, b"h", &body(2 * PIECE), &summary(2 * PIECE))
+    s.put(&key, b"h", &body(2 * INLINE_MAX), &summary(2 * INLINE_MAX))
         .unwrap();
-    let Some(Layout::Pieced { generation, .. }) = s.layout(&key).unwrap() else {
-        panic!("a large record is kept in pieces");
-    };
-    s.store
-        .apply(
-            Space::Answers,
-            vec![Op::Remove(piece_key(&key, generation, 1))],
-        )
-        .unwrap();
-    assert_eq!(s.lookup(&key).unwrap(), None);
+    for f in std::fs::read_dir(dir.path().join("bodies")).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    // The head alone fails the entry's checksum: the cache drops it as damaged.
+    assert_eq!(
+        s.lookup(&key).unwrap(),
+        Some(vec![Bytes::from_static(b"h")])
+    );
 }
 
 #[test]
-fn pieces_a_crash_left_unfinished_are_removed_at_the_next_start() {
+fn body_files_no_entry_names_are_deleted_at_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
     let key = CacheKey([9; 32]);
     {
         let s = open(dir.path());
-        s.put(&key, b"kept", &body(2 * PIECE), &summary(2 * PIECE))
+        s.put(
+            &key,
+            b"kept",
+            &body(2 * INLINE_MAX),
+            &summary(2 * INLINE_MAX),
+        )
+        .unwrap();
+        // A body written, the batch that would name it never made (a crash between).
+        s.bodies
+            .write(&CacheKey([10; 32]), 99, &body(3 * INLINE_MAX))
             .unwrap();
-        // Pieces of a second entry written, the batch that would show it never made.
-        let other = CacheKey([10; 32]);
-        s.write_pieces(&other, 99, &body(3 * PIECE), 3).unwrap();
-        assert_eq!(pieces_stored(&s), 5);
+        // And an earlier generation of the kept entry's own body.
+        s.bodies.write(&key, u64::MAX, &body(10)).unwrap();
+        assert_eq!(files(dir.path()), 3);
         s.flush().unwrap();
     }
     let s = open(dir.path());
-    assert_eq!(
-        pieces_stored(&s),
-        2,
-        "only the finished entry's pieces remain"
-    );
+    assert_eq!(files(dir.path()), 1, "only the named body remains");
     let got = s.lookup(&key).unwrap().unwrap();
-    assert_eq!(got[1..].concat(), body(2 * PIECE).concat());
+    assert_eq!(got[1..].concat(), body(2 * INLINE_MAX).concat());
 }
