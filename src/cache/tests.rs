@@ -86,7 +86,10 @@ fn put_get_and_counts() {
     assert_eq!(c.stats().entries, 1, "replacing does not double count");
     assert_eq!(c.stats().bytes, record_len(&e));
     let store = c.stats().store;
-    assert!(store.contains("store (sled; answers over 64 KiB in "), "{store}");
+    assert!(
+        store.contains("store (sled; answers over 64 KiB in "),
+        "{store}"
+    );
     assert!(store.ends_with("bodies)"), "{store}");
 }
 

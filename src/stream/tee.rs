@@ -57,6 +57,7 @@ pub async fn tee(
         plain_usage: None,
         output_chars: 0,
     };
+    let mut blocks = Blocks::default();
     let mut parser = SseParser::with_limit(max_event);
     let mut costs = CostScan::default();
     let mut events: Vec<Event> = Vec::new();
@@ -89,9 +90,7 @@ pub async fn tee(
             t.chunk_times
                 .push((data.len() as u32, ms.min(u64::from(u32::MAX)) as u32));
         }
-        // A piece handed over by hyper is a view into its whole read buffer; kept as it is,
-        // every recorded piece would pin one such buffer until the answer is dropped.
-        flight.push(bytes::Bytes::copy_from_slice(&data)).await;
+        flight.push(blocks.copy(&data)).await;
         if !sse {
             costs.push(&data);
         } else {
@@ -133,5 +132,65 @@ fn note_event(ev: &Event, t: &mut Tee, saw_end: &mut bool, error: &mut bool) {
             Frame::Done => *saw_end = true,
             Frame::Error => *error = true,
         }
+    }
+}
+
+/// Where recorded pieces are copied to. A piece handed over by hyper is a view into its
+/// whole read buffer; kept as it is, every recorded piece would pin one such buffer. Small
+/// pieces (a stream's frames) are cut from shared blocks, so that a recording of many
+/// frames costs one allocation per block, not one per frame.
+#[derive(Default)]
+struct Blocks {
+    current: bytes::BytesMut,
+}
+
+impl Blocks {
+    const BLOCK: usize = 64 * 1024;
+    /// Larger pieces get an allocation of their own: a block's unused end stays small.
+    const SMALL: usize = Self::BLOCK / 16;
+
+    fn copy(&mut self, data: &[u8]) -> bytes::Bytes {
+        if data.len() > Self::SMALL {
+            return bytes::Bytes::copy_from_slice(data);
+        }
+        if self.current.capacity() - self.current.len() < data.len() {
+            self.current = bytes::BytesMut::with_capacity(Self::BLOCK);
+        }
+        self.current.extend_from_slice(data);
+        self.current.split().freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Blocks;
+
+    #[test]
+    fn small_pieces_are_cut_from_one_block_and_keep_their_bytes() {
+        let mut blocks = Blocks::default();
+        let a = blocks.copy(b"data: one\n\n");
+        let b = blocks.copy(b"data: two\n\n");
+        assert_eq!(&a[..], b"data: one\n\n");
+        assert_eq!(&b[..], b"data: two\n\n");
+        assert_eq!(
+            a.as_ptr() as usize + a.len(),
+            b.as_ptr() as usize,
+            "one block"
+        );
+        let big = vec![7u8; Blocks::SMALL + 1];
+        let c = blocks.copy(&big);
+        assert_eq!(&c[..], &big[..]);
+        let d = blocks.copy(b"x");
+        assert_eq!(
+            b.as_ptr() as usize + b.len(),
+            d.as_ptr() as usize,
+            "large ones aside"
+        );
+        // A block that cannot hold the next piece is left to the pieces cut from it.
+        let mut last = d;
+        for _ in 0..(Blocks::BLOCK / Blocks::SMALL) + 1 {
+            last = blocks.copy(&[1u8; Blocks::SMALL]);
+        }
+        assert_eq!(&last[..], &[1u8; Blocks::SMALL][..]);
     }
 }
