@@ -27,6 +27,7 @@ use conn::{Client, Conn};
 pub use lease::{Claim, Lease};
 pub use live::{LiveFollow, LiveHead, LiveNews, LivePublisher};
 
+mod ask;
 mod conn;
 mod lease;
 mod live;
@@ -165,16 +166,29 @@ impl TeamTier {
         let mut conn = i.conn()?;
         let get = redis::cmd("GET").arg(&name).clone();
         let got = tokio::time::timeout(i.timeout, conn.query::<Option<Bytes>>(&get)).await;
+        let Ok(got) = got else {
+            i.failed("no answer within team.timeout");
+            return None;
+        };
+        self.judge(key, name, got, max_age)
+    }
+
+    /// The fresh entry in `got`, what Redis answered to a GET of `key`'s entry (`name`).
+    /// A damaged or foreign one is deleted; a failed read counts against Redis.
+    fn judge(
+        &self,
+        key: &CacheKey,
+        name: String,
+        got: redis::RedisResult<Option<Bytes>>,
+        max_age: Option<Duration>,
+    ) -> Option<Entry> {
+        let i = &self.inner;
         let value = match got {
-            Ok(Ok(v)) => v,
+            Ok(v) => v,
             // Something other than a string under the name: foreign, dropped like damage.
-            Ok(Err(e)) if e.code() == Some("WRONGTYPE") => Some(Bytes::new()),
-            Ok(Err(e)) => {
+            Err(e) if e.code() == Some("WRONGTYPE") => Some(Bytes::new()),
+            Err(e) => {
                 i.failed(&e.to_string());
-                return None;
-            }
-            Err(_) => {
-                i.failed("no answer within team.timeout");
                 return None;
             }
         };
@@ -219,7 +233,7 @@ impl TeamTier {
         };
         let name = self.entry_name(&key);
         i.tasks.clone().spawn(async move {
-            let _held = (permit, lease);
+            let _permit = permit;
             let left = i
                 .max_age
                 .saturating_sub(Duration::from_millis(
@@ -231,10 +245,20 @@ impl TeamTier {
                 i.state.send_modify(|s| s.skipped += 1);
                 return;
             }
-            let mut set = redis::cmd("SET");
-            set.arg(&name).arg(value).arg("PX").arg(left);
-            if i.run(&set).await {
-                i.state.send_modify(|s| s.written += 1);
+            let mut cmds = vec![redis::cmd("SET")];
+            cmds[0].arg(&name).arg(value).arg("PX").arg(left);
+            // The lease, if nothing else holds it now, goes in the same round trip: the
+            // entry written, then the lease deleted, then the waiting daemons told.
+            if let Some(release) = lease.and_then(Lease::into_release) {
+                cmds.extend(release);
+            }
+            let Some(got) = i.ask_each(cmds, SLOW).await else {
+                return;
+            };
+            match got.into_iter().next() {
+                Some(Ok(_)) => i.state.send_modify(|s| s.written += 1),
+                Some(Err(e)) => i.failed(&e.to_string()),
+                None => {}
             }
         });
     }
@@ -298,24 +322,6 @@ impl Inner {
             return None;
         }
         Entry::decode(vec![value.slice(..at)]).ok()
-    }
-
-    /// Runs a write within `SLOW`; false (and Redis counted down) if it failed.
-    async fn run(&self, cmd: &redis::Cmd) -> bool {
-        let Some(mut conn) = self.conn() else {
-            return false;
-        };
-        match tokio::time::timeout(SLOW, conn.query::<()>(cmd)).await {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                self.failed(&e.to_string());
-                false
-            }
-            Err(_) => {
-                self.failed("no answer to a write");
-                false
-            }
-        }
     }
 
     fn failed(&self, why: &str) {

@@ -1,5 +1,6 @@
-//! Redis for tests: a key prefix of a test's own in the test Redis (deleted after), and a
-//! relay to it that can go silent or be the TLS end of a `rediss://` server.
+//! Redis for tests: a key prefix of a test's own in the test Redis (deleted after), a relay
+//! to it that can go silent or be the TLS end of a `rediss://` server, and `redis-server`
+//! processes of a test's own (a 3-node cluster; one server to kill and start again).
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -159,7 +160,6 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start() -> Cluster {
-        use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
@@ -176,29 +176,14 @@ impl Cluster {
             }
         }
         for port in &ports {
-            let mut child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            let mut cmd = Command::new("redis-server");
+            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--cluster-enabled", "yes", "--cluster-config-file"])
                 .arg(dir.path().join(format!("nodes-{port}.conf")))
                 .arg("--dir")
                 .arg(dir.path())
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("redis-server is installed");
-            let out = child.stdout.take().unwrap();
-            let (tx, rx) = std::sync::mpsc::channel();
-            // Read to the end (a full pipe would stall the server); say when it is ready.
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    if line.contains("Ready to accept connections") {
-                        let _ = tx.send(());
-                    }
-                }
-            });
-            nodes.push(child);
-            rx.recv_timeout(std::time::Duration::from_secs(10))
-                .expect("a cluster node started");
+                .args(["--save", "", "--appendonly", "no"]);
+            nodes.push(spawn_ready(&mut cmd, "a cluster node started"));
         }
         let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let made = Command::new("redis-cli")
@@ -258,5 +243,90 @@ impl Drop for Cluster {
             let _ = n.kill();
             let _ = n.wait();
         }
+    }
+}
+
+/// Starts `cmd` (a `redis-server`) and returns once it says it accepts connections.
+fn spawn_ready(cmd: &mut std::process::Command, what: &str) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("redis-server is installed");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Read to the end (a full pipe would stall the server); say when it is ready.
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line.contains("Ready to accept connections") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(std::time::Duration::from_secs(10)).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what}: redis-server never said it was ready");
+    }
+    child
+}
+
+/// A `redis-server` of one test's own on a free loopback port, which the test can kill
+/// (SIGKILL: no goodbye to its clients) and start again, empty, on the same port. Stopped
+/// when dropped.
+pub struct Server {
+    pub port: u16,
+    pub url: String,
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = Server {
+            port,
+            url: format!("redis://127.0.0.1:{port}/0"),
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts it (again) on its port; returns once it accepts connections.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the test's Redis is already running");
+        let mut cmd = std::process::Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--save", "", "--appendonly", "no"]);
+        self.child = Some(spawn_ready(&mut cmd, "the test's Redis started"));
+    }
+
+    /// Kills it with SIGKILL and waits until it is gone (its port closed).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

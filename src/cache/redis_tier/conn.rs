@@ -10,7 +10,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, Pipeline, RedisResult};
+use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, Pipeline, RedisResult, Value};
 
 use crate::config::{RedisServers, TeamCacheConfig};
 
@@ -90,6 +90,12 @@ impl Client {
 }
 
 impl Client {
+    /// Whether waiters subscribe to news (one server), so that there is any point in
+    /// publishing it; on a cluster they check the lease instead.
+    pub(super) fn subscribable(&self) -> bool {
+        matches!(self, Client::One(..))
+    }
+
     /// Messages on `channel`, on a connection of their own; None for a cluster (whose
     /// waiters check the lease instead) or if Redis did not take the subscription in `within`.
     pub(super) async fn subscribe(
@@ -147,5 +153,36 @@ impl Conn {
             Conn::Cluster(c) => p.query_async(c).await,
             Conn::Own(c) => p.query_async(c).await,
         }
+    }
+
+    /// `cmds` in order, each with its own result; Err only if the exchange failed. To one
+    /// server: one pipeline, one round trip. To a cluster: one after another, since a
+    /// pipeline there must keep to one slot and these commands' keys need not.
+    pub(super) async fn query_each(
+        &mut self,
+        cmds: Vec<Cmd>,
+    ) -> RedisResult<Vec<RedisResult<Value>>> {
+        let c = match self {
+            Conn::Cluster(c) => c,
+            one => {
+                let mut p = redis::pipe();
+                p.ignore_errors();
+                // Moved, not copied: a command may carry a whole entry.
+                for cmd in cmds {
+                    p.add_command(cmd);
+                }
+                return one.query_pipe(&p).await;
+            }
+        };
+        let mut out = Vec::with_capacity(cmds.len());
+        for cmd in &cmds {
+            match cmd.query_async::<Value>(c).await {
+                Ok(v) => out.push(Ok(v)),
+                // Redis's answer to this command; the exchange itself went through.
+                Err(e) if e.code().is_some() => out.push(Err(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 }

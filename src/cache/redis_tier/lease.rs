@@ -5,8 +5,10 @@
 //! (sent when the entry is written, and when a streamed answer starts going out live),
 //! checking the lease each third of its length — and fetches for itself if the lease goes
 //! without an entry or the wait is too long. A streamed request instead follows the
-//! holder's live stream (see `live`) once it has started. Every exchange with Redis is
-//! bounded by `team.timeout`; one that fails leaves the daemon to fetch alone.
+//! holder's live stream (see `live`) once it has started. Looks that belong together go in
+//! one round trip (the lease asked for and the entry looked at; the lease and the entry
+//! checked), as does the lease's release with the holder's last write. Every exchange with
+//! Redis is bounded by `team.timeout`; one that fails leaves the daemon to fetch alone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
+use redis::{Cmd, RedisResult, Value};
+
+use super::ask::parse;
 use super::live::{Join, LiveFollow};
 use super::{Inner, TeamTier};
 use crate::cache::entry::Entry;
@@ -75,37 +80,51 @@ impl TeamTier {
             i.id,
             i.leases.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
+        let entry_name = self.entry_name(key);
         let mut set = redis::cmd("SET");
         set.arg(&name)
             .arg(&token)
             .arg("NX")
             .arg("PX")
             .arg(i.lease.as_millis() as u64);
-        let Some(taken) = i.ask::<Option<String>>(&set).await else {
+        // The lease asked for, and the entry looked at again right after (the holder
+        // before may have finished between this daemon's lookup and now): one round trip.
+        let Some([taken, entry]) = i.ask_two([set, Cmd::get(&entry_name)]).await else {
             return Claim::Alone;
         };
+        let taken = match parse::<Option<String>>(taken) {
+            Ok(taken) => taken,
+            Err(e) => {
+                i.failed(&e.to_string());
+                return Claim::Alone;
+            }
+        };
+        let entry = self.judge(key, entry_name.clone(), parse(entry), max_age);
         if taken.is_some() {
             let lease = Lease::start(i.clone(), name, done, token, hex);
-            // The holder before may have finished between this daemon's lookup and now.
-            return match self.get(key, max_age).await {
+            return match entry {
                 Some(entry) => Claim::Found(Arc::new(entry)),
                 None => Claim::Lead(lease),
             };
+        }
+        if let Some(entry) = entry {
+            return Claim::Found(Arc::new(entry));
         }
         // Subscribed before looking again: a message sent after the look is not missed.
         let mut sub = i.client.subscribe(&done, i.timeout).await;
         let deadline = Instant::now() + bound;
         loop {
-            if let Some(entry) = self.get(key, max_age).await {
+            // The lease before the entry, in one round trip: a holder writes its entry
+            // before it lets the lease go, so with the lease gone the entry (if any) is in.
+            let look = [Cmd::get(&name), Cmd::get(&entry_name)];
+            let Some([holder, entry]) = i.ask_two(look).await else {
+                return Claim::Alone;
+            };
+            if let Some(entry) = self.judge(key, entry_name.clone(), parse(entry), max_age) {
                 return Claim::Found(Arc::new(entry));
             }
-            let holder = i.ask::<Option<String>>(redis::cmd("GET").arg(&name)).await;
-            let Some(holder) = holder.flatten() else {
-                // Gone: the entry may have been written just before.
-                return self
-                    .get(key, max_age)
-                    .await
-                    .map_or(Claim::Alone, |e| Claim::Found(Arc::new(e)));
+            let Ok(Some(holder)) = parse::<Option<String>>(holder) else {
+                return Claim::Alone;
             };
             if live {
                 match self.join_live(&hex, &name, &holder).await {
@@ -133,20 +152,23 @@ impl TeamTier {
 }
 
 impl Inner {
-    /// One command within `team.timeout`; None (and counted) if it failed.
-    pub(super) async fn ask<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
-        let mut conn = self.conn()?;
-        match tokio::time::timeout(self.timeout, conn.query::<T>(cmd)).await {
-            Ok(Ok(v)) => Some(v),
-            Ok(Err(e)) => {
-                self.failed(&e.to_string());
-                None
-            }
-            Err(_) => {
-                self.failed("no answer within team.timeout");
-                None
-            }
+    /// Two commands in one round trip within `team.timeout`; None (and counted) if the
+    /// exchange failed.
+    async fn ask_two(&self, cmds: [Cmd; 2]) -> Option<[RedisResult<Value>; 2]> {
+        let got = self.ask_each(cmds.into(), self.timeout).await?;
+        got.try_into().ok()
+    }
+
+    /// What lets `name` go if it is still `token`'s, then tells the daemons waiting on it
+    /// (on `done`); in this order, so that a woken daemon finds no lease to wait on.
+    fn release(&self, name: &str, done: &str, token: &str) -> Vec<Cmd> {
+        let mut release = redis::cmd("EVAL");
+        release.arg(RELEASE).arg(1).arg(name).arg(token);
+        let mut cmds = vec![release];
+        if self.client.subscribable() {
+            cmds.push(redis::cmd("PUBLISH").arg(done).arg(1).clone());
         }
+        cmds
     }
 }
 
@@ -193,24 +215,33 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// The commands that let this lease go, if nothing else holds it now, for the caller to
+    /// send after its own (its last write under the lease); otherwise this clone is simply
+    /// dropped, and the lease goes with its last holder.
+    pub(super) fn into_release(self) -> Option<Vec<Cmd>> {
+        let mut held = Arc::try_unwrap(self.0).ok()?;
+        held.renew.abort();
+        let name = std::mem::take(&mut held.name);
+        Some(held.inner.release(&name, &held.done, &held.token))
+    }
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         self.renew.abort();
+        let name = std::mem::take(&mut self.name);
+        // Empty: let go already, by `into_release`.
+        if name.is_empty() {
+            return;
+        }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let i = self.inner.clone();
-        let (name, done, token) = (
-            std::mem::take(&mut self.name),
-            std::mem::take(&mut self.done),
-            std::mem::take(&mut self.token),
-        );
+        let cmds = i.release(&name, &self.done, &self.token);
         rt.spawn(i.tasks.clone().track_future(async move {
-            let mut release = redis::cmd("EVAL");
-            release.arg(RELEASE).arg(1).arg(&name).arg(&token);
-            // Deleted before the message: a woken daemon then finds no lease to wait on.
-            let _ = i.ask::<i64>(&release).await;
-            let _ = i.ask::<i64>(redis::cmd("PUBLISH").arg(&done).arg(1)).await;
+            let _ = i.ask_each(cmds, i.timeout).await;
         }));
     }
 }

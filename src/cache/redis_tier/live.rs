@@ -178,19 +178,17 @@ impl LivePublisher {
         pipe.add_command(Cmd::xadd_options(&self.name, "*", &fields, &opts));
         pipe.add_command(Cmd::pexpire(&self.name, i.live_ttl()))
             .ignore();
+        if head.is_some() && i.client.subscribable() {
+            // The waiting daemons look at the stream when told (or at their next check):
+            // told in the same round trip, once the stream is there.
+            pipe.add_command(Cmd::publish(self.lease.channel(), 1))
+                .ignore();
+        }
         let Some((id,)) = i.ask_pipe::<(String,)>(&pipe).await else {
             return false;
         };
         self.kept.push_back((id, self.at));
         self.at += len;
-        if head.is_some() {
-            // The waiting daemons look at the stream when told (or at their next check).
-            let publish = redis::cmd("PUBLISH")
-                .arg(self.lease.channel())
-                .arg(1)
-                .clone();
-            let _ = i.ask::<i64>(&publish).await;
-        }
         true
     }
 
@@ -327,22 +325,6 @@ impl Inner {
 
     fn live_ttl(&self) -> i64 {
         i64::try_from((self.lease * 2).as_millis()).unwrap_or(i64::MAX)
-    }
-
-    /// A pipeline within `team.timeout`; None (and counted) if it failed.
-    async fn ask_pipe<T: redis::FromRedisValue>(&self, p: &redis::Pipeline) -> Option<T> {
-        let mut conn = self.conn()?;
-        match tokio::time::timeout(self.timeout, conn.query_pipe::<T>(p)).await {
-            Ok(Ok(v)) => Some(v),
-            Ok(Err(e)) => {
-                self.failed(&e.to_string());
-                None
-            }
-            Err(_) => {
-                self.failed("no answer within team.timeout");
-                None
-            }
-        }
     }
 }
 
