@@ -240,11 +240,15 @@ impl TeamTier {
                     now_ms().saturating_sub(entry.meta.created_ms),
                 ))
                 .as_millis() as u64;
-            let value = i.seal(&key, entry.encode());
-            if left == 0 || value.len() as u64 > i.max_entry {
+            // An answer whose body alone is over the cap is never joined into one buffer.
+            let fits = |len: usize| len as u64 <= i.max_entry;
+            let value = (left > 0 && fits(entry.body_len()))
+                .then(|| i.seal(&key, entry.encode()))
+                .filter(|v| fits(v.len()));
+            let Some(value) = value else {
                 i.state.send_modify(|s| s.skipped += 1);
                 return;
-            }
+            };
             let mut cmds = vec![redis::cmd("SET")];
             cmds[0].arg(&name).arg(value).arg("PX").arg(left);
             // The lease, if nothing else holds it now, goes in the same round trip: the
