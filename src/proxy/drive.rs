@@ -302,6 +302,9 @@ fn output_chars(body: &[Bytes]) -> usize {
         .sum()
 }
 
+/// Answers up to this size are stored from one buffer of their own.
+const COMPACT: usize = 64 * 1024;
+
 fn entry_of(
     ex: &Exchange,
     head: &Head,
@@ -323,6 +326,13 @@ fn entry_of(
         .and_then(|j| String::from_utf8(j.canonical.clone()).ok())
         .and_then(|s| RawValue::from_string(s).ok())
         .unwrap_or_else(|| RawValue::NULL.to_owned());
+    // A short answer is kept as one buffer of its own: as the pieces it was recorded in,
+    // it would hold on to the blocks they were cut from for as long as it is cached.
+    let body = if body.iter().map(Bytes::len).sum::<usize>() <= COMPACT {
+        vec![Bytes::from(body.concat())]
+    } else {
+        body
+    };
     Entry::new(
         EntryMeta {
             status: head.status.as_u16(),

@@ -138,13 +138,16 @@ fn note_event(ev: &Event, t: &mut Tee, saw_end: &mut bool, error: &mut bool) {
 /// Where recorded pieces are copied to. A piece handed over by hyper is a view into its
 /// whole read buffer; kept as it is, every recorded piece would pin one such buffer. Small
 /// pieces (a stream's frames) are cut from shared blocks, so that a recording of many
-/// frames costs one allocation per block, not one per frame.
+/// frames costs one allocation per block, not one per frame. Blocks start small and
+/// double, so that a short answer holds little more than itself.
 #[derive(Default)]
 struct Blocks {
     current: bytes::BytesMut,
+    next_size: usize,
 }
 
 impl Blocks {
+    const FIRST: usize = 4 * 1024;
     const BLOCK: usize = 64 * 1024;
     /// Larger pieces get an allocation of their own: a block's unused end stays small.
     const SMALL: usize = Self::BLOCK / 16;
@@ -154,7 +157,9 @@ impl Blocks {
             return bytes::Bytes::copy_from_slice(data);
         }
         if self.current.capacity() - self.current.len() < data.len() {
-            self.current = bytes::BytesMut::with_capacity(Self::BLOCK);
+            let size = self.next_size.clamp(Self::FIRST, Self::BLOCK);
+            self.next_size = size * 2;
+            self.current = bytes::BytesMut::with_capacity(size);
         }
         self.current.extend_from_slice(data);
         self.current.split().freeze()
@@ -186,11 +191,15 @@ mod tests {
             d.as_ptr() as usize,
             "large ones aside"
         );
-        // A block that cannot hold the next piece is left to the pieces cut from it.
+        // A block that cannot hold the next piece is left to the pieces cut from it; the
+        // next is twice as large, up to `BLOCK`.
+        let first = blocks.current.capacity() + d.len() + b.len() + a.len();
+        assert_eq!(first, Blocks::FIRST);
         let mut last = d;
-        for _ in 0..(Blocks::BLOCK / Blocks::SMALL) + 1 {
+        for _ in 0..64 {
             last = blocks.copy(&[1u8; Blocks::SMALL]);
         }
         assert_eq!(&last[..], &[1u8; Blocks::SMALL][..]);
+        assert_eq!(blocks.next_size, 2 * Blocks::BLOCK);
     }
 }
