@@ -75,20 +75,29 @@ impl Store {
     /// Opens (creating if needed) the database in `dir` with a page cache of at most
     /// `cache_capacity` bytes.
     pub fn open(dir: &Path, cache_capacity: u64) -> StoreResult<Store> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_capacity)
-            .flush_every_ms(Some(FLUSH_EVERY_MS))
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    StoreError::Locked(dir.to_path_buf())
-                }
-                sled::Error::Io(ref io) if io.to_string().contains("lock") => {
-                    StoreError::Locked(dir.to_path_buf())
-                }
-                other => StoreError::from(other),
-            })?;
+        let config = |compressed: bool| {
+            sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache_capacity)
+                .flush_every_ms(Some(FLUSH_EVERY_MS))
+                .use_compression(compressed)
+        };
+        let db = match config(true).open() {
+            // A database made uncompressed stays so: sled refuses to change it on reopen.
+            Err(sled::Error::Unsupported(ref why)) if why.contains("use_compression") => {
+                config(false).open()
+            }
+            other => other,
+        };
+        let db = db.map_err(|e| match e {
+            sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                StoreError::Locked(dir.to_path_buf())
+            }
+            sled::Error::Io(ref io) if io.to_string().contains("lock") => {
+                StoreError::Locked(dir.to_path_buf())
+            }
+            other => StoreError::from(other),
+        })?;
         for name in RETIRED_TREES {
             if db
                 .tree_names()
