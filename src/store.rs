@@ -243,6 +243,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_database_made_uncompressed_still_opens_with_what_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::Config::new()
+                .path(dir.path())
+                .use_compression(false)
+                .open()
+                .unwrap();
+            let answers = db.open_tree(Space::Answers.tree_name()).unwrap();
+            answers.insert(b"k", b"kept".as_slice()).unwrap();
+            db.flush().unwrap();
+        }
+        let store = open_when_free(dir.path(), 1 << 20);
+        assert_eq!(
+            store.get(Space::Answers, b"k").unwrap().as_deref(),
+            Some(&b"kept"[..])
+        );
+        drop(store);
+        // A new one is made compressed, and opens again as such.
+        let fresh = tempfile::tempdir().unwrap();
+        Store::open(fresh.path(), 1 << 20).unwrap();
+        let conf = std::fs::read(fresh.path().join("conf")).unwrap();
+        let said = b"use_compression: true";
+        assert!(conf.windows(said.len()).any(|w| w == said));
+    }
+
+    #[test]
     fn spaces_are_separate_and_batches_apply() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 20).unwrap();
