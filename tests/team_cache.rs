@@ -11,11 +11,8 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use redis::Commands;
 use support::daemon::*;
-use support::redis::{Cluster, Prefix, Relay};
+use support::redis::{team_reaches, watch_team, Cluster, Prefix, Relay};
 use support::FakeUpstream;
-use tokio::sync::watch;
-
-use chatcache::cache::redis_tier::TeamState;
 
 /// A team secret file in `dir`, as `openssl rand -hex 32` makes one.
 fn team_secret(dir: &Path, byte: u8) -> std::path::PathBuf {
@@ -32,27 +29,6 @@ fn team_config(redis: &str, prefix: &Prefix, secret: Option<&Path>) -> String {
         "[cache]\nmax_age = \"1h\"\n[team]\nredis = \"{redis}\"\nredis_prefix = \"{}\"\n{secret}",
         prefix.name
     )
-}
-
-fn watch_team(d: &Daemon) -> watch::Receiver<TeamState> {
-    d.app
-        .team_cache
-        .as_ref()
-        .expect("the team tier is on")
-        .watch()
-}
-
-/// Waits for the daemon's team tier to reach `cond` (it says so itself: no polling).
-async fn team_reaches(d: &Daemon, what: &str, cond: impl FnMut(&TeamState) -> bool) {
-    let mut rx = watch_team(d);
-    let reached = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(cond))
-        .await
-        .map(|r| r.is_ok());
-    assert!(
-        matches!(reached, Ok(true)),
-        "the team tier never got {what}: {:?}",
-        *rx.borrow()
-    );
 }
 
 async fn health(d: &Daemon) -> serde_json::Value {

@@ -10,11 +10,10 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use chatcache::cache::redis_tier::TeamState;
 use support::daemon::*;
 use support::flight_team::{events, stream_at};
 use support::pg::TestDb;
-use support::redis::Server;
+use support::redis::{team_reaches, Server};
 use support::team::{local_ids, SHIPPED_WITHIN};
 use support::FakeUpstream;
 
@@ -33,19 +32,6 @@ fn config(redis: &str, db: &TestDb, dir: &Path, name: &str) -> String {
     )
 }
 
-/// Waits for the daemon's team tier to reach `cond` (it says so itself: no polling).
-async fn tier_reaches(d: &Daemon, what: &str, cond: impl FnMut(&TeamState) -> bool) {
-    let mut rx = d.app.team_cache.as_ref().expect("team tier on").watch();
-    let reached = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(cond))
-        .await
-        .map(|r| r.is_ok());
-    assert!(
-        matches!(reached, Ok(true)),
-        "the team tier never got {what}: {:?}",
-        *rx.borrow()
-    );
-}
-
 async fn team_cache_health(d: &Daemon) -> serde_json::Value {
     get(&d.url("/_chatcache/health")).await.json()["team_cache"].clone()
 }
@@ -59,7 +45,7 @@ async fn shared(a: &Daemon, b: &Daemon, body: &str) {
     let written = a.app.team_cache.as_ref().unwrap().watch().borrow().written;
     let first = ask(a, body).await;
     assert_eq!(first.header("x-chatcache"), Some("miss"));
-    tier_reaches(a, "the answer written", |s| s.written > written).await;
+    team_reaches(a, "the answer written", |s| s.written > written).await;
     let hit = ask(b, body).await;
     assert_eq!(hit.header("x-chatcache"), Some("hit"));
     assert_eq!(hit.header("x-chatcache-tier"), Some("team"));
@@ -83,7 +69,7 @@ async fn redis_killed_mid_stream_and_restarted_loses_no_answer_and_no_ledger_lin
     let a = Daemon::start_with(&fake.url(), &config(&redis.url, &db, dir.path(), "team-a")).await;
     let b = Daemon::start_with(&fake.url(), &config(&redis.url, &db, dir.path(), "team-b")).await;
     for d in [&a, &b] {
-        tier_reaches(d, "up", |s| s.up).await;
+        team_reaches(d, "up", |s| s.up).await;
     }
     shared(&a, &b, &chat("before Redis goes")).await;
 
@@ -141,7 +127,7 @@ async fn redis_killed_mid_stream_and_restarted_loses_no_answer_and_no_ledger_lin
 
     // Down on both; each answers on its own meanwhile.
     for d in [&a, &b] {
-        tier_reaches(d, "down", |s| !s.up).await;
+        team_reaches(d, "down", |s| !s.up).await;
         assert_eq!(team_cache_health(d).await, "down");
     }
     let alone = ask(&b, &chat("while Redis is gone")).await;
@@ -151,7 +137,7 @@ async fn redis_killed_mid_stream_and_restarted_loses_no_answer_and_no_ledger_lin
     // Back on its port, empty: the tier comes back by itself and is shared again.
     redis.restart();
     for d in [&a, &b] {
-        tier_reaches(d, "up again", |s| s.up).await;
+        team_reaches(d, "up again", |s| s.up).await;
         assert_eq!(team_cache_health(d).await, "up");
     }
     shared(&a, &b, &chat("after Redis is back")).await;

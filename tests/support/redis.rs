@@ -1,6 +1,7 @@
 //! Redis for tests: a key prefix of a test's own in the test Redis (deleted after), a relay
 //! to it that can go silent or be the TLS end of a `rediss://` server, and `redis-server`
-//! processes of a test's own (a 3-node cluster; one server to kill and start again).
+//! processes of a test's own (a 3-node cluster; one server to kill and start again); and
+//! waits on a daemon's team tier.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -329,4 +330,32 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The daemon's team tier state, as it tells it.
+pub fn watch_team(
+    d: &super::daemon::Daemon,
+) -> watch::Receiver<chatcache::cache::redis_tier::TeamState> {
+    d.app
+        .team_cache
+        .as_ref()
+        .expect("the team tier is on")
+        .watch()
+}
+
+/// Waits for the daemon's team tier to reach `cond` (it says so itself: no polling).
+pub async fn team_reaches(
+    d: &super::daemon::Daemon,
+    what: &str,
+    cond: impl FnMut(&chatcache::cache::redis_tier::TeamState) -> bool,
+) {
+    let mut rx = watch_team(d);
+    let reached = tokio::time::timeout(std::time::Duration::from_secs(10), rx.wait_for(cond))
+        .await
+        .map(|r| r.is_ok());
+    assert!(
+        matches!(reached, Ok(true)),
+        "the team tier never got {what}: {:?}",
+        *rx.borrow()
+    );
 }
