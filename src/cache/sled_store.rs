@@ -187,7 +187,7 @@ impl Storage for SledStore {
         Ok(old)
     }
 
-    fn remove(&self, key: &CacheKey) -> StorageResult<Option<Summary>> {
+    fn remove(&self, key: &CacheKey, why: Gone, at_ms: u64) -> StorageResult<Option<Summary>> {
         let _w = self.writing();
         let old = self.summary(key)?;
         let before = self.layout(key)?;
@@ -198,6 +198,7 @@ impl Storage for SledStore {
         if let Some(o) = &old {
             ops.push(Op::Remove(use_key(o.last_used, key)));
             ops.push(Op::Remove(request_key(&o.parts.request, key)));
+            ops.push(Op::Put(record_key(GONE, key), why.encode(at_ms).to_vec()));
         }
         self.store.apply(Space::Answers, ops)?;
         self.drop_body(key, before)?;

@@ -175,8 +175,9 @@ pub trait Storage: Send + Sync {
         summary: &Summary,
     ) -> StorageResult<Option<Summary>>;
 
-    /// Removes the entry under `key`, returning its summary if there was one.
-    fn remove(&self, key: &CacheKey) -> StorageResult<Option<Summary>>;
+    /// Removes the entry under `key`, returning its summary if there was one, and notes
+    /// why it went and when in the same change (a reader never sees it gone unexplained).
+    fn remove(&self, key: &CacheKey, why: Gone, at_ms: u64) -> StorageResult<Option<Summary>>;
 
     /// Notes that each key was last used at the given stamp (later stamps only).
     fn touch(&self, uses: &[(CacheKey, u64)]) -> StorageResult<()>;

@@ -155,11 +155,8 @@ impl Writer {
     /// Removes the entry under `key`, noting why.
     fn remove(&self, key: &CacheKey, why: Gone) -> StorageResult<bool> {
         self.shared.hot.remove(key);
-        let old = self.shared.storage.remove(key)?;
+        let old = self.shared.storage.remove(key, why, now_ms())?;
         self.forget(old.as_ref());
-        if old.is_some() {
-            self.shared.storage.bury(key, why, now_ms())?;
-        }
         Ok(old.is_some())
     }
 

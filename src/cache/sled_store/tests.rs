@@ -60,7 +60,12 @@ fn a_large_body_is_kept_in_a_file_and_read_back_in_pieces() {
     s.put(&key, &head, &b, &summary(3 * INLINE_MAX)).unwrap();
     s.put(&key, &head, &b, &summary(3 * INLINE_MAX)).unwrap();
     assert_eq!(files(dir.path()), 1, "a replaced body's file is deleted");
-    assert!(s.remove(&key).unwrap().is_some());
+    assert!(s.remove(&key, Gone::Purged, 5).unwrap().is_some());
+    assert_eq!(
+        s.gone(&key).unwrap(),
+        Some((Gone::Purged, 5)),
+        "noted with it"
+    );
     assert_eq!(files(dir.path()), 0);
     assert_eq!(s.lookup(&key).unwrap(), None);
 }
