@@ -42,6 +42,8 @@ async fn key_order_and_spacing_are_no_reason_and_a_changed_field_is_named() {
             .status,
         200
     );
+    // The nearest entry is looked for in the store: once the writer has stored it.
+    d.app.cache.settle().unwrap();
     let reordered = r#"{ "messages" : [ {"content":"What is the capital of France?", "role":"user"} ],
         "temperature": 0.2,   "model":"GPT-4 Turbo", "user": "someone" }"#;
     let e = explain(&d, reordered, &[("authorization", KEY)]).await;
