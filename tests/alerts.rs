@@ -26,13 +26,7 @@ fn config(alerts: &str) -> String {
 }
 
 async fn ask(d: &Daemon, project: &str, prompt: &str) -> u16 {
-    let r = post_with(
-        &d.url("/chat/completions"),
-        &chat(prompt),
-        &[("authorization", KEY), ("x-chatcache-project", project)],
-    )
-    .await;
-    r.status.as_u16()
+    ask_in(d, project, &chat(prompt)).await.status.as_u16()
 }
 
 fn assert_alert(a: &Value, project: &str, threshold: f64, spent_units: f64, budget_units: f64) {
@@ -125,11 +119,7 @@ async fn a_receiver_that_does_not_answer_holds_up_no_request() {
 async fn the_command_gets_the_alerts_while_the_webhook_is_down() {
     let fake = FakeUpstream::start().await;
     // A port with nothing listening: every attempt is refused.
-    let down = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let down = format!("127.0.0.1:{}", support::closed_port());
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("alerts.jsonl");
     let extra = config(&format!(

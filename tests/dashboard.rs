@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use support::browser::*;
 use support::daemon::*;
+use support::ledger_sums::{close, Sums};
 use support::FakeUpstream;
 
 const CONFIG: &str =
@@ -34,27 +35,12 @@ const SCRIPT: &[(&str, &str, &str, bool)] = &[
 
 // ---------------------------------------------------------------- expected numbers
 
-#[derive(Debug, Default, Clone, Copy)]
-struct Sums {
-    requests: u64,
-    hits: u64,
-    cost: f64,
-    saved: f64,
-}
-
 /// Per project, summed from the ledger files themselves.
 fn ledger_sums(data_dir: &Path) -> BTreeMap<String, Sums> {
     let mut out: BTreeMap<String, Sums> = BTreeMap::new();
     for l in ledger_lines(data_dir) {
-        let s = out
-            .entry(l["project"].as_str().unwrap().to_string())
-            .or_default();
-        s.requests += 1;
-        if matches!(l["outcome"].as_str(), Some("hit" | "coalesced")) {
-            s.hits += 1;
-        }
-        s.cost += l["cost"].as_f64().unwrap_or(0.0);
-        s.saved += l["saved"].as_f64().unwrap_or(0.0);
+        let project = l["project"].as_str().unwrap().to_string();
+        out.entry(project).or_default().add(&l);
     }
     out
 }
@@ -66,10 +52,6 @@ fn total(sums: &BTreeMap<String, Sums>) -> Sums {
         cost: a.cost + s.cost,
         saved: a.saved + s.saved,
     })
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() < 1e-9
 }
 
 async fn make_requests(d: &Daemon) {
@@ -84,12 +66,7 @@ async fn make_requests_of(d: &Daemon, script: &[(&str, &str, &str, bool)]) {
             "stream": stream,
         })
         .to_string();
-        let r = post_with(
-            &d.url("/chat/completions"),
-            &body,
-            &[("authorization", KEY), ("x-chatcache-project", project)],
-        )
-        .await;
+        let r = ask_in(d, project, &body).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     }
 }

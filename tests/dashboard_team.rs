@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use http::StatusCode;
 use support::browser::*;
 use support::daemon::*;
+use support::ledger_sums::{close, Sums};
 use support::pg::TestDb;
 use support::team::*;
 use support::FakeUpstream;
@@ -29,37 +30,9 @@ const SCRIPT_B: &[(&str, &str)] = &[
     ("ops", "b ops two"),
 ];
 
-#[derive(Debug, Default, Clone, Copy)]
-struct Sums {
-    requests: u64,
-    hits: u64,
-    cost: f64,
-    saved: f64,
-}
-
-impl Sums {
-    fn add(&mut self, l: &serde_json::Value) {
-        self.requests += 1;
-        if matches!(l["outcome"].as_str(), Some("hit" | "coalesced")) {
-            self.hits += 1;
-        }
-        self.cost += l["cost"].as_f64().unwrap_or(0.0);
-        self.saved += l["saved"].as_f64().unwrap_or(0.0);
-    }
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() < 1e-9
-}
-
 async fn send_script(d: &Daemon, script: &[(&str, &str)]) {
     for (project, prompt) in script {
-        let r = post_with(
-            &d.url("/chat/completions"),
-            &chat(prompt),
-            &[("authorization", KEY), ("x-chatcache-project", project)],
-        )
-        .await;
+        let r = ask_in(d, project, &chat(prompt)).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     }
     let dir = d.data_dir.clone();
@@ -69,27 +42,8 @@ async fn send_script(d: &Daemon, script: &[(&str, &str)]) {
     .await;
 }
 
-/// The `data-field` cells of the one row whose `attr` is `name`.
-fn row_cells(page: &Page, attr: &str, name: &str) -> BTreeMap<String, f64> {
-    let row = page.one(&format!("row {attr}={name}"), |t| {
-        t.name == "tr" && t.attr(attr) == Some(name)
-    });
-    let end = row.end + page.html[row.end..].find("</tr>").unwrap();
-    page.tags
-        .iter()
-        .filter(|t| t.end > row.end && t.end < end && t.attr("data-field").is_some())
-        .filter(|t| t.attr("data-value") != Some(""))
-        .map(|t| {
-            (
-                t.attr("data-field").unwrap().to_string(),
-                t.num("data-value"),
-            )
-        })
-        .collect()
-}
-
 fn assert_row(page: &Page, attr: &str, name: &str, want: Sums) {
-    let cells = row_cells(page, attr, name);
+    let cells = page.row_cells(attr, name);
     assert_eq!(cells["requests"] as u64, want.requests, "{name}: requests");
     assert!(
         close(cells["cost"], want.cost),
@@ -122,13 +76,7 @@ async fn the_team_panel_shows_every_daemons_spend_by_project_and_by_daemon() {
     let _ = chromium(); // fails now, clearly, if there is no Chromium
     let db = TestDb::create().await;
     let fake = FakeUpstream::start().await;
-    let url = db.url();
-    let upstream = fake.url();
-    let (team_a, team_b) = (team(&url, "laptop-a"), team(&url, "laptop-b"));
-    let (a, b) = tokio::join!(
-        Daemon::start_with(&upstream, &team_a),
-        Daemon::start_with(&upstream, &team_b),
-    );
+    let (a, b) = laptops(&fake, &db.url()).await;
     tokio::join!(send_script(&a, SCRIPT_A), send_script(&b, SCRIPT_B));
     db.wait_count((SCRIPT_A.len() + SCRIPT_B.len()) as i64, SHIPPED_WITHIN)
         .await;
@@ -264,12 +212,6 @@ async fn without_a_team_ledger_there_is_no_team_panel() {
     d.stop().await;
 }
 
-/// A loopback port nothing listens on (bound, then let go).
-async fn closed_port() -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap().port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_unreachable_is_said_by_health_the_metrics_and_the_team_panel() {
     let _ = chromium();
@@ -277,7 +219,7 @@ async fn postgres_unreachable_is_said_by_health_the_metrics_and_the_team_panel()
     let password = "pw-Kd82hQm4Vx";
     let url = format!(
         "postgres://chatcache:{password}@127.0.0.1:{}/team?sslmode=disable",
-        closed_port().await
+        support::closed_port()
     );
     let extra = format!("{}budget_when_down = \"refuse\"\n", team(&url, "offline"));
     let d = Daemon::start_with(&fake.url(), &extra).await;

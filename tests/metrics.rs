@@ -2,22 +2,13 @@
 
 mod support;
 
-use bytes::Bytes;
 use http::{Method, StatusCode};
 use support::daemon::*;
 use support::FakeUpstream;
 
 async fn scrape(d: &Daemon) -> prometheus_parse::Scrape {
-    let r = send(
-        Method::GET,
-        &d.url("/_chatcache/metrics"),
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK);
-    let lines = r
-        .text()
+    let lines = metrics_text(d)
+        .await
         .lines()
         .map(|l| Ok(l.to_string()))
         .collect::<Vec<_>>();

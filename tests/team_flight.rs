@@ -35,15 +35,7 @@ async fn one_call_for_twelve(body: &str, gate_name: &str) {
     }
     assert_eq!(fake.count("/chat/completions"), 1, "one call while held");
     gate.release();
-    let mut answers = Vec::new();
-    for a in asks {
-        answers.push(
-            tokio::time::timeout(Duration::from_secs(20), a)
-                .await
-                .expect("answered")
-                .unwrap(),
-        );
-    }
+    let answers = answered(asks).await;
     let failures: Vec<u64> = daemons
         .iter()
         .map(|d| d.app.team_cache.as_ref().unwrap().watch().borrow().failures)
@@ -137,11 +129,7 @@ async fn a_stream_is_shared_live_through_a_redis_cluster() {
     let prefix = Prefix::new();
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeUpstream::start().await;
-    let nodes: Vec<String> = cluster.urls.iter().map(|u| format!("\"{u}\"")).collect();
-    let config = team_config("CLUSTER", &prefix, dir.path(), "10s").replace(
-        "redis = \"CLUSTER\"",
-        &format!("redis = [{}]", nodes.join(", ")),
-    );
+    let config = cluster.in_config(&team_config("CLUSTER", &prefix.name, dir.path(), "10s"));
     let daemons = team_started(3, &fake, &config).await;
     let (mut lead, mut followers, gate) = followed_while_held(&daemons, &fake, "cluster").await;
     assert_eq!(fake.count("/chat/completions"), 1, "one call, still held");
@@ -189,19 +177,7 @@ async fn followers_of_a_leader_that_dies_mid_stream_end_with_the_error_frame() {
         "released within the lease: {took:?}"
     );
     for f in &followers {
-        assert!(f.got.starts_with(&first));
-        let tail = String::from_utf8_lossy(&f.got[first.len()..]).into_owned();
-        assert!(tail.starts_with("event: error\ndata: {"), "{tail}");
-        assert_eq!(
-            events(&f.got),
-            events(&first) + 1,
-            "nothing after the error frame"
-        );
-        let text = f.text();
-        assert!(
-            !text.contains("total_tokens_cost") && !text.contains("[DONE]"),
-            "never a short stream that looks whole: {text}"
-        );
+        ends_with_the_error_frame(f, &first);
     }
     assert_eq!(fake.count("/chat/completions"), 1);
 }
@@ -240,11 +216,7 @@ async fn followers_of_a_leader_that_dies_before_its_first_byte_fetch_for_themsel
         "released within the lease: {took:?}"
     );
     gate.release();
-    for a in asks {
-        let r = tokio::time::timeout(Duration::from_secs(20), a)
-            .await
-            .expect("answered")
-            .unwrap();
+    for r in answered(asks).await {
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.header("x-chatcache"), Some("miss"));
         assert!(r.text().contains("total_tokens_cost"), "{}", r.text());
@@ -347,11 +319,7 @@ async fn waiting_daemons_fetch_for_themselves_when_the_lease_goes_without_an_ans
         gone.elapsed()
     );
     gate.release();
-    for a in asks {
-        let r = tokio::time::timeout(Duration::from_secs(20), a)
-            .await
-            .expect("answered")
-            .unwrap();
+    for r in answered(asks).await {
         assert_eq!(r.status, StatusCode::OK);
     }
     assert_eq!(fake.count("/chat/completions"), 3);
@@ -363,7 +331,7 @@ async fn without_redis_each_daemon_answers_on_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeUpstream::start().await;
     // Nothing listens there: the tier stays down.
-    let config = team_config("redis://127.0.0.1:1", &prefix, dir.path(), "10s");
+    let config = team_config("redis://127.0.0.1:1", &prefix.name, dir.path(), "10s");
     let mut daemons = Vec::new();
     for _ in 0..3 {
         daemons.push(Arc::new(Daemon::start_with(&fake.url(), &config).await));
@@ -373,11 +341,7 @@ async fn without_redis_each_daemon_answers_on_its_own() {
     // Each daemon leads its own call, none waits for another.
     gate.arrived_n(3).await;
     gate.release();
-    for a in asks {
-        let r = tokio::time::timeout(Duration::from_secs(20), a)
-            .await
-            .expect("answered")
-            .unwrap();
+    for r in answered(asks).await {
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.header("x-chatcache"), Some("miss"));
     }

@@ -17,12 +17,7 @@ async fn two_daemons_ship_to_one_database_and_team_totals_are_the_sum_of_their_l
     let password = "pw-Zq8Lm3Rt7Xc1";
     let url = db.url_at(db.addr(), Some(password));
     // Both start at once: the schema is made exactly once.
-    let upstream = fake.url();
-    let (team_a, team_b) = (team(&url, "laptop-a"), team(&url, "laptop-b"));
-    let (a, b) = tokio::join!(
-        Daemon::start_with(&upstream, &team_a),
-        Daemon::start_with(&upstream, &team_b),
-    );
+    let (a, b) = laptops(&fake, &url).await;
     let (na, nb) = tokio::join!(traffic(&a, "from a", 12), traffic(&b, "from b", 7));
     db.wait_count((na + nb) as i64, SHIPPED_WITHIN).await;
 

@@ -11,7 +11,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::daemon::*;
-use support::flight_team::{events, stream_at};
+use support::flight_team::{
+    ends_with_the_error_frame, events, ledger_of, stream_at, team_config_with,
+};
 use support::pg::TestDb;
 use support::redis::{team_reaches, Server};
 use support::team::{local_ids, SHIPPED_WITHIN};
@@ -23,21 +25,12 @@ const ENDS_WITHIN: Duration = Duration::from_secs(20);
 /// One daemon's settings: the team's Redis and PostgreSQL, a team secret, and a name of its
 /// own in the team ledger.
 fn config(redis: &str, db: &TestDb, dir: &Path, name: &str) -> String {
-    let secret = dir.join("team.key");
-    std::fs::write(&secret, format!("{}\n", "5a".repeat(32))).unwrap();
-    format!(
-        "[cache]\nmax_age = \"1h\"\n[team]\nredis = \"{redis}\"\nredis_prefix = \"restart:\"\nsecret_file = \"{}\"\nlease = \"2s\"\ntimeout = \"1s\"\npostgres = \"{}\"\nname = \"{name}\"\n",
-        secret.display(),
-        db.url()
-    )
+    let ledger = format!("postgres = \"{}\"\nname = \"{name}\"\n", db.url());
+    team_config_with(redis, "restart:", dir, "2s", &ledger)
 }
 
 async fn team_cache_health(d: &Daemon) -> serde_json::Value {
     get(&d.url("/_chatcache/health")).await.json()["team_cache"].clone()
-}
-
-async fn ask(d: &Daemon, body: &str) -> Resp {
-    post_with(&d.url("/chat/completions"), body, &[("authorization", KEY)]).await
 }
 
 /// An answer asked of `a`, then of `b` once `a` has written it to Redis: a team hit there.
@@ -50,14 +43,6 @@ async fn shared(a: &Daemon, b: &Daemon, body: &str) {
     assert_eq!(hit.header("x-chatcache"), Some("hit"));
     assert_eq!(hit.header("x-chatcache-tier"), Some("team"));
     assert_eq!(hit.body, first.body);
-}
-
-/// The local ledger of `dir` once it has `n` lines, and no more.
-async fn lines_of(dir: &Path, n: usize) -> Vec<serde_json::Value> {
-    eventually("the local ledger lines", || ledger_lines(dir).len() >= n).await;
-    let lines = ledger_lines(dir);
-    assert_eq!(lines.len(), n, "{lines:?}");
-    lines
 }
 
 #[tokio::test]
@@ -111,19 +96,7 @@ async fn redis_killed_mid_stream_and_restarted_loses_no_answer_and_no_ledger_lin
         .rest(ENDS_WITHIN)
         .await
         .expect("the follower's stream ends, with a frame that says why");
-    assert!(follower.got.starts_with(&first));
-    let tail = String::from_utf8_lossy(&follower.got[first.len()..]).into_owned();
-    assert!(tail.starts_with("event: error\ndata: {"), "{tail}");
-    assert_eq!(
-        events(&follower.got),
-        events(&first) + 1,
-        "nothing after the error frame"
-    );
-    let text = follower.text();
-    assert!(
-        !text.contains("total_tokens_cost") && !text.contains("[DONE]"),
-        "never a short stream that looks whole: {text}"
-    );
+    ends_with_the_error_frame(&follower, &first);
 
     // Down on both; each answers on its own meanwhile.
     for d in [&a, &b] {
@@ -144,8 +117,8 @@ async fn redis_killed_mid_stream_and_restarted_loses_no_answer_and_no_ledger_lin
 
     // A: the first answer, the stream, the answer after; B: two team hits and its own
     // miss; the follower's broken stream is not accounted for.
-    let on_a = lines_of(&a.data_dir, 3).await;
-    let on_b = lines_of(&b.data_dir, 3).await;
+    let on_a = ledger_of(&[a.data_dir.as_path()], 3).await;
+    let on_b = ledger_of(&[b.data_dir.as_path()], 3).await;
     let outcomes = |lines: &[serde_json::Value]| -> Vec<String> {
         let mut o: Vec<String> = lines.iter().map(|l| l["outcome"].to_string()).collect();
         o.sort();

@@ -5,19 +5,13 @@
 
 mod support;
 
-use std::time::Duration;
-
 use support::daemon::*;
-use support::redis::Server;
+use support::redis::{team_cache_config, team_reaches, team_secret, Server};
 use support::FakeUpstream;
 
 fn config(redis: &str, dir: &std::path::Path) -> String {
-    let secret = dir.join("team.key");
-    std::fs::write(&secret, format!("{}\n", "5a".repeat(32))).unwrap();
-    format!(
-        "[cache]\nmax_age = \"1h\"\n[team]\nredis = \"{redis}\"\nredis_prefix = \"rt:\"\nsecret_file = \"{}\"\ntimeout = \"1s\"\n",
-        secret.display()
-    )
+    let secret = team_secret(dir, 0x5a);
+    team_cache_config(redis, "rt:", Some(&secret)) + "timeout = \"1s\"\n"
 }
 
 /// What Redis has processed: reads (one per round trip) and the probes' pings.
@@ -56,11 +50,7 @@ impl Reads {
 const TRIES: u64 = 5;
 
 async fn written_reaches(d: &Daemon, n: u64) {
-    let mut rx = d.app.team_cache.as_ref().unwrap().watch();
-    let reached = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| s.written >= n))
-        .await
-        .map(|r| r.is_ok());
-    assert!(matches!(reached, Ok(true)), "{:?}", *rx.borrow());
+    team_reaches(d, &format!("{n} answers written"), |s| s.written >= n).await;
 }
 
 #[tokio::test]
@@ -72,25 +62,17 @@ async fn a_miss_costs_three_round_trips_and_a_team_hit_one() {
     let a = Daemon::start_with(&fake.url(), &text).await;
     let b = Daemon::start_with(&fake.url(), &text).await;
     for d in [&a, &b] {
-        let mut rx = d.app.team_cache.as_ref().unwrap().watch();
-        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| s.up))
-            .await
-            .expect("the team tier comes up")
-            .unwrap();
+        team_reaches(d, "up", |s| s.up).await;
     }
     let mut reads = Reads(redis.conn());
     let body = |n: u64| chat(&format!("counted round trips {n}"));
-    let ask = |d: &Daemon, n: u64| {
-        let (url, body) = (d.url("/chat/completions"), body(n));
-        async move { post_with(&url, &body, &[("authorization", KEY)]).await }
-    };
 
     let mut miss_trips = None;
     let mut written = 0;
     while miss_trips.is_none() && written < TRIES {
         written += 1;
         let (reads0, pings0) = reads.now();
-        let miss = ask(&a, written).await;
+        let miss = ask(&a, &body(written)).await;
         assert_eq!(miss.header("x-chatcache"), Some("miss"));
         // Counted once its last exchange has been answered: the write, which lets the
         // lease go in the same round trip.
@@ -107,14 +89,14 @@ async fn a_miss_costs_three_round_trips_and_a_team_hit_one() {
     assert!(lease.is_empty(), "the lease went with the write: {lease:?}");
     // An entry for each try of the team hit.
     for n in written + 1..=TRIES {
-        ask(&a, n).await;
+        ask(&a, &body(n)).await;
         written_reaches(&a, n).await;
     }
 
     let mut hit_trips = None;
     for n in 1..=TRIES {
         let (reads0, pings0) = reads.now();
-        let hit = ask(&b, n).await;
+        let hit = ask(&b, &body(n)).await;
         assert_eq!(hit.header("x-chatcache-tier"), Some("team"));
         let (reads1, pings1) = reads.now();
         if pings1 == pings0 {

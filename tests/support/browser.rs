@@ -151,10 +151,14 @@ impl Page {
             })
             .collect()
     }
-    /// The `data-field` cells of the row of `project`, in order.
+    /// The `data-field` cells of the row of `project`.
     pub fn project_cells(&self, project: &str) -> HashMap<String, f64> {
-        let row = self.one(&format!("row of {project}"), |t| {
-            t.name == "tr" && t.attr("data-project") == Some(project)
+        self.row_cells("data-project", project)
+    }
+    /// The `data-field` cells of the one row whose `attr` is `name`.
+    pub fn row_cells(&self, attr: &str, name: &str) -> HashMap<String, f64> {
+        let row = self.one(&format!("row {attr}={name}"), |t| {
+            t.name == "tr" && t.attr(attr) == Some(name)
         });
         let row_end = row.end + self.html[row.end..].find("</tr>").unwrap();
         self.tags

@@ -116,6 +116,21 @@ pub async fn post_with(url: &str, body: &str, headers: &[(&str, &str)]) -> Resp 
     send(Method::POST, url, &h, body.to_string()).await
 }
 
+/// A chat request to the daemon, with the test key.
+pub async fn ask(d: &Daemon, body: &str) -> Resp {
+    post(&d.url("/chat/completions"), body).await
+}
+
+/// A chat request to the daemon, with the test key, on behalf of `project`.
+pub async fn ask_in(d: &Daemon, project: &str, body: &str) -> Resp {
+    post_with(
+        &d.url("/chat/completions"),
+        body,
+        &[("authorization", KEY), ("x-chatcache-project", project)],
+    )
+    .await
+}
+
 pub async fn get(url: &str) -> Resp {
     send(Method::GET, url, &[("authorization", KEY)], Bytes::new()).await
 }
@@ -128,8 +143,9 @@ pub fn chat(content: &str) -> String {
 pub fn chat_stream(content: &str) -> String {
     serde_json::json!({"model": "GPT-4 Turbo", "messages": [{"role": "user", "content": content}], "stream": true}).to_string()
 }
-/// An unlabelled gauge or counter as the daemon's metrics endpoint shows it now.
-pub async fn metric(d: &Daemon, name: &str) -> f64 {
+
+/// The daemon's metrics endpoint as it reads now.
+pub async fn metrics_text(d: &Daemon) -> String {
     let r = send(
         Method::GET,
         &d.url("/_chatcache/metrics"),
@@ -139,6 +155,12 @@ pub async fn metric(d: &Daemon, name: &str) -> f64 {
     .await;
     assert_eq!(r.status, StatusCode::OK);
     r.text()
+}
+
+/// An unlabelled gauge or counter as the daemon's metrics endpoint shows it now.
+pub async fn metric(d: &Daemon, name: &str) -> f64 {
+    metrics_text(d)
+        .await
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name} in the metrics"))

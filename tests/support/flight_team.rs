@@ -9,31 +9,23 @@ use std::time::{Duration, Instant};
 
 use super::daemon::*;
 use super::hold::Gate;
-use super::redis::Prefix;
+use super::redis::{team_cache_config, team_reaches, team_secret, Prefix};
 use super::streamed::Streamed;
 use super::FakeUpstream;
 
 /// A team's settings. `timeout` is generous: on a busy test machine, making a connection
 /// (a waiter's subscription, a live reader's own) can take longer than the default 50 ms,
 /// and a daemon that gives up on Redis answers correctly but on its own.
-pub fn team_config(redis: &str, prefix: &Prefix, dir: &Path, lease: &str) -> String {
+pub fn team_config(redis: &str, prefix: &str, dir: &Path, lease: &str) -> String {
     team_config_with(redis, prefix, dir, lease, "")
 }
 
 /// The team's settings with `extra` lines in its `[team]` table.
-pub fn team_config_with(
-    redis: &str,
-    prefix: &Prefix,
-    dir: &Path,
-    lease: &str,
-    extra: &str,
-) -> String {
-    let secret = dir.join("team.key");
-    std::fs::write(&secret, format!("{}\n", "5a".repeat(32))).unwrap();
+pub fn team_config_with(redis: &str, prefix: &str, dir: &Path, lease: &str, extra: &str) -> String {
+    let secret = team_secret(dir, 0x5a);
     format!(
-        "[cache]\nmax_age = \"1h\"\n[team]\nredis = \"{redis}\"\nredis_prefix = \"{}\"\nsecret_file = \"{}\"\nlease = \"{lease}\"\ntimeout = \"1s\"\n{extra}",
-        prefix.name,
-        secret.display()
+        "{}lease = \"{lease}\"\ntimeout = \"1s\"\n{extra}",
+        team_cache_config(redis, prefix, Some(&secret))
     )
 }
 
@@ -66,7 +58,7 @@ pub async fn team_of_with(
     lease: &str,
     extra: &str,
 ) -> Vec<Arc<Daemon>> {
-    let config = team_config_with(&super::redis_url(), prefix, dir, lease, extra);
+    let config = team_config_with(&super::redis_url(), &prefix.name, dir, lease, extra);
     team_started(n, fake, &config).await
 }
 
@@ -75,11 +67,7 @@ pub async fn team_started(n: usize, fake: &FakeUpstream, config: &str) -> Vec<Ar
     let mut out = Vec::new();
     for _ in 0..n {
         let d = Daemon::start_with(&fake.url(), config).await;
-        let mut rx = d.app.team_cache.as_ref().expect("team tier on").watch();
-        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| s.up))
-            .await
-            .expect("the team tier comes up")
-            .unwrap();
+        team_reaches(&d, "up", |s| s.up).await;
         out.push(Arc::new(d));
     }
     out
@@ -106,6 +94,20 @@ pub fn spread(
             })
         })
         .collect()
+}
+
+/// The answers to requests `spread` sent, each within 20 s.
+pub async fn answered(asks: Vec<tokio::task::JoinHandle<Resp>>) -> Vec<Resp> {
+    let mut answers = Vec::new();
+    for a in asks {
+        answers.push(
+            tokio::time::timeout(Duration::from_secs(20), a)
+                .await
+                .expect("answered")
+                .unwrap(),
+        );
+    }
+    answers
 }
 
 /// The one lease under the prefix, and the channel its holder announces the end on.
@@ -160,6 +162,25 @@ pub fn events(b: &[u8]) -> usize {
     b.windows(2).filter(|w| w == b"\n\n").count()
 }
 
+/// A follower's stream that broke after `first` (what it had from its leader): it ends with
+/// the SSE error frame, never as a short stream that looks whole.
+#[track_caller]
+pub fn ends_with_the_error_frame(f: &Streamed, first: &[u8]) {
+    assert!(f.got.starts_with(first));
+    let tail = String::from_utf8_lossy(&f.got[first.len()..]).into_owned();
+    assert!(tail.starts_with("event: error\ndata: {"), "{tail}");
+    assert_eq!(
+        events(&f.got),
+        events(first) + 1,
+        "nothing after the error frame"
+    );
+    let text = f.text();
+    assert!(
+        !text.contains("total_tokens_cost") && !text.contains("[DONE]"),
+        "never a short stream that looks whole: {text}"
+    );
+}
+
 /// Every ledger line of `dirs`, once there are `n`.
 pub async fn ledger_of(dirs: &[&Path], n: usize) -> Vec<serde_json::Value> {
     let all = || -> Vec<serde_json::Value> { dirs.iter().flat_map(|d| ledger_lines(d)).collect() };
@@ -187,7 +208,7 @@ pub fn one_paid_the_rest_saved(lines: &[serde_json::Value]) {
 /// A daemon of the team as a process of its own, so that it can die as a process does.
 pub async fn team_process(fake: &FakeUpstream, prefix: &Prefix, dir: &Path, lease: &str) -> Proc {
     let config = dir.join("leader.toml");
-    let text = team_config(&super::redis_url(), prefix, dir, lease);
+    let text = team_config(&super::redis_url(), &prefix.name, dir, lease);
     std::fs::write(&config, text).unwrap();
     let config = config.to_str().unwrap();
     let data = dir.join("leader-data");

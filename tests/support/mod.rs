@@ -1,4 +1,5 @@
-//! Shared integration-test support: an in-process fake of the upstream chat API.
+//! Shared integration-test support: its modules, where the test Redis and PostgreSQL are,
+//! a port nothing listens on, and the open-files limit.
 #![allow(dead_code, unused_imports)]
 
 pub mod api;
@@ -13,6 +14,7 @@ pub mod forward;
 pub mod h2;
 pub mod hold;
 pub mod http1;
+pub mod ledger_sums;
 pub mod pg;
 pub mod receiver;
 pub mod redis;
@@ -40,6 +42,12 @@ pub fn redis_url() -> String {
 pub fn postgres_url() -> String {
     std::env::var("CHATCACHE_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A loopback port nothing listens on (bound, then let go): a connection to it is refused.
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
 }
 
 /// Raises this process's soft limit on open files to at least `need` (up to the hard

@@ -1,9 +1,10 @@
 //! Redis for tests: a key prefix of a test's own in the test Redis (deleted after), a relay
 //! to it that can go silent or be the TLS end of a `rediss://` server, and `redis-server`
-//! processes of a test's own (a 3-node cluster; one server to kill and start again); and
-//! waits on a daemon's team tier.
+//! processes of a test's own (a 3-node cluster; one server to kill and start again); a
+//! daemon's settings for a team cache on it, and waits on a daemon's team tier.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redis::Commands;
@@ -223,6 +224,15 @@ impl Cluster {
         }
     }
 
+    /// `config` with its `redis = "CLUSTER"` naming this cluster's nodes instead.
+    pub fn in_config(&self, config: &str) -> String {
+        let nodes: Vec<String> = self.urls.iter().map(|u| format!("\"{u}\"")).collect();
+        config.replace(
+            "redis = \"CLUSTER\"",
+            &format!("redis = [{}]", nodes.join(", ")),
+        )
+    }
+
     /// How many keys each node holds.
     pub fn keys_per_node(&self) -> Vec<usize> {
         self.urls
@@ -330,6 +340,24 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A team secret file in `dir`, as `openssl rand -hex 32` makes one (every byte `byte`).
+pub fn team_secret(dir: &Path, byte: u8) -> PathBuf {
+    let path = dir.join(format!("team-{byte}.key"));
+    std::fs::write(&path, format!("{}\n", format!("{byte:02x}").repeat(32))).unwrap();
+    path
+}
+
+/// A daemon's settings for a team cache on `redis` under `prefix`, answers kept an hour,
+/// with the team secret in `secret` if any. More lines of the `[team]` table may follow.
+pub fn team_cache_config(redis: &str, prefix: &str, secret: Option<&Path>) -> String {
+    let secret = secret.map_or(String::new(), |p| {
+        format!("secret_file = \"{}\"\n", p.display())
+    });
+    format!(
+        "[cache]\nmax_age = \"1h\"\n[team]\nredis = \"{redis}\"\nredis_prefix = \"{prefix}\"\n{secret}"
+    )
 }
 
 /// The daemon's team tier state, as it tells it.

@@ -1,5 +1,6 @@
-//! What the team ledger tests share: a daemon's `[team]` settings, traffic that makes
-//! ledger lines, the local ledger to compare with, and bounded waits on the shipper.
+//! What the team ledger tests share: a daemon's `[team]` settings and two daemons started
+//! with them, traffic that makes ledger lines, the local ledger to compare with, and
+//! bounded waits on the shipper.
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -9,12 +10,23 @@ use chatcache::spend::{LedgerLine, Outcome};
 
 use super::daemon::*;
 use super::pg::TestDb;
+use super::FakeUpstream;
 
 /// Long enough for a slow, shared machine; the polls return as soon as the rows are there.
 pub const SHIPPED_WITHIN: Duration = Duration::from_secs(60);
 
 pub fn team(url: &str, name: &str) -> String {
     format!("[team]\npostgres = \"{url}\"\nname = \"{name}\"\n")
+}
+
+/// Two daemons shipping to the team ledger at `url`, laptop-a and laptop-b, started at once.
+pub async fn laptops(fake: &FakeUpstream, url: &str) -> (Daemon, Daemon) {
+    let upstream = fake.url();
+    let (team_a, team_b) = (team(url, "laptop-a"), team(url, "laptop-b"));
+    tokio::join!(
+        Daemon::start_with(&upstream, &team_a),
+        Daemon::start_with(&upstream, &team_b),
+    )
 }
 
 /// Sends `n` distinct requests and, for every third, the same request again (a hit);
