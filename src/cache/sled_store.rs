@@ -122,6 +122,9 @@ impl Storage for SledStore {
         let (generation, head) = match self.layout(key)? {
             None => return Ok(None),
             Some(Layout::Whole(record)) => return Ok(Some(vec![record])),
+            Some(Layout::Packed { len, frame }) => {
+                return Ok(Some(vec![layout::unpack(len, &frame)]))
+            }
             Some(Layout::Filed { generation, head }) => (generation, head),
         };
         let mut record = vec![head];
@@ -154,7 +157,7 @@ impl Storage for SledStore {
         let total: usize = body.iter().map(Bytes::len).sum();
         let _w = self.writing();
         let value = if head.len() + total <= INLINE_MAX {
-            layout::whole(head, body)
+            layout::inline(head, body)
         } else {
             let generation = self.store.unique_id()?;
             if let Err(e) = self.bodies.write(key, generation, body) {

@@ -1,5 +1,6 @@
-//! The sled store's layout of large answers: bodies in files of their own, read back in
-//! pieces, replaced, removed, and deleted at start when no entry names them.
+//! The sled store's layout of answers: small ones compressed when that pays, large ones
+//! with bodies in files of their own, read back in pieces, replaced, removed, and deleted
+//! at start when no entry names them.
 
 use bytes::Bytes;
 
@@ -113,4 +114,70 @@ fn body_files_no_entry_names_are_deleted_at_the_next_start() {
     assert_eq!(files(dir.path()), 1, "only the named body remains");
     let got = s.lookup(&key).unwrap().unwrap();
     assert_eq!(got[1..].concat(), body(2 * INLINE_MAX).concat());
+}
+
+fn stored_value(s: &SledStore, key: &CacheKey) -> Bytes {
+    s.store
+        .get(Space::Answers, &record_key(ENTRY, key))
+        .unwrap()
+        .unwrap()
+}
+
+#[test]
+fn a_small_record_is_kept_compressed_and_read_back_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let key = CacheKey([11; 32]);
+    let answer = r#"{"choices":[{"message":{"content":"The capital of France is Paris."}}]}"#;
+    let b: Vec<Bytes> = (0..20).map(|_| Bytes::from(answer)).collect();
+    let record = [&b"head"[..], &b.concat()].concat();
+    s.put(&key, b"head", &b, &summary(record.len())).unwrap();
+    let value = stored_value(&s, &key);
+    assert!(
+        value.len() < record.len() / 2,
+        "kept in {} bytes for a record of {}",
+        value.len(),
+        record.len()
+    );
+    assert_eq!(s.lookup(&key).unwrap().unwrap().concat(), record);
+}
+
+#[test]
+fn a_record_that_does_not_compress_is_kept_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let key = CacheKey([12; 32]);
+    let mut noise = vec![0u8; 4000];
+    blake3::Hasher::new()
+        .update(b"seed")
+        .finalize_xof()
+        .fill(&mut noise);
+    let b = vec![Bytes::from(noise.clone())];
+    s.put(&key, b"h", &b, &summary(4001)).unwrap();
+    let value = stored_value(&s, &key);
+    assert_eq!(&value[1..], &[&b"h"[..], &noise[..]].concat()[..]);
+    assert_eq!(s.lookup(&key).unwrap().unwrap().concat()[1..], noise[..]);
+}
+
+#[test]
+fn a_damaged_compressed_record_reads_back_empty_and_fails_its_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let key = CacheKey([13; 32]);
+    let b = vec![Bytes::from(vec![b'a'; 3000])];
+    s.put(&key, b"h", &b, &summary(3001)).unwrap();
+    let mut value = stored_value(&s, &key).to_vec();
+    // Cut short: a frame that cannot give back the record's bytes.
+    value.truncate(value.len() - 4);
+    s.store
+        .put(Space::Answers, &record_key(ENTRY, &key), &value)
+        .unwrap();
+    assert_eq!(s.lookup(&key).unwrap(), Some(vec![Bytes::new()]));
+    // A length no record kept in sled has is damage too, not an allocation of it.
+    value[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
+    s.store
+        .put(Space::Answers, &record_key(ENTRY, &key), &value)
+        .unwrap();
+    assert_eq!(s.lookup(&key).unwrap(), Some(vec![Bytes::new()]));
+    assert!(crate::cache::entry::Entry::decode(vec![Bytes::new()]).is_err());
 }
