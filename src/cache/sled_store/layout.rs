@@ -51,8 +51,8 @@ pub(super) fn layout_of(value: Bytes) -> Option<Layout> {
 }
 
 thread_local! {
-    // A context made once per thread: making one for each value costs more than the
-    // compression of a small answer itself.
+    // A context made once per thread (the cache's writer and the few blocking threads that
+    // read the store): making one for each value costs more than compressing it.
     static COMPRESSOR: RefCell<Option<zstd::block::Compressor>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::block::Decompressor>> = const { RefCell::new(None) };
 }
