@@ -172,16 +172,6 @@ impl Store {
         visit_all(self.tree(space).scan_prefix(prefix), visit)
     }
 
-    /// `scan_prefix` in reverse key order.
-    pub fn scan_prefix_rev(
-        &self,
-        space: Space,
-        prefix: &[u8],
-        visit: impl FnMut(&[u8], &[u8]) -> bool,
-    ) -> StoreResult<()> {
-        visit_all(self.tree(space).scan_prefix(prefix).rev(), visit)
-    }
-
     /// Visits every pair with `start <= key < end`, in key order, until `visit` returns false.
     pub fn scan_range(
         &self,
@@ -290,22 +280,15 @@ mod tests {
                 ],
             )
             .unwrap();
-        let seen = |reverse| {
-            let mut seen = Vec::new();
-            let visit = |k: &[u8], v: &[u8]| {
+        let mut seen = Vec::new();
+        store
+            .scan_prefix(Space::Rollups, b"a", |k, v| {
                 seen.push((k.to_vec(), v.to_vec()));
                 true
-            };
-            if reverse {
-                store.scan_prefix_rev(Space::Rollups, b"a", visit).unwrap();
-            } else {
-                store.scan_prefix(Space::Rollups, b"a", visit).unwrap();
-            }
-            seen
-        };
+            })
+            .unwrap();
         let pair = |k: &[u8], v: &[u8]| (k.to_vec(), v.to_vec());
-        assert_eq!(seen(false), vec![pair(b"a2", b"2"), pair(b"a3", b"3")]);
-        assert_eq!(seen(true), vec![pair(b"a3", b"3"), pair(b"a2", b"2")]);
+        assert_eq!(seen, vec![pair(b"a2", b"2"), pair(b"a3", b"3")]);
         assert_eq!(
             &store.get(Space::Answers, b"k").unwrap().unwrap()[..],
             b"entry"

@@ -9,11 +9,11 @@ use serde_json::Value;
 
 use crate::cache::entry::Entry;
 use crate::cache::key::{CacheKey, KeyParts};
-use crate::cache::storage::{Gone, StorageResult};
+use crate::cache::storage::{Gone, Newest, StorageResult};
 use crate::cache::{now_ms, Cache};
 use crate::config::Scope;
 
-/// Entries looked at for the nearest one (most recently used first), and of those, the
+/// Entries looked at for the nearest one, and of those (the most recently used first), the
 /// most whose requests are read and compared.
 pub const NEAREST_SCAN: usize = 10_000;
 pub const NEAREST_COMPARED: usize = 50;
@@ -146,34 +146,28 @@ impl Cache {
 
     fn nearest(&self, q: &Question) -> StorageResult<Option<Nearest>> {
         let storage = &self.shared.storage;
-        let mut candidates = Vec::new();
+        // The most recently used of the first `NEAREST_SCAN` entries from the question's
+        // key on (all of them in a cache no larger) that share its partition, path and
+        // model.
+        let mut candidates = Newest::new(NEAREST_COMPARED);
         let mut scanned = 0;
-        let mut failure = None;
-        storage.scan_by_use(true, &mut |key, _, _| {
+        storage.scan_around(&q.key, &mut |key, s| {
             scanned += 1;
-            match storage.summary(&key) {
-                Ok(Some(s))
-                    if key != q.key
-                        && s.parts.base == q.parts.base
-                        && s.parts.namespace == q.parts.namespace
-                        && s.path == q.path
-                        && s.model.as_deref() == q.model =>
-                {
-                    candidates.push(key)
-                }
-                Ok(_) => {}
-                Err(e) => failure = Some(e),
+            if key != q.key
+                && s.parts.base == q.parts.base
+                && s.parts.namespace == q.parts.namespace
+                && s.path == q.path
+                && s.model.as_deref() == q.model
+            {
+                candidates.offer(key, s);
             }
-            failure.is_none() && scanned < NEAREST_SCAN && candidates.len() < NEAREST_COMPARED
+            scanned < NEAREST_SCAN
         })?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
         let Ok(request) = serde_json::from_slice::<Value>(q.canonical) else {
             return Ok(None);
         };
         let mut best: Option<(usize, Nearest)> = None;
-        for key in candidates {
+        for key in candidates.into_keys() {
             let Some(entry) = storage.lookup(&key)?.and_then(|r| Entry::decode(r).ok()) else {
                 continue;
             };

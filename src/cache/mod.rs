@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::cache::entry::Entry;
 use crate::cache::key::{CacheKey, KeyParts};
-use crate::cache::storage::{Gone, Storage, StorageResult};
+use crate::cache::storage::{Gone, Newest, Storage, StorageResult};
 use crate::sized_lru::SizedLru;
 use crate::store::StoreError;
 use writer::Job;
@@ -354,14 +354,12 @@ impl Cache {
     /// Summaries of up to `limit` entries, most recently used first. Blocking.
     pub fn list(&self, limit: usize) -> StorageResult<Vec<EntrySummary>> {
         self.settle()?;
-        let mut newest = Vec::new();
-        self.shared.storage.scan_by_use(true, &mut |key, _, _| {
-            if newest.len() >= limit {
-                return false;
-            }
-            newest.push(key);
+        let mut newest = Newest::new(limit);
+        self.shared.storage.scan(&mut |key, s| {
+            newest.offer(key, s);
             true
         })?;
+        let newest = newest.into_keys();
         let mut out = Vec::with_capacity(newest.len());
         for key in newest {
             if let Some(s) = self.shared.storage.summary(&key)? {

@@ -1,9 +1,13 @@
 //! The answer cache's storage on the data dir's sled database (`Space::Answers`). One
 //! tree holds every kind of record, so that one atomic batch changes them together:
-//! `e‖key` → the entry's record, `m‖key` → its summary, `u‖last use stamp (BE)‖key` → its
-//! size (entries in order of use, for eviction without reading them), `r‖request‖key` →
-//! nothing (entries by their request whatever the partition, for `cache explain`), and
-//! `x‖key` → why an entry is gone and when.
+//! `e‖key` → the entry's record, `m‖key` → its summary (what eviction, listing and purges
+//! read), `r‖request‖key` → nothing (entries by their request whatever the partition, for
+//! `cache explain`), and `x‖key` → why an entry is gone and when.
+//!
+//! Entries are not kept in order of use: such an index, written at every store and every
+//! use, made the store a third larger on disk (bench/README.md). Eviction samples
+//! summaries instead (see `writer`). Stores written by earlier versions have that index
+//! under `u‖…`; it is deleted when the store opens.
 //!
 //! A record up to `INLINE_MAX` bytes is one value. A larger one keeps its head under
 //! `e‖key` and its body in a file of its own (`bodies`), written before the batch that
@@ -28,7 +32,8 @@ use layout::{layout_of, Layout, INLINE_MAX};
 
 const ENTRY: u8 = b'e';
 const SUMMARY: u8 = b'm';
-const USE: u8 = b'u';
+/// The order-of-use index of earlier versions, deleted at open.
+const OLD_USE_INDEX: u8 = b'u';
 const REQUEST: u8 = b'r';
 const GONE: u8 = b'x';
 pub struct SledStore {
@@ -42,14 +47,6 @@ pub struct SledStore {
 fn record_key(kind: u8, key: &CacheKey) -> Vec<u8> {
     let mut k = Vec::with_capacity(33);
     k.push(kind);
-    k.extend_from_slice(&key.0);
-    k
-}
-
-fn use_key(last_used: u64, key: &CacheKey) -> Vec<u8> {
-    let mut k = Vec::with_capacity(41);
-    k.push(USE);
-    k.extend_from_slice(&last_used.to_be_bytes());
     k.extend_from_slice(&key.0);
     k
 }
@@ -68,7 +65,7 @@ fn key_of(bytes: &[u8]) -> Option<CacheKey> {
 
 impl SledStore {
     /// The store over `store`'s answers, with large bodies in `bodies` (created when
-    /// needed), after deleting body files no entry names.
+    /// needed), after deleting body files no entry names and an earlier version's index.
     pub fn new(store: Store, bodies: PathBuf) -> SledStore {
         let s = SledStore {
             store,
@@ -78,7 +75,24 @@ impl SledStore {
         if let Err(e) = s.remove_unnamed_bodies() {
             tracing::warn!(error = %e, "could not remove the files of unfinished cache entries");
         }
+        if let Err(e) = s.remove_old_use_index() {
+            tracing::warn!(error = %e, "could not remove an earlier version's index of the cache");
+        }
         s
+    }
+
+    fn remove_old_use_index(&self) -> StorageResult<()> {
+        let mut keys = Vec::new();
+        self.store
+            .scan_prefix(Space::Answers, &[OLD_USE_INDEX], |k, _| {
+                keys.push(k.to_vec());
+                true
+            })?;
+        for chunk in keys.chunks(4096) {
+            let ops = chunk.iter().map(|k| Op::Remove(k.clone())).collect();
+            self.store.apply(Space::Answers, ops)?;
+        }
+        Ok(())
     }
 
     fn writing(&self) -> MutexGuard<'_, ()> {
@@ -171,7 +185,6 @@ impl Storage for SledStore {
         let old = self.summary(key)?;
         let mut ops = Vec::with_capacity(8);
         if let Some(o) = &old {
-            ops.push(Op::Remove(use_key(o.last_used, key)));
             ops.push(Op::Remove(request_key(&o.parts.request, key)));
         }
         ops.push(Op::Remove(record_key(GONE, key)));
@@ -181,10 +194,6 @@ impl Storage for SledStore {
         ));
         ops.push(Op::Put(record_key(ENTRY, key), value));
         ops.push(Op::Put(record_key(SUMMARY, key), summary.encode()));
-        ops.push(Op::Put(
-            use_key(summary.last_used, key),
-            summary.bytes.to_le_bytes().to_vec(),
-        ));
         self.store.apply(Space::Answers, ops)?;
         self.drop_body(key, before)?;
         Ok(old)
@@ -199,7 +208,6 @@ impl Storage for SledStore {
             Op::Remove(record_key(SUMMARY, key)),
         ];
         if let Some(o) = &old {
-            ops.push(Op::Remove(use_key(o.last_used, key)));
             ops.push(Op::Remove(request_key(&o.parts.request, key)));
             ops.push(Op::Put(record_key(GONE, key), why.encode(at_ms).to_vec()));
         }
@@ -266,12 +274,7 @@ impl Storage for SledStore {
             if s.last_used >= *last_used {
                 continue;
             }
-            ops.push(Op::Remove(use_key(s.last_used, key)));
             s.last_used = *last_used;
-            ops.push(Op::Put(
-                use_key(s.last_used, key),
-                s.bytes.to_le_bytes().to_vec(),
-            ));
             ops.push(Op::Put(record_key(SUMMARY, key), s.encode()));
         }
         if ops.is_empty() {
@@ -280,37 +283,19 @@ impl Storage for SledStore {
         self.store.apply(Space::Answers, ops)
     }
 
-    fn scan(&self, visit: &mut dyn FnMut(CacheKey, &Summary) -> bool) -> StorageResult<()> {
-        self.store.scan_prefix(Space::Answers, &[SUMMARY], |k, v| {
-            match (key_of(&k[1..]), Summary::decode(v)) {
-                (Some(key), Some(s)) => visit(key, &s),
-                _ => true,
-            }
-        })
-    }
-
-    fn scan_by_use(
+    fn scan_from(
         &self,
-        newest_first: bool,
-        visit: &mut dyn FnMut(CacheKey, u64, u64) -> bool,
+        from: &CacheKey,
+        visit: &mut dyn FnMut(CacheKey, &Summary) -> bool,
     ) -> StorageResult<()> {
-        let each = |k: &[u8], v: &[u8]| {
-            let parsed = (|| {
-                let last = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
-                let key = key_of(k.get(9..)?)?;
-                let bytes = u64::from_le_bytes(v.try_into().ok()?);
-                Some((key, last, bytes))
-            })();
-            match parsed {
-                Some((key, last, bytes)) => visit(key, last, bytes),
-                None => true,
-            }
-        };
-        if newest_first {
-            self.store.scan_prefix_rev(Space::Answers, &[USE], each)
-        } else {
-            self.store.scan_prefix(Space::Answers, &[USE], each)
-        }
+        let start = record_key(SUMMARY, from);
+        self.store
+            .scan_range(Space::Answers, &start, &[SUMMARY + 1], |k, v| {
+                match (key_of(&k[1..]), Summary::decode(v)) {
+                    (Some(key), Some(s)) => visit(key, &s),
+                    _ => true,
+                }
+            })
     }
 
     fn flush(&self) -> StorageResult<()> {

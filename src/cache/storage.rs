@@ -3,6 +3,9 @@
 //! flush), and the summary of an entry that scans read instead of its body. The sled
 //! implementation is `sled_store`; nothing above this seam knows where answers live.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
 use bytes::Bytes;
 
 use crate::cache::key::{CacheKey, KeyParts};
@@ -155,6 +158,35 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The `n` most recently used of the entries offered, without holding more than `n`.
+pub struct Newest {
+    n: usize,
+    heap: BinaryHeap<Reverse<(u64, CacheKey)>>,
+}
+
+impl Newest {
+    pub fn new(n: usize) -> Newest {
+        Newest {
+            n,
+            heap: BinaryHeap::with_capacity(n.saturating_add(1).min(1024)),
+        }
+    }
+
+    pub fn offer(&mut self, key: CacheKey, s: &Summary) {
+        self.heap.push(Reverse((s.last_used, key)));
+        if self.heap.len() > self.n {
+            self.heap.pop();
+        }
+    }
+
+    /// Their keys, most recently used first.
+    pub fn into_keys(self) -> Vec<CacheKey> {
+        // Ascending by `Reverse` is descending by last use.
+        let sorted = self.heap.into_sorted_vec();
+        sorted.into_iter().map(|Reverse((_, key))| key).collect()
+    }
+}
+
 /// A place that keeps answers. Every call blocks; callers run them on threads that may.
 pub trait Storage: Send + Sync {
     /// The record stored under `key`, as pieces: the first holds at least the head `put`
@@ -182,16 +214,38 @@ pub trait Storage: Send + Sync {
     /// Notes that each key was last used at the given stamp (later stamps only).
     fn touch(&self, uses: &[(CacheKey, u64)]) -> StorageResult<()>;
 
-    /// Visits every entry's summary, in no particular order, until `visit` returns false.
-    fn scan(&self, visit: &mut dyn FnMut(CacheKey, &Summary) -> bool) -> StorageResult<()>;
+    /// Visits every entry's summary, in the order of their keys, until `visit` returns
+    /// false.
+    fn scan(&self, visit: &mut dyn FnMut(CacheKey, &Summary) -> bool) -> StorageResult<()> {
+        self.scan_from(&CacheKey([0; 32]), visit)
+    }
 
-    /// Visits entries by last use with their sizes, least recent first (or most recent
-    /// first when `newest_first`), until `visit` returns false.
-    fn scan_by_use(
+    /// `scan` from the first key at or after `from`. Keys are hashes, so the entries from
+    /// any point on are a sample of the whole cache, unrelated to when they were used:
+    /// eviction takes the least recently used of such samples.
+    fn scan_from(
         &self,
-        newest_first: bool,
-        visit: &mut dyn FnMut(CacheKey, u64, u64) -> bool,
+        from: &CacheKey,
+        visit: &mut dyn FnMut(CacheKey, &Summary) -> bool,
     ) -> StorageResult<()>;
+
+    /// `scan_from`, then on from the first key up to `from`: every entry once, in key
+    /// order from anywhere.
+    fn scan_around(
+        &self,
+        from: &CacheKey,
+        visit: &mut dyn FnMut(CacheKey, &Summary) -> bool,
+    ) -> StorageResult<()> {
+        let mut go_on = true;
+        self.scan_from(from, &mut |key, s| {
+            go_on = visit(key, s);
+            go_on
+        })?;
+        if go_on {
+            self.scan(&mut |key, s| key < *from && visit(key, s))?;
+        }
+        Ok(())
+    }
 
     /// Visits the entries whose request (without its partition) is `request`.
     fn same_request(

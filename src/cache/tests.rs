@@ -209,6 +209,31 @@ fn eviction_keeps_under_limit_and_drops_least_recent() {
 }
 
 #[test]
+fn eviction_of_a_cache_larger_than_its_sample_takes_the_least_recently_used() {
+    // 1,000 entries, 250 of them used later than the rest; then room for 833 at most, so
+    // that eviction (down to 90%: 750) removes 250, every one of them from the 750 unused.
+    // Each sample of 64 then holds two thirds unused entries at least, and only its 8
+    // least recently used go.
+    let per = record_len(&fresh());
+    let t = open(per * 2_000);
+    for i in 0..1_000 {
+        t.cache.put(key(i), KeyParts::default(), fresh()).unwrap();
+    }
+    let later = now_ms() + 60_000;
+    let used: Vec<_> = (0..1_000).step_by(4).map(|i| (key(i), later)).collect();
+    t.raw.touch(&used).unwrap();
+    let t = t.restart(per * 833 + per / 2);
+    t.cache.flush().unwrap();
+    t.cache.flush().unwrap();
+    let c = &t.cache;
+    assert!(c.stats().bytes <= per * 750, "{:?}", c.stats());
+    assert!(c.stats().evictions >= 250, "{:?}", c.stats());
+    for i in (0..1_000).step_by(4) {
+        assert_eq!(lookup(c, key(i)), Lookup::Fresh, "used entry {i} evicted");
+    }
+}
+
+#[test]
 fn hits_are_answered_while_an_eviction_is_held() {
     let per = record_len(&fresh());
     let t = open(per * 4);

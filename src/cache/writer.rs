@@ -2,6 +2,11 @@
 //! ever waits for one. It stores handed-over answers, drops damaged and expired entries
 //! that lookups found, writes the uses lookups noted (once a second), sweeps out expired
 //! entries, and evicts the least recently used while the cache is over `max_bytes`.
+//!
+//! Eviction works as Redis's does: it reads a sample of summaries from a random key on and
+//! removes the least recently used few, until the cache is under its limit. Exact order of
+//! use would need an index written at every store and use; a cache no larger than one
+//! sample is evicted in exact order.
 
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -18,6 +23,10 @@ const TICK: Duration = Duration::from_secs(1);
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
 /// Most entries removed by one sweep; the rest wait for the next.
 const SWEEP_MAX: usize = 10_000;
+/// Summaries read for each choice of what to evict.
+const EVICTION_SAMPLE: usize = 64;
+/// How many of a sample's least recently used go, at most.
+const EVICTED_PER_SAMPLE: usize = 8;
 
 pub(crate) type Reply = mpsc::Sender<StorageResult<()>>;
 
@@ -215,7 +224,8 @@ impl Writer {
         self.shared.bytes.load(Ordering::Relaxed) > self.shared.limits.max_bytes
     }
 
-    /// Removes the least recently used entries until the cache is at 90% of `max_bytes`.
+    /// Removes the least recently used entries of samples until the cache is at 90% of
+    /// `max_bytes`.
     fn evict(&self) -> StorageResult<()> {
         #[cfg(test)]
         self.shared.evict_gate.pass();
@@ -223,22 +233,43 @@ impl Writer {
         // Uses noted since the last tick count: a hot entry must not go for want of them.
         self.write_uses()?;
         let target = s.limits.max_bytes / 10 * 9;
-        let excess = s.bytes.load(Ordering::Relaxed).saturating_sub(target);
-        let (mut doomed, mut freed) = (Vec::new(), 0u64);
-        s.storage.scan_by_use(false, &mut |key, _, bytes| {
-            doomed.push(key);
-            freed += bytes;
-            freed < excess
-        })?;
         let mut removed = 0u64;
-        for key in &doomed {
-            removed += u64::from(self.remove(key, Gone::Evicted)?);
+        while s.bytes.load(Ordering::Relaxed) > target {
+            let mut gone = 0;
+            for key in self.least_recently_used_of_a_sample()? {
+                if s.bytes.load(Ordering::Relaxed) <= target {
+                    break;
+                }
+                gone += u64::from(self.remove(&key, Gone::Evicted)?);
+            }
+            if gone == 0 {
+                break;
+            }
+            removed += gone;
         }
         s.evictions.fetch_add(removed, Ordering::Relaxed);
         if removed > 0 {
             tracing::debug!(removed, "evicted cache entries");
         }
         Ok(())
+    }
+
+    /// The `EVICTED_PER_SAMPLE` least recently used of `EVICTION_SAMPLE` entries read from
+    /// a random key on (wrapping around past the last), least recent first.
+    fn least_recently_used_of_a_sample(&self) -> StorageResult<Vec<CacheKey>> {
+        let storage = &self.shared.storage;
+        let mut from = [0u8; 32];
+        // Without randomness the sample starts at the first key: still the least recently
+        // used of a sample, only always the same one.
+        let _ = getrandom::fill(&mut from);
+        let mut sample = Vec::with_capacity(EVICTION_SAMPLE);
+        storage.scan_around(&CacheKey(from), &mut |key, s| {
+            sample.push((s.last_used, key));
+            sample.len() < EVICTION_SAMPLE
+        })?;
+        sample.sort_unstable();
+        sample.truncate(EVICTED_PER_SAMPLE);
+        Ok(sample.into_iter().map(|(_, key)| key).collect())
     }
 
     fn purge(&self, what: &Purge) -> StorageResult<u64> {

@@ -181,3 +181,30 @@ fn a_damaged_compressed_record_reads_back_empty_and_fails_its_checksum() {
     assert_eq!(s.lookup(&key).unwrap(), Some(vec![Bytes::new()]));
     assert!(crate::cache::entry::Entry::decode(vec![Bytes::new()]).is_err());
 }
+
+#[test]
+fn the_order_of_use_index_of_earlier_versions_is_deleted_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let key = CacheKey([7; 32]);
+    s.put(&key, b"record", &[], &summary(6)).unwrap();
+    // What an earlier version kept beside each entry: `u‖last use (BE)‖key` → its size.
+    let mut old = vec![OLD_USE_INDEX];
+    old.extend_from_slice(&1u64.to_be_bytes());
+    old.extend_from_slice(&key.0);
+    s.store
+        .put(Space::Answers, &old, &6u64.to_le_bytes())
+        .unwrap();
+    let store = s.store.clone();
+    drop(s);
+    let s = SledStore::new(store, dir.path().join("bodies"));
+    let mut left = 0;
+    s.store
+        .scan_prefix(Space::Answers, &[OLD_USE_INDEX], |_, _| {
+            left += 1;
+            true
+        })
+        .unwrap();
+    assert_eq!(left, 0);
+    assert_eq!(&s.lookup(&key).unwrap().unwrap()[0][..], b"record");
+}
