@@ -257,6 +257,8 @@ for k in ("conc_chatcache", "conc_nginx"):
     d = load(k)
     if d and d["ok"] != d["streams"]:
         problems.append(f"{k}: only {d['ok']} of {d['streams']} streams completed")
+    if d and d.get("peak_open", d["streams"]) != d["streams"]:
+        problems.append(f"{k}: at most {d['peak_open']} of {d['streams']} streams were open at once")
 for t, d in streams.items():
     if d.get("errors"):
         problems.append(f"streams via {t}: {d['errors']} errors")

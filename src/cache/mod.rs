@@ -9,11 +9,15 @@ pub mod bundle;
 pub mod entry;
 pub mod explain;
 pub mod flight;
+mod inspect;
 pub mod key;
+mod presence;
 pub mod redis_tier;
 pub mod sled_store;
 pub mod storage;
 mod writer;
+
+pub use inspect::{CacheStats, EntrySummary};
 
 #[cfg(test)]
 mod tests;
@@ -23,11 +27,11 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use foldhash::HashMap;
-use serde::Serialize;
 
 use crate::cache::entry::Entry;
 use crate::cache::key::{CacheKey, KeyParts};
-use crate::cache::storage::{Gone, Newest, Storage, StorageResult};
+use crate::cache::presence::Presence;
+use crate::cache::storage::{Gone, Storage, StorageResult};
 use crate::sized_lru::SizedLru;
 use crate::store::StoreError;
 use writer::Job;
@@ -71,31 +75,6 @@ pub enum Lookup {
     Corrupt,
 }
 
-#[derive(Debug, Serialize)]
-pub struct CacheStats {
-    /// Where the answers live.
-    pub store: String,
-    pub entries: u64,
-    pub bytes: u64,
-    pub max_bytes: u64,
-    pub on_disk_bytes: u64,
-    pub evictions: u64,
-    pub dropped_corrupt: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct EntrySummary {
-    pub key: String,
-    pub method: String,
-    pub path: String,
-    pub model: Option<String>,
-    pub stream: bool,
-    pub status: u16,
-    pub bytes: u64,
-    pub created_ms: u64,
-    pub last_used_ms: u64,
-}
-
 /// What `cache purge` removes.
 #[derive(Debug, Clone, Default)]
 pub struct Purge {
@@ -137,6 +116,8 @@ struct Shared {
     /// hit is answered without leaving the async worker.
     hot: SizedLru<CacheKey, Arc<Entry>>,
     pending: Mutex<Pending>,
+    /// Which keys the storage may hold.
+    presence: Presence,
     /// Uses noted by lookups, written to the store by the writer each second.
     uses: Mutex<HashMap<CacheKey, u64>>,
     stamps: UseStamps,
@@ -201,6 +182,7 @@ impl Cache {
             storage,
             hot: SizedLru::new(limits.hot_bytes),
             pending: Mutex::default(),
+            presence: Presence::default(),
             uses: Mutex::default(),
             stamps: UseStamps::default(),
             limits,
@@ -233,6 +215,12 @@ impl Cache {
         }
     }
 
+    /// False only if nothing is stored under `key`: `get` would find it missing, so a
+    /// caller need not move to a thread that may block to ask.
+    pub fn may_be_stored(&self, key: &CacheKey) -> bool {
+        self.shared.presence.may_hold(key)
+    }
+
     /// The entry under `key` if it is intact and younger than both `cache.max_age` and
     /// `max_age`. Blocking. A damaged or expired entry is never returned; the writer is
     /// asked to drop it.
@@ -245,6 +233,9 @@ impl Cache {
             return Ok((Lookup::Fresh, Some(e)));
         }
         let s = &self.shared;
+        if !s.presence.may_hold(&key) {
+            return Ok((Lookup::Missing, None));
+        }
         let Some(record) = s.storage.lookup(&key)? else {
             return Ok((Lookup::Missing, None));
         };
@@ -335,78 +326,5 @@ impl Cache {
         if self.jobs.send(job).is_err() {
             tracing::error!("the cache's writer has stopped; a change is lost");
         }
-    }
-
-    /// The counts as the writer last left them (`settle` first to include what waits).
-    pub fn stats(&self) -> CacheStats {
-        let s = &self.shared;
-        CacheStats {
-            store: s.storage.location(),
-            entries: s.entries.load(Ordering::Relaxed),
-            bytes: s.bytes.load(Ordering::Relaxed),
-            max_bytes: s.limits.max_bytes,
-            on_disk_bytes: s.storage.size_on_disk(),
-            evictions: s.evictions.load(Ordering::Relaxed),
-            dropped_corrupt: s.corrupt.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Summaries of up to `limit` entries, most recently used first. Blocking.
-    pub fn list(&self, limit: usize) -> StorageResult<Vec<EntrySummary>> {
-        self.settle()?;
-        let mut newest = Newest::new(limit);
-        self.shared.storage.scan(&mut |key, s| {
-            newest.offer(key, s);
-            true
-        })?;
-        let newest = newest.into_keys();
-        let mut out = Vec::with_capacity(newest.len());
-        for key in newest {
-            if let Some(s) = self.shared.storage.summary(&key)? {
-                out.push(EntrySummary {
-                    key: key.to_hex(),
-                    method: s.method,
-                    path: s.path,
-                    model: s.model,
-                    stream: s.stream,
-                    status: s.status,
-                    bytes: s.bytes,
-                    created_ms: s.created_ms,
-                    last_used_ms: s.last_used,
-                });
-            }
-        }
-        Ok(out)
-    }
-
-    /// The intact stored entry under `key`, without noting a use. Blocking.
-    pub fn show(&self, key: CacheKey) -> StorageResult<Option<Entry>> {
-        self.settle()?;
-        Ok(self
-            .shared
-            .storage
-            .lookup(&key)?
-            .and_then(|r| Entry::decode(r).ok()))
-    }
-
-    /// Visits every intact stored entry. Blocking.
-    pub fn for_each(&self, mut visit: impl FnMut(CacheKey, Entry)) -> StorageResult<()> {
-        self.settle()?;
-        let storage = &self.shared.storage;
-        let mut failure = None;
-        storage.scan(&mut |key, _| match storage.lookup(&key) {
-            Ok(Some(record)) => {
-                if let Ok(e) = Entry::decode(record) {
-                    visit(key, e);
-                }
-                true
-            }
-            Ok(None) => true,
-            Err(e) => {
-                failure = Some(e);
-                false
-            }
-        })?;
-        failure.map_or(Ok(()), Err)
     }
 }

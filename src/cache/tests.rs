@@ -234,6 +234,34 @@ fn eviction_of_a_cache_larger_than_its_sample_takes_the_least_recently_used() {
 }
 
 #[test]
+fn the_store_is_not_asked_for_keys_it_certainly_lacks() {
+    let t = open(1 << 30);
+    // More than the filter is first built for: it is built anew on the way.
+    for i in 0..200 {
+        t.cache.put(key(i), KeyParts::default(), fresh()).unwrap();
+    }
+    assert!((0..200).all(|i| t.cache.may_be_stored(&key(i))));
+    let t = t.restart(1 << 30);
+    let c = &t.cache;
+    // The writer learns the stored keys before it takes its first job.
+    c.flush().unwrap();
+    assert!(
+        (0..200).all(|i| c.may_be_stored(&key(i))),
+        "a stored key missed"
+    );
+    let taken = (200..2_200).filter(|&i| c.may_be_stored(&key(i))).count();
+    assert!(
+        taken < 100,
+        "{taken} of 2,000 absent keys taken for stored ones"
+    );
+    let absent = (200..2_200).find(|&i| !c.may_be_stored(&key(i))).unwrap();
+    assert_eq!(lookup(c, key(absent)), Lookup::Missing);
+    c.put(key(absent), KeyParts::default(), fresh()).unwrap();
+    assert!(c.may_be_stored(&key(absent)));
+    assert_eq!(lookup(c, key(absent)), Lookup::Fresh);
+}
+
+#[test]
 fn hits_are_answered_while_an_eviction_is_held() {
     let per = record_len(&fresh());
     let t = open(per * 4);

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::cache::entry::Entry;
 use crate::cache::key::{CacheKey, KeyParts};
+use crate::cache::presence::{Build, MIN_KEYS};
 use crate::cache::storage::{Gone, StorageResult, Summary};
 use crate::cache::{lock, now_ms, Purge, Shared};
 
@@ -63,6 +64,7 @@ struct Writer {
 
 impl Writer {
     fn run(&self, rx: mpsc::Receiver<Job>) {
+        self.log("learn which keys are stored", self.learn_keys());
         let mut last_tick = Instant::now();
         // The first sweep comes one tick after start, not at once: opening stays quick.
         let mut last_sweep = Instant::now() - SWEEP_EVERY + TICK;
@@ -127,7 +129,12 @@ impl Writer {
         let s = &self.shared;
         let head = entry.encode_head();
         let summary = entry.summary(head.len() + entry.body_len(), s.stamps.next(), parts);
+        // Noted before it is stored: a lookup that no longer finds it waiting finds its key.
+        let filter_full = s.presence.note(&key);
         let stored = s.storage.put(&key, &head, entry.body_pieces(), &summary);
+        if filter_full {
+            self.log("learn which keys are stored", self.learn_keys());
+        }
         // Stored or not, it no longer waits: on failure the answer goes unstored.
         {
             let mut p = lock(&s.pending);
@@ -141,6 +148,19 @@ impl Writer {
         s.entries.fetch_add(1, Ordering::Relaxed);
         s.bytes.fetch_add(summary.bytes, Ordering::Relaxed);
         s.hot.remove(&key);
+        Ok(())
+    }
+
+    /// Builds the filter of stored keys from the summaries. No key is stored meanwhile:
+    /// this thread is the one that stores them.
+    fn learn_keys(&self) -> StorageResult<()> {
+        let s = &self.shared;
+        let mut build = Build::new(s.entries.load(Ordering::Relaxed), MIN_KEYS);
+        s.storage.scan(&mut |key, _| {
+            build.add(&key);
+            true
+        })?;
+        s.presence.install(build);
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! A request answered from the cache: whether its credential may be served, the lookup
-//! (memory first, then the store on a blocking thread, then the team's cache on Redis),
-//! and the replayed answer.
+//! (memory first, then the store on a blocking thread unless it certainly lacks the key,
+//! then the team's cache on Redis), and the replayed answer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,8 +59,10 @@ pub async fn lookup(
     if let Some(entry) = app.cache.get_now(key, max_age) {
         return Some((entry, Tier::Local));
     }
-    if let Some(entry) = stored(app, key, max_age).await {
-        return Some((entry, Tier::Local));
+    if app.cache.may_be_stored(&key) {
+        if let Some(entry) = stored(app, key, max_age).await {
+            return Some((entry, Tier::Local));
+        }
     }
     let entry = Arc::new(app.team_cache.as_ref()?.get(&key, max_age).await?);
     // Kept here too, so the next identical request is a local hit.
