@@ -11,10 +11,12 @@ use crate::body::Body;
 
 /// Entry point for every request the server accepts.
 pub async fn route(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    // Both boxed: hyper keeps room for this future for as long as the connection lives,
+    // so every open connection (a thousand open streams: a thousand) would hold room for
+    // the largest path's state. Boxed, that room is taken while a request is handled and
+    // given back when its answer starts.
     if crate::admin::is_admin_path(req.uri().path()) {
-        // Boxed, as the proxy's upstream path is: a hit's future stays small (it is moved
-        // several times per request) and does not carry the state of paths it never takes.
         return Box::pin(crate::admin::route(app, req, peer)).await;
     }
-    crate::proxy::handle(app, req).await
+    Box::pin(crate::proxy::handle(app, req)).await
 }

@@ -7,14 +7,15 @@
 use std::fs::File;
 use std::io;
 use std::sync::atomic::Ordering;
-use std::sync::MutexGuard;
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use rustix::fs::FallocateFlags;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::writer::Msg;
+use super::tail::space;
+use super::writer::{Msg, Shared};
 use super::{Spend, SpendError};
 
 /// How much the writer keeps preallocated past what is claimed: room for a few hundred
@@ -64,6 +65,39 @@ impl Room {
     }
 }
 
+/// Room the writer claimed for a request that asked it for more (`Msg::MakeRoom`): claimed
+/// there, as the room is made, because whoever claimed first would otherwise take it (a
+/// burst of requests took it all, and the ones that had asked were refused). Given back if
+/// the request is gone before it takes it.
+pub(crate) struct Grant {
+    shared: Arc<Shared>,
+    bytes: u64,
+}
+
+impl Grant {
+    /// `bytes` of what is held and not claimed, if there is that much.
+    pub(crate) fn claim(shared: &Arc<Shared>, bytes: u64) -> Option<Grant> {
+        let mut s = space(shared);
+        if s.held.saturating_sub(s.claimed) < bytes {
+            return None;
+        }
+        s.claimed += bytes;
+        Some(Grant {
+            shared: shared.clone(),
+            bytes,
+        })
+    }
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            let mut s = space(&self.shared);
+            s.claimed = s.claimed.saturating_sub(self.bytes);
+        }
+    }
+}
+
 impl Drop for Room {
     fn drop(&mut self) {
         if self.bytes > 0 {
@@ -98,12 +132,14 @@ impl Spend {
             return Ok(room);
         }
         if !self.space().short {
-            let (reply, done) = oneshot::channel();
+            let (reply, granted) = oneshot::channel();
             if self.inner.tx.send(Msg::MakeRoom(bytes, reply)).is_ok() {
-                let _ = done.await;
-            }
-            if let Some(room) = self.try_claim(bytes) {
-                return Ok(room);
+                if let Ok(mut grant) = granted.await {
+                    return Ok(Room {
+                        spend: self.clone(),
+                        bytes: std::mem::take(&mut grant.bytes),
+                    });
+                }
             }
         }
         Err(SpendError::NoRoom)

@@ -133,3 +133,30 @@ async fn on_a_full_disk_claims_stop_at_the_held_room_and_hit_lines_wait_until_it
     assert_eq!(lines.len(), misses + hits);
     assert_eq!((stats.skipped, stats.torn_tail), (0, false));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_claims_far_past_the_room_held_all_get_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let spend = open(dir.path());
+    // A thousand requests at once (a thousand streams opened together): eight times the
+    // room kept preallocated. Every one is admitted; none is refused while the disk has
+    // room.
+    let want = line_room("p", Some("GPT-4o"));
+    let claims: Vec<_> = (0..1_000)
+        .map(|_| {
+            let spend = spend.clone();
+            tokio::spawn(async move { spend.hold_room(want).await })
+        })
+        .collect();
+    let mut rooms = Vec::new();
+    for c in claims {
+        rooms.push(
+            c.await
+                .unwrap()
+                .expect("refused although the disk has room"),
+        );
+    }
+    assert_eq!(spend.room().claimed_bytes, 1_000 * want);
+    drop(rooms);
+    assert_eq!(spend.room().claimed_bytes, 0);
+}

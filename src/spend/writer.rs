@@ -68,8 +68,9 @@ pub(crate) enum Msg {
     /// Take the queued lines now.
     Wake,
     Line(Pending),
-    /// Preallocate room for at least this many more bytes than are claimed, then answer.
-    MakeRoom(u64, oneshot::Sender<()>),
+    /// Preallocate room for at least this many more bytes than are claimed, and claim
+    /// them for the asker; no answer if there is no room.
+    MakeRoom(u64, oneshot::Sender<room::Grant>),
     Rebuild(std::sync::mpsc::Sender<Result<(), SpendError>>),
     /// Fold every durable line into the rollups now (before a report reads them).
     FoldRollups(std::sync::mpsc::Sender<()>),
@@ -247,7 +248,10 @@ impl Writer {
                     Msg::MakeRoom(bytes, reply) => {
                         let claimed = space(&self.shared).claimed;
                         self.top_up(claimed + bytes + room::TARGET);
-                        let _ = reply.send(());
+                        if let Some(grant) = room::Grant::claim(&self.shared, bytes) {
+                            // An asker gone meanwhile gives it back as the grant drops.
+                            let _ = reply.send(grant);
+                        }
                     }
                     Msg::Rebuild(reply) => {
                         self.commit(&mut pending);
