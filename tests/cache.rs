@@ -291,7 +291,7 @@ async fn a_damaged_entry_is_dropped_and_fetched_again() {
         d.data_dir.join("bodies"),
     );
     let summary = entry.summary(raw.len(), 0, Default::default());
-    chatcache::cache::storage::Storage::put(&storage, &key, &raw, &[], &summary).unwrap();
+    chatcache::cache::storage::Storage::put(&storage, &key, &raw, &[], &summary, true).unwrap();
     let r = post(&d.url("/chat/completions"), &body).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(

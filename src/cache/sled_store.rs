@@ -167,6 +167,7 @@ impl Storage for SledStore {
         head: &[u8],
         body: &[Bytes],
         summary: &Summary,
+        replacing: bool,
     ) -> StorageResult<Option<Summary>> {
         let total: usize = body.iter().map(Bytes::len).sum();
         let _w = self.writing();
@@ -181,8 +182,10 @@ impl Storage for SledStore {
             }
             layout::filed(generation, head)
         };
-        let before = self.layout(key)?;
-        let old = self.summary(key)?;
+        let (before, old) = match replacing {
+            true => (self.layout(key)?, self.summary(key)?),
+            false => (None, None),
+        };
         let mut ops = Vec::with_capacity(8);
         if let Some(o) = &old {
             ops.push(Op::Remove(request_key(&o.parts.request, key)));
@@ -281,6 +284,12 @@ impl Storage for SledStore {
             return Ok(());
         }
         self.store.apply(Space::Answers, ops)
+    }
+
+    fn keys(&self, visit: &mut dyn FnMut(CacheKey) -> bool) -> StorageResult<()> {
+        self.store.scan_prefix(Space::Answers, &[SUMMARY], |k, _| {
+            key_of(&k[1..]).is_none_or(&mut *visit)
+        })
     }
 
     fn scan_from(

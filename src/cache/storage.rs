@@ -198,13 +198,15 @@ pub trait Storage: Send + Sync {
 
     /// Stores the record `head` followed by `body` under `key` with its summary,
     /// replacing any entry there; returns the summary of the one it replaced. A large body
-    /// is written a piece at a time, never joined into one buffer.
+    /// is written a piece at a time, never joined into one buffer. `replacing` is false
+    /// when the caller knows that no entry is stored under `key`: none is looked for.
     fn put(
         &self,
         key: &CacheKey,
         head: &[u8],
         body: &[Bytes],
         summary: &Summary,
+        replacing: bool,
     ) -> StorageResult<Option<Summary>>;
 
     /// Removes the entry under `key`, returning its summary if there was one, and notes
@@ -219,6 +221,9 @@ pub trait Storage: Send + Sync {
     fn scan(&self, visit: &mut dyn FnMut(CacheKey, &Summary) -> bool) -> StorageResult<()> {
         self.scan_from(&CacheKey([0; 32]), visit)
     }
+
+    /// Visits every entry's key, until `visit` returns false (no summary is read).
+    fn keys(&self, visit: &mut dyn FnMut(CacheKey) -> bool) -> StorageResult<()>;
 
     /// `scan` from the first key at or after `from`. Keys are hashes, so the entries from
     /// any point on are a sample of the whole cache, unrelated to when they were used:

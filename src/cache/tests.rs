@@ -148,6 +148,7 @@ fn damaged_entry_is_dropped_not_served() {
             &raw,
             &[],
             &e.summary(raw.len(), now_ms(), KeyParts::default()),
+            true,
         )
         .unwrap();
     assert_eq!(lookup(c, key(1)), Lookup::Corrupt);

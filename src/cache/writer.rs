@@ -129,9 +129,13 @@ impl Writer {
         let s = &self.shared;
         let head = entry.encode_head();
         let summary = entry.summary(head.len() + entry.body_len(), s.stamps.next(), parts);
+        // A key the filter has not seen has no entry to replace: none is looked for.
+        let replacing = s.presence.may_hold(&key);
         // Noted before it is stored: a lookup that no longer finds it waiting finds its key.
         let filter_full = s.presence.note(&key);
-        let stored = s.storage.put(&key, &head, entry.body_pieces(), &summary);
+        let stored = s
+            .storage
+            .put(&key, &head, entry.body_pieces(), &summary, replacing);
         if filter_full {
             self.log("learn which keys are stored", self.learn_keys());
         }
@@ -156,7 +160,7 @@ impl Writer {
     fn learn_keys(&self) -> StorageResult<()> {
         let s = &self.shared;
         let mut build = Build::new(s.entries.load(Ordering::Relaxed), MIN_KEYS);
-        s.storage.scan(&mut |key, _| {
+        s.storage.keys(&mut |key| {
             build.add(&key);
             true
         })?;

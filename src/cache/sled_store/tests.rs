@@ -43,7 +43,8 @@ fn a_large_body_is_kept_in_a_file_and_read_back_in_pieces() {
     let key = CacheKey([7; 32]);
     let head = b"head of the record".to_vec();
     let b = body(3 * INLINE_MAX + 123);
-    s.put(&key, &head, &b, &summary(3 * INLINE_MAX)).unwrap();
+    s.put(&key, &head, &b, &summary(3 * INLINE_MAX), true)
+        .unwrap();
     assert_eq!(files(dir.path()), 1);
     let got = s.lookup(&key).unwrap().unwrap();
     assert_eq!(&got[0][..], &head[..]);
@@ -53,13 +54,15 @@ fn a_large_body_is_kept_in_a_file_and_read_back_in_pieces() {
     assert!(s.size_on_disk() >= b.concat().len() as u64);
 
     // Replaced by a small record: the old file goes with it.
-    s.put(&key, &head, &body(10), &summary(10)).unwrap();
+    s.put(&key, &head, &body(10), &summary(10), true).unwrap();
     assert_eq!(files(dir.path()), 0);
     let got = s.lookup(&key).unwrap().unwrap();
     assert_eq!(got.concat(), [&head[..], &body(10).concat()].concat());
 
-    s.put(&key, &head, &b, &summary(3 * INLINE_MAX)).unwrap();
-    s.put(&key, &head, &b, &summary(3 * INLINE_MAX)).unwrap();
+    s.put(&key, &head, &b, &summary(3 * INLINE_MAX), true)
+        .unwrap();
+    s.put(&key, &head, &b, &summary(3 * INLINE_MAX), true)
+        .unwrap();
     assert_eq!(files(dir.path()), 1, "a replaced body's file is deleted");
     assert!(s.remove(&key, Gone::Purged, 5).unwrap().is_some());
     assert_eq!(
@@ -76,8 +79,14 @@ fn an_entry_whose_body_file_is_lost_reads_as_its_head_alone() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
     let key = CacheKey([8; 32]);
-    s.put(&key, b"h", &body(2 * INLINE_MAX), &summary(2 * INLINE_MAX))
-        .unwrap();
+    s.put(
+        &key,
+        b"h",
+        &body(2 * INLINE_MAX),
+        &summary(2 * INLINE_MAX),
+        true,
+    )
+    .unwrap();
     for f in std::fs::read_dir(dir.path().join("bodies")).unwrap() {
         std::fs::remove_file(f.unwrap().path()).unwrap();
     }
@@ -99,6 +108,7 @@ fn body_files_no_entry_names_are_deleted_at_the_next_start() {
             b"kept",
             &body(2 * INLINE_MAX),
             &summary(2 * INLINE_MAX),
+            true,
         )
         .unwrap();
         // A body written, the batch that would name it never made (a crash between).
@@ -131,7 +141,8 @@ fn a_small_record_is_kept_compressed_and_read_back_as_it_was() {
     let answer = r#"{"choices":[{"message":{"content":"The capital of France is Paris."}}]}"#;
     let b: Vec<Bytes> = (0..20).map(|_| Bytes::from(answer)).collect();
     let record = [&b"head"[..], &b.concat()].concat();
-    s.put(&key, b"head", &b, &summary(record.len())).unwrap();
+    s.put(&key, b"head", &b, &summary(record.len()), true)
+        .unwrap();
     let value = stored_value(&s, &key);
     assert!(
         value.len() < record.len() / 2,
@@ -153,7 +164,7 @@ fn a_record_that_does_not_compress_is_kept_as_it_is() {
         .finalize_xof()
         .fill(&mut noise);
     let b = vec![Bytes::from(noise.clone())];
-    s.put(&key, b"h", &b, &summary(4001)).unwrap();
+    s.put(&key, b"h", &b, &summary(4001), true).unwrap();
     let value = stored_value(&s, &key);
     assert_eq!(&value[1..], &[&b"h"[..], &noise[..]].concat()[..]);
     assert_eq!(s.lookup(&key).unwrap().unwrap().concat()[1..], noise[..]);
@@ -165,7 +176,7 @@ fn a_damaged_compressed_record_reads_back_empty_and_fails_its_checksum() {
     let s = open(dir.path());
     let key = CacheKey([13; 32]);
     let b = vec![Bytes::from(vec![b'a'; 3000])];
-    s.put(&key, b"h", &b, &summary(3001)).unwrap();
+    s.put(&key, b"h", &b, &summary(3001), true).unwrap();
     let mut value = stored_value(&s, &key).to_vec();
     // Cut short: a frame that cannot give back the record's bytes.
     value.truncate(value.len() - 4);
@@ -187,7 +198,7 @@ fn the_order_of_use_index_of_earlier_versions_is_deleted_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
     let key = CacheKey([7; 32]);
-    s.put(&key, b"record", &[], &summary(6)).unwrap();
+    s.put(&key, b"record", &[], &summary(6), true).unwrap();
     // What an earlier version kept beside each entry: `u‖last use (BE)‖key` → its size.
     let mut old = vec![OLD_USE_INDEX];
     old.extend_from_slice(&1u64.to_be_bytes());
