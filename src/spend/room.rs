@@ -39,6 +39,21 @@ pub(crate) struct Space {
     pub short: bool,
 }
 
+impl Space {
+    /// Claims `bytes` of what is held and not claimed, if there is that much.
+    fn claim(&mut self, bytes: u64) -> bool {
+        if self.held.saturating_sub(self.claimed) < bytes {
+            return false;
+        }
+        self.claimed += bytes;
+        true
+    }
+
+    pub(crate) fn give_back(&mut self, bytes: u64) {
+        self.claimed = self.claimed.saturating_sub(bytes);
+    }
+}
+
 /// What the ledger's room is now (health, metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct RoomState {
@@ -77,12 +92,7 @@ pub(crate) struct Grant {
 impl Grant {
     /// `bytes` of what is held and not claimed, if there is that much.
     pub(crate) fn claim(shared: &Arc<Shared>, bytes: u64) -> Option<Grant> {
-        let mut s = space(shared);
-        if s.held.saturating_sub(s.claimed) < bytes {
-            return None;
-        }
-        s.claimed += bytes;
-        Some(Grant {
+        space(shared).claim(bytes).then(|| Grant {
             shared: shared.clone(),
             bytes,
         })
@@ -91,18 +101,14 @@ impl Grant {
 
 impl Drop for Grant {
     fn drop(&mut self) {
-        if self.bytes > 0 {
-            let mut s = space(&self.shared);
-            s.claimed = s.claimed.saturating_sub(self.bytes);
-        }
+        space(&self.shared).give_back(self.bytes);
     }
 }
 
 impl Drop for Room {
     fn drop(&mut self) {
         if self.bytes > 0 {
-            let mut s = self.spend.space();
-            s.claimed = s.claimed.saturating_sub(self.bytes);
+            self.spend.space().give_back(self.bytes);
         }
     }
 }
@@ -146,12 +152,7 @@ impl Spend {
     }
 
     fn try_claim(&self, bytes: u64) -> Option<Room> {
-        let mut s = self.space();
-        if s.held.saturating_sub(s.claimed) < bytes {
-            return None;
-        }
-        s.claimed += bytes;
-        Some(Room {
+        self.space().claim(bytes).then(|| Room {
             spend: self.clone(),
             bytes,
         })

@@ -225,7 +225,7 @@ impl Writer {
         if self.hold.as_deref() == Some(name) {
             s.held = s.held.saturating_sub(bytes);
         }
-        s.claimed = s.claimed.saturating_sub(room);
+        s.give_back(room);
     }
 
     /// A write to `name` failed and was cut back, freeing what was preallocated past it.
