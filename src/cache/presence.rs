@@ -5,8 +5,8 @@
 //!
 //! Only the cache's writer changes it: it notes each key before the entry is stored (so a
 //! reader that finds the entry gone from the answers waiting to be stored finds its key
-//! here), and builds it anew from the store's summaries at start and whenever it has noted
-//! more keys than it was built for (removed entries stay in it until then). Until the first
+//! here), and builds it anew from the store's keys at start and whenever it has noted more
+//! keys than it was built for (removed entries stay in it until then). Until the first
 //! build, every key may be stored.
 
 use std::sync::atomic::{AtomicU64, Ordering};
