@@ -10,7 +10,7 @@
 //! build, every key may be stored.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use fastbloom::AtomicBloomFilter;
 
@@ -24,7 +24,7 @@ const FALSE_POSITIVES: f64 = 0.01;
 
 #[derive(Default)]
 pub struct Presence {
-    current: RwLock<Option<Arc<Filter>>>,
+    current: RwLock<Option<Filter>>,
 }
 
 struct Filter {
@@ -74,24 +74,24 @@ impl Filter {
 }
 
 impl Presence {
-    fn current(&self) -> Option<Arc<Filter>> {
+    fn current(&self) -> RwLockReadGuard<'_, Option<Filter>> {
         // A poisoned lock still holds a whole filter: it is only ever replaced whole.
         self.current
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
     }
 
     /// False only if no entry is stored under `key`.
     pub fn may_hold(&self, key: &CacheKey) -> bool {
         self.current()
+            .as_ref()
             .is_none_or(|f| f.bloom.contains_hash(hash_of(key)))
     }
 
     /// Notes that an entry is about to be stored under `key`. True when the filter has
     /// taken as many keys as it was built for: time to build it anew.
     pub fn note(&self, key: &CacheKey) -> bool {
-        self.current().is_some_and(|f| {
+        self.current().as_ref().is_some_and(|f| {
             f.note(key);
             f.noted.load(Ordering::Relaxed) > f.room
         })
@@ -102,7 +102,7 @@ impl Presence {
         *self
             .current
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(build.filter));
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(build.filter);
     }
 }
 
